@@ -1,0 +1,16 @@
+#!/bin/sh
+# Installs the Debian packages hybridssl can use when they are missing and apt is usable.
+# Nothing here is required: the CLI downloads Fashion-MNIST when online and runs without tcmalloc.
+set -u
+need=""
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need="$need dataset-fashion-mnist"
+ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1 || need="$need libtcmalloc-minimal4"
+[ -z "$need" ] && exit 0
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "installing with apt:$need"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need) >/tmp/hybridssl-apt.log 2>&1 \
+    || echo "note: apt could not install$need (see /tmp/hybridssl-apt.log); continuing without"
+else
+  echo "note: missing$need and apt is not usable here; continuing without (see README, Datasets)"
+fi
+exit 0

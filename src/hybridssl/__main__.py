@@ -1,0 +1,3 @@
+from hybridssl.cli import main
+
+raise SystemExit(main())

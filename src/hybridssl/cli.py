@@ -1,0 +1,192 @@
+"""Command line: hybridssl pretrain | evaluate | export | demo.
+
+Every invalid input ends in one line `hybridssl: error: ...` naming the field, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + message; we keep one line
+        raise UsageError(f"{self.prog}: {message}")
+
+
+class UsageError(ValueError):
+    pass
+
+
+def devices_arg(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
+def set_arg(value: str) -> tuple[str, Any]:
+    """--set a.b=value: dotted path into the config, the value parsed as YAML."""
+    if "=" not in value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    key, raw = value.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def add_pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", help="mae, mae-ct, cmae, can, macrl, simclr, mocov3, nnclr, ...")
+    p.add_argument("--dataset", help="fashion-mnist (default), cifar10, cifar100, stl10, folder")
+    p.add_argument("--data-dir", type=Path, help="dataset root or image folder")
+    p.add_argument("--download", action="store_true", default=None, help="download the dataset when missing (online)")
+    p.add_argument("--image-size", type=int, help="folder datasets: decode images to this size (default 64)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="folder datasets: 1 (grey) or 3 (RGB, default)")
+    p.add_argument("--strict", dest="strict_data", action="store_true", default=None, help="fail on unreadable images")
+    p.add_argument("--limit-train", type=int, help="pretrain on a seeded random subset of N images")
+    p.add_argument("--model", help="vit-pico (default), vit-tiny, vit-small, vit-base")
+    p.add_argument("--patch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int, help="per device")
+    p.add_argument("--accumulate-grad-batches", type=int)
+    p.add_argument("--lr", dest="base_lr", type=float, help="base lr for batch 256 (scaled by the effective batch)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every-steps", type=int)
+    p.add_argument("--checkpoint-every-epochs", type=int)
+    p.add_argument("--devices", type=devices_arg, help="N or auto")
+    p.add_argument("--num-nodes", type=int)
+    p.add_argument("--accelerator", help="cpu, gpu or auto")
+    p.add_argument("--precision", help="auto (bf16-mixed on CUDA, 32-true on CPU), 32-true, bf16-mixed")
+    p.add_argument("--output", type=Path, help="run folder (default runs/METHOD-DATASET)")
+    p.add_argument("--config", type=Path, help="YAML file with any of these settings; flags override it")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from OUTPUT/checkpoints/last.ckpt")
+    p.add_argument("--init-from", type=Path, help="start from the weights of another checkpoint")
+    p.add_argument("--set", dest="overrides", type=set_arg, action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, dotted for nested ones: --set method_args.mask_ratio=0.6")  # fmt: skip
+    p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", default=None)
+
+
+def flags_to_layer(args: argparse.Namespace) -> dict[str, Any]:
+    skip = {"command", "config", "overrides", "base_lr"}
+    layer: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    if args.base_lr is not None:
+        layer["optim"] = {"base_lr": args.base_lr}
+    for key, value in args.overrides:
+        node = layer
+        *parents, leaf = key.replace("-", "_").split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return layer
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from hybridssl.config import resolve
+    from hybridssl.engine.train import pretrain
+
+    run = resolve(flags_to_layer(args), args.config)
+    last = pretrain(run)
+    print(f"hybridssl: pretraining done; checkpoint {last}")
+    return 0
+
+
+def add_evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
+    p.add_argument("--data-dir", type=Path, help="dataset root; for folder: the labelled train images")
+    p.add_argument("--eval-data-dir", type=Path, help="for folder: the labelled test images")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--protocol", required=True, help="knn or linear")
+    p.add_argument("--random-init", action="store_true", help="evaluate the same architecture untrained")
+    p.add_argument("--raw-pixels", action="store_true", help="evaluate raw pixels instead of the encoder")
+    p.add_argument("--pooling", choices=("cls", "mean_patch"), help="default: the method's own pooling")
+    p.add_argument("--k", default="20", help="k-NN: comma-separated k values (default 20)")
+    p.add_argument("--limit-train", type=int)
+    p.add_argument("--limit-test", type=int)
+    p.add_argument("--epochs", type=int, help="linear probe epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", type=Path, required=True, help="folder whose results.jsonl gets the results")
+
+
+def positive(name: str, value: int | None) -> int | None:
+    if value is not None and value <= 0:
+        raise UsageError(f"{name}: must be positive (got {value})")
+    return value
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hybridssl.engine.checkpoints import load_checkpoint
+    from hybridssl.evaluation.run import EvalRequest, evaluate
+
+    if args.random_init and args.raw_pixels:
+        raise UsageError("--random-init and --raw-pixels exclude each other")
+    try:
+        ks = tuple(sorted({positive("k", int(k)) for k in args.k.split(",")}))
+    except ValueError:
+        raise UsageError(f"k: expected comma-separated positive integers, got {args.k!r}") from None
+    dataset = args.dataset or load_checkpoint(args.checkpoint)["hybridssl"]["config"]["dataset"]
+    kind = "random-init" if args.random_init else "raw-pixels" if args.raw_pixels else "trained"
+    req = EvalRequest(
+        checkpoint=args.checkpoint, dataset=dataset, protocol=args.protocol, output=args.output, encoder_kind=kind,
+        data_dir=args.data_dir, eval_data_dir=args.eval_data_dir, limit_train=positive("limit_train", args.limit_train),
+        limit_test=positive("limit_test", args.limit_test), epochs=positive("epochs", args.epochs), pooling=args.pooling,
+        ks=ks, seed=args.seed, download=args.download,
+    )  # fmt: skip
+    for r in evaluate(req):
+        print(f"{r['protocol']:<8} {r['encoder']:<12} {r['pooling']:<10} {r['metric']} {r['value']:.2f}  {r['settings']}")
+    print(f"hybridssl: results appended to {args.output / 'results.jsonl'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hybridssl.engine.checkpoints import export_encoder
+
+    kwargs = export_encoder(args.checkpoint, args.output)
+    print(f"hybridssl: wrote {args.output}; load it with")
+    print(f"  timm.create_model('vit_base_patch16_224', pretrained=False, checkpoint_path='{args.output}', **{kwargs})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hybridssl.demo import run_demo
+
+    run_demo(args.output, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="hybridssl", description="Self-supervised ViT pretraining: MIM + contrastive hybrids.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    add_pretrain_args(sub.add_parser("pretrain", help="pretrain an encoder"))
+    add_evaluate_args(sub.add_parser("evaluate", help="k-NN / linear probe of a checkpoint"))
+    p = sub.add_parser("export", help="write the encoder as timm-loadable safetensors")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--output", type=Path, required=True)
+    p = sub.add_parser("demo", help="pretrain + evaluate on Fashion-MNIST on the CPU, then report")
+    p.add_argument("--output", type=Path, default=Path("runs/demo"))
+    p.add_argument("--quick", action="store_true", help="a one-minute smoke version")
+    return parser
+
+
+COMMANDS = {"pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "export": cmd_export, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hybridssl.config import ConfigError
+    from hybridssl.data.sources import DataError
+    from hybridssl.engine.checkpoints import CheckpointError
+    from hybridssl.engine.module import NonFiniteLossError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UsageError, ConfigError, DataError, CheckpointError, NonFiniteLossError) as exc:
+        print(f"hybridssl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hybridssl: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""A seeded, resumable batch iterator over in-memory uint8 images.
+
+Each epoch's order is a permutation drawn from (seed, epoch); global batch i is the slice
+[i*G, (i+1)*G) of it and rank r takes its r-th part, so N ranks with batch B see exactly what one
+process with batch N*B sees. The position inside the epoch counts *processed* batches (the engine
+calls `advance()` after each one), not fetched ones, so prefetching cannot shift a resumed run.
+Lightning saves `state_dict()` in every checkpoint and restores it on resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+class InMemoryLoader:
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor | None,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if len(images) < batch_size * world_size:
+            raise ValueError(
+                f"the dataset has {len(images)} images, fewer than one global batch "
+                f"({world_size} x {batch_size}); lower batch_size"
+            )
+        self.images = images if device is None else images.to(device)
+        missing = torch.full((len(images),), -1, dtype=torch.int64)
+        self.labels = (labels if labels is not None else missing).to(self.images.device)
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.epoch = 0
+        self.consumed = 0
+
+    @property
+    def sampler(self) -> "InMemoryLoader":  # Lightning calls `loader.sampler.set_epoch(epoch)`
+        return self
+
+    def __len__(self) -> int:
+        return len(self.images) // (self.batch_size * self.world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.consumed = epoch, 0
+
+    def epoch_order(self) -> Tensor:
+        """len(self) x world_size x batch_size sample indices for the current epoch."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(len(self.images), generator=generator)
+        return perm[: len(self) * self.world_size * self.batch_size].view(len(self), self.world_size, -1)
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        if self.consumed >= len(self):  # resumed from an end-of-epoch checkpoint
+            self.epoch, self.consumed = self.epoch + 1, 0
+        order = self.epoch_order()[:, self.rank].to(self.images.device)
+        for i in range(self.consumed, len(self)):
+            ids = order[i]
+            yield {"images": self.images[ids], "ids": ids, "labels": self.labels[ids]}
+
+    def advance(self) -> None:
+        self.consumed += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])

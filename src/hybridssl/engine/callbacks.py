@@ -1,0 +1,66 @@
+"""Small Lightning callbacks: data position, throughput in the progress bar, final checkpoint."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+
+
+class DataPosition(Callback):
+    """Counts processed batches in the loader; runs before ModelCheckpoint (Lightning orders it last),
+    so a checkpoint written at the end of a batch records that batch as consumed."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        trainer.train_dataloader.advance()
+
+
+class Throughput(Callback):
+    """Images per second (all ranks) and the share of each step spent waiting for data."""
+
+    def __init__(self, smoothing: float = 0.9) -> None:
+        self.smoothing = smoothing
+        self._last_end: float | None = None
+        self._wait = 0.0
+        self._rate: float | None = None
+        self._wait_share: float | None = None
+
+    def on_train_epoch_start(self, *args) -> None:
+        self._last_end = None  # do not count the time between epochs as a step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self._wait = time.perf_counter() - self._last_end if self._last_end is not None else 0.0
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_end is not None:
+            cycle = max(now - self._last_end, 1e-9)
+            rate = len(batch["ids"]) * trainer.world_size / cycle
+            share = 100.0 * self._wait / cycle
+            s = self.smoothing
+            self._rate = rate if self._rate is None else s * self._rate + (1 - s) * rate
+            self._wait_share = share if self._wait_share is None else s * self._wait_share + (1 - s) * share
+            pl_module.log("img/s", self._rate, prog_bar=True, on_step=True, on_epoch=False)
+            pl_module.log("wait%", self._wait_share, prog_bar=True, on_step=True, on_epoch=False)
+        self._last_end = now
+
+
+class FinalCheckpoint(Callback):
+    """Writes `last.ckpt` when training ends, also when it ends between periodic checkpoints."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+
+
+class ProgressBar(TQDMProgressBar):
+    """tqdm bar with loss, img/s and data-wait %, without Lightning's version number."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from hybridssl.nn.masking import block_mask, gather_tokens, no_mask, random_mask
+
+
+@pytest.mark.parametrize("n,ratio", [(49, 0.75), (196, 0.75), (64, 0.5), (49, 0.0)])
+def test_random_mask_ratio_and_round_trip(n, ratio):
+    torch.manual_seed(0)
+    m = random_mask(4, n, ratio)
+    keep = int(n * (1 - ratio))
+    assert m.ids_keep.shape == (4, keep)
+    assert torch.all(m.mask.sum(1) == n - keep)
+    # kept patches are exactly those with mask 0
+    assert torch.all(torch.gather(m.mask, 1, m.ids_keep) == 0)
+    # unshuffle round trip: [kept, removed] gathered with ids_restore gives the original order
+    x = torch.randn(4, n, 3)
+    ids_shuffle = torch.argsort(m.ids_restore, dim=1)
+    shuffled = gather_tokens(x, ids_shuffle)
+    assert torch.equal(gather_tokens(shuffled, m.ids_restore), x)
+    assert torch.equal(shuffled[:, :keep], gather_tokens(x, m.ids_keep))
+
+
+def test_masks_differ_per_sample():
+    torch.manual_seed(0)
+    m = random_mask(8, 49, 0.75)
+    assert len({tuple(r.tolist()) for r in m.mask}) > 1
+
+
+def test_block_mask_keeps_whole_2x2_units():
+    torch.manual_seed(0)
+    grid = 8
+    m = block_mask(16, grid, 0.65)
+    units = (grid // 2) ** 2
+    keep_units = int(units * 0.35)
+    assert torch.all(m.mask.sum(1) == grid * grid - 4 * keep_units)
+    mask_grid = m.mask.view(16, grid, grid)
+    blocks = mask_grid.view(16, grid // 2, 2, grid // 2, 2).permute(0, 1, 3, 2, 4).reshape(16, units, 4)
+    assert torch.all((blocks.sum(-1) == 0) | (blocks.sum(-1) == 4)), "every 2x2 unit is all kept or all removed"
+    assert torch.all(torch.gather(m.mask, 1, m.ids_keep) == 0)
+
+
+def test_block_mask_needs_even_grid():
+    with pytest.raises(ValueError, match="divisible"):
+        block_mask(2, 7, 0.65)
+
+
+def test_no_mask_is_identity():
+    m = no_mask(2, 5)
+    assert m.mask.sum() == 0 and torch.equal(m.ids_keep[0], torch.arange(5))
