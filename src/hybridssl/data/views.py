@@ -1,8 +1,10 @@
 """View recipes: augmentation pipelines applied batched, with per-sample randomness, on the device.
 
-A method names its recipe; the engine calls it on uint8 images right before the step. Pipelines are
-kornia augmentations (per-sample parameters on whole batches, any device). Colour operations that
-need three channels are left out for greyscale data.
+A method names its recipe; the engine calls it on the uint8 batch right before the step. Pipelines are
+kornia augmentations (per-sample parameters on whole batches, any device). Scaling to small images:
+colour operations that need three channels are dropped for greyscale data; Gaussian blur is dropped
+below 64 px (solo-learn and lightly do the same for CIFAR); the random-resized-crop lower bound is
+raised from the papers' 0.08 to 0.2 below 32 px, where an 8% crop of a 28 px image is ~8x8 pixels.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from hybridssl.data.sources import DataInfo
+
+
+def to_unit(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float [0, 1]; float input is passed through."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
 class Views:
@@ -35,20 +42,91 @@ class Views:
         return [self.normalize(pipeline(x).clamp_(0, 1)) for pipeline in self.pipelines]
 
 
-def to_unit(images: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float [0, 1]; float input is passed through."""
-    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+def min_crop_scale(info: DataInfo, paper: float = 0.08) -> float:
+    return paper if info.image_size >= 32 else max(paper, 0.2)
 
 
-def random_resized_crop_flip(size: int, scale: tuple[float, float]) -> nn.Module:
+def crop_flip_pipeline(size: int, scale: tuple[float, float]) -> nn.Module:
     return K.AugmentationSequential(
         K.RandomResizedCrop((size, size), scale=scale, resample="bicubic"), K.RandomHorizontalFlip()
     )
 
 
+def colour_pipeline(
+    info: DataInfo, jitter: tuple[float, float, float, float], jitter_p: float, grey_p: float, blur_p: float, solarize_p: float = 0.0
+) -> list[nn.Module]:
+    """Colour jitter (brightness, contrast, saturation, hue), greyscale, blur, solarize, adapted to the data."""
+    brightness, contrast, saturation, hue = jitter
+    if info.channels == 1:
+        saturation, hue, grey_p = 0.0, 0.0, 0.0
+    ops: list[nn.Module] = [K.ColorJitter(brightness, contrast, saturation, hue, p=jitter_p)]
+    if grey_p > 0:
+        ops.append(K.RandomGrayscale(p=grey_p))
+    if blur_p > 0 and info.image_size >= 64:
+        kernel = max(3, int(0.1 * info.image_size) // 2 * 2 + 1)  # ~10% of the image, odd
+        ops.append(K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=blur_p))
+    if solarize_p > 0:
+        ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p))  # threshold 0.5 = 128/255
+    return ops
+
+
 def crop_flip(info: DataInfo, num_views: int = 1, scale: tuple[float, float] = (0.2, 1.0)) -> Views:
-    """MAE's recipe (one view, scale 0.2-1) and MAE-CT's minimal recipe (two views, scale 0.08-1)."""
-    return Views([random_resized_crop_flip(info.image_size, scale) for _ in range(num_views)], info)
+    """MAE's recipe (one view, scale 0.2-1) and MAE-CT's minimal recipe (two views, 0.08-1)."""
+    return Views([crop_flip_pipeline(info.image_size, scale) for _ in range(num_views)], info)
+
+
+def simclr(info: DataInfo, num_views: int = 2, strength: float = 1.0) -> Views:
+    """SimCLR: crop 0.08-1, flip, jitter (0.8s, 0.8s, 0.8s, 0.2s) p 0.8, greyscale p 0.2, blur p 0.5."""
+    s = strength
+    def one() -> nn.Module:
+        crop = crop_flip_pipeline(info.image_size, (min_crop_scale(info), 1.0))
+        return nn.Sequential(crop, *colour_pipeline(info, (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), 0.8, 0.2, 0.5))
+    return Views([one() for _ in range(num_views)], info)
+
+
+def byol_asymmetric(info: DataInfo) -> Views:
+    """BYOL / MoCo v3 / MAE-CT_aug: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grey p 0.2; blur p 1.0 on view 1,
+    p 0.1 and solarize p 0.2 on view 2."""
+    def one(blur_p: float, solarize_p: float) -> nn.Module:
+        crop = crop_flip_pipeline(info.image_size, (min_crop_scale(info), 1.0))
+        return nn.Sequential(crop, *colour_pipeline(info, (0.4, 0.4, 0.2, 0.1), 0.8, 0.2, blur_p, solarize_p))
+    return Views([one(1.0, 0.0), one(0.1, 0.2)], info)
+
+
+def strong_weak(info: DataInfo, weak_scale: tuple[float, float] = (0.2, 1.0)) -> Views:
+    """MACRL: a SimCLR-strong view for the masked branch and a crop+flip view for the momentum branch."""
+    strong = simclr(info, num_views=1).pipelines[0]
+    return Views([strong, crop_flip_pipeline(info.image_size, weak_scale)], info)
+
+
+class PixelShiftPair(Views):
+    """CMAE's view pair (methods.md A4): one master crop of side S + s_max; the online view is its
+    S x S corner at (0, 0), the target view the S x S window at a per-sample offset (dy, dx) in
+    [0, s_max], followed by colour augmentation on the target only."""
+
+    def __init__(self, info: DataInfo, max_shift: int) -> None:
+        super().__init__([], info)
+        size = info.image_size
+        self.size, self.max_shift = size, max_shift
+        self.master = crop_flip_pipeline(size + max_shift, (0.2, 1.0))
+        self.target_colour = nn.Sequential(*colour_pipeline(info, (0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.5))
+
+    def __len__(self) -> int:
+        return 2
+
+    def shifted_windows(self, master: Tensor, offsets: Tensor) -> Tensor:
+        """B x C x (S+s) x (S+s) master, B x 2 offsets (dy, dx) -> B x C x S x S windows."""
+        steps = torch.arange(self.size, device=master.device)
+        rows = (offsets[:, 0:1] + steps).view(-1, 1, self.size, 1).expand(-1, master.shape[1], -1, master.shape[3])
+        cols = (offsets[:, 1:2] + steps).view(-1, 1, 1, self.size).expand(-1, master.shape[1], self.size, -1)
+        return master.gather(2, rows).gather(3, cols)
+
+    def __call__(self, images: Tensor) -> list[Tensor]:
+        master = self.master(to_unit(images)).clamp_(0, 1)
+        online = master[:, :, : self.size, : self.size]
+        offsets = torch.randint(0, self.max_shift + 1, (len(master), 2), device=master.device)
+        target = self.target_colour(self.shifted_windows(master, offsets)).clamp_(0, 1)
+        return [self.normalize(online), self.normalize(target)]
 
 
 def identity(info: DataInfo) -> Views:

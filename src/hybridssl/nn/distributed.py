@@ -1,0 +1,56 @@
+"""All-gathers for contrastive losses and queues; identity when not distributed."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums the gradients of every rank and returns this rank's slice.
+
+    Written here because torch.distributed.nn.functional.all_gather, which does the same, is
+    deprecated; lightly and solo-learn ship the same few lines.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.batch = x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.batch
+        return grad[start : start + ctx.batch]
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenates `x` from every rank (rank order); gradients flow back to each rank's own slice.
+
+    The backward sums the incoming gradients over ranks, so with DDP's gradient averaging the update
+    equals one process computing the loss on the global batch (tests/test_distributed.py).
+    """
+    return x if world_size() == 1 else _GatherWithGrad.apply(x)
+
+
+@torch.no_grad()
+def gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenates `x` from every rank (rank order), without gradient (keys, queue entries)."""
+    if world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)

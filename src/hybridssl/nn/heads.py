@@ -1,0 +1,42 @@
+"""MLP projectors and predictors: one builder covers NNCLR, MoCo v3, CMAE, SimCLR, CAN and MACRL heads.
+
+Hidden layers are Linear -> BatchNorm -> ReLU; the last layer is Linear with an optional BatchNorm
+(affine or not). Call a head once per view when BatchNorm statistics must be per view (MAE-CT, NNCLR).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+LastNorm = Literal["none", "affine", "nonaffine"]
+
+
+def mlp(
+    in_dim: int,
+    hidden_dim: int,
+    out_dim: int,
+    num_layers: int = 2,
+    hidden_bias: bool = False,
+    last_bias: bool = False,
+    last_norm: LastNorm = "none",
+) -> nn.Sequential:
+    """Examples (methods.md 7.1):
+
+    >>> nnclr_projector = mlp(768, 2048, 256, num_layers=3, last_norm="affine")
+    >>> nnclr_predictor = mlp(256, 4096, 256)
+    >>> mocov3_projector = mlp(768, 4096, 256, num_layers=3, last_norm="nonaffine")
+    >>> cmae_projector = mlp(768, 1536, 256, hidden_bias=True)
+    """
+    if num_layers < 1:
+        raise ValueError(f"an MLP needs at least one layer, got {num_layers}")
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers - 1):
+        layers += [nn.Linear(dim, hidden_dim, bias=hidden_bias), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim, bias=last_bias))
+    if last_norm != "none":
+        layers.append(nn.BatchNorm1d(out_dim, affine=last_norm == "affine"))
+    return nn.Sequential(*layers)
