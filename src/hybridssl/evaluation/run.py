@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -98,15 +99,16 @@ def compute_features(req: EvalRequest) -> tuple[Features, dict[str, Any]]:
     return Features(train_f, train.labels, test_f, test.labels, pooling), config
 
 
-def evaluate(req: EvalRequest) -> list[dict[str, Any]]:
-    """Runs the protocol and appends one record per result to req.output/results.jsonl."""
-    if req.protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: unknown {req.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Runs `protocols` (default: req.protocol) on features computed once, and appends one record per
+    result to req.output/results.jsonl."""
+    protocols = list(protocols or [req.protocol])
+    for name in protocols:
+        if name not in PROTOCOLS:
+            raise ValueError(f"protocol: unknown {name!r}; choose one of {', '.join(PROTOCOLS)}")
     start = time.perf_counter()
     feats, config = compute_features(req)
     feature_seconds = time.perf_counter() - start
-    results = PROTOCOLS[req.protocol](feats, req)
-    seconds = time.perf_counter() - start
     base = {
         "method": config["method"],
         "model": config["model"],
@@ -115,14 +117,16 @@ def evaluate(req: EvalRequest) -> list[dict[str, Any]]:
         "dataset": req.dataset,
         "train_size": len(feats.train),
         "test_size": len(feats.test),
-        "protocol": req.protocol,
         "pooling": feats.pooling,
         "seed": req.seed,
     }
-    return [
-        append_result(req.output, {**base, **r, "feature_seconds": round(feature_seconds, 2), "wall_seconds": round(seconds, 2)})
-        for r in results
-    ]
+    records = []
+    for name in protocols:
+        begin = time.perf_counter()
+        for result in PROTOCOLS[name](feats, req):
+            timing = {"feature_seconds": round(feature_seconds, 2), "wall_seconds": round(time.perf_counter() - begin, 2)}
+            records.append(append_result(req.output, {**base, "protocol": name, **result, **timing}))
+    return records
 
 
 def run_knn(feats: Features, req: EvalRequest) -> list[dict[str, Any]]:
