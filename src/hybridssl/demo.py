@@ -46,14 +46,9 @@ def run_demo(output: Path, quick: bool = False) -> None:
         rows += evaluate(req, ["knn", "linear"])
 
     test = load_dataset("fashion-mnist", "test").take(8, seed=0)
-    grid = reconstruction_grid(load_method(checkpoint), test.images, _info(checkpoint), output / "reconstructions.png")
+    method = load_method(checkpoint)
+    grid = reconstruction_grid(method, test.images, method.info, output / "reconstructions.png")
     print_summary(rows, output, grid, pretrain_seconds, time.perf_counter() - start)
-
-
-def _info(checkpoint: Path):
-    from hybridssl.engine.checkpoints import checkpoint_data_info, load_checkpoint
-
-    return checkpoint_data_info(load_checkpoint(checkpoint))
 
 
 def print_summary(rows: list[dict], output: Path, grid: Path, pretrain_seconds: float, total_seconds: float) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -38,7 +38,6 @@ class EvalRequest:
     ks: tuple[int, ...] = (20,)
     seed: int = 0
     download: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,7 +81,7 @@ def default_pooling(config: dict[str, Any]) -> Pooling:
     from hybridssl.methods import METHODS
 
     method = METHODS.get(config["method"])
-    return getattr(method, "eval_pooling", "cls") if method else "cls"
+    return method.eval_pooling if method else "cls"
 
 
 def compute_features(req: EvalRequest) -> tuple[Features, dict[str, Any]]:
