@@ -14,13 +14,15 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
-from hybridssl.config import RunConfig, save_yaml
+from hybridssl.config import ConfigError, RunConfig, save_yaml
 from hybridssl.data.loader import InMemoryLoader
 from hybridssl.data.sources import PRETRAIN_SPLIT, DataError, ImageSet, data_info, load_dataset
 from hybridssl.engine.callbacks import DataPosition, FinalCheckpoint, ProgressBar, Throughput
-from hybridssl.engine.checkpoints import AtomicCheckpointIO, load_checkpoint
-from hybridssl.engine.module import PretrainModule
+from hybridssl.engine.checkpoints import AtomicCheckpointIO, CheckpointError, check_fits, load_checkpoint
+from hybridssl.engine.logs import preserve_metrics
+from hybridssl.engine.module import NonFiniteLossError, PretrainModule, seed_step
 from hybridssl.methods.base import METHODS, Method, build_method
+from hybridssl.nn.queue import FeatureQueue
 
 LAST = "last.ckpt"
 
@@ -28,13 +30,21 @@ LAST = "last.ckpt"
 class PretrainData(L.LightningDataModule):
     """Hands each rank its loader once the rank is known (after the processes are launched)."""
 
-    def __init__(self, images: ImageSet, batch_size: int, seed: int) -> None:
+    def __init__(self, images: ImageSet, batch_size: int, seed: int, global_images: bool = True) -> None:
         super().__init__()
-        self.images, self.batch_size, self.seed = images, batch_size, seed
+        self.images, self.batch_size, self.seed, self.global_images = images, batch_size, seed, global_images
 
     def train_dataloader(self) -> InMemoryLoader:
         t = self.trainer
-        return InMemoryLoader(self.images.images, self.images.labels, self.batch_size, self.seed, t.global_rank, t.world_size)
+        return InMemoryLoader(
+            self.images.images, self.images.labels, self.batch_size, self.seed, t.global_rank, t.world_size,
+            global_images=self.global_images,
+        )  # fmt: skip
+
+
+def global_batch(run: RunConfig) -> int:
+    devices = run.devices if isinstance(run.devices, int) else max(1, torch.cuda.device_count())
+    return run.batch_size * devices * run.num_nodes
 
 
 def load_training_images(run: RunConfig) -> ImageSet:
@@ -44,7 +54,7 @@ def load_training_images(run: RunConfig) -> ImageSet:
         image_size=run.image_size, channels=run.channels, strict=run.strict_data,
     )  # fmt: skip
     images = images.take(run.limit_train, seed=run.seed)
-    if len(images) < run.batch_size * run.num_nodes * (run.devices if isinstance(run.devices, int) else 1):
+    if len(images) < global_batch(run):
         raise DataError(
             f"batch_size: the {run.dataset} training set has {len(images)} images, fewer than one global batch "
             f"({run.batch_size} per device); lower --batch-size"
@@ -56,14 +66,75 @@ def checkpoint_dir(run: RunConfig) -> Path:
     return Path(run.output) / "checkpoints"
 
 
-def init_from_checkpoint(method: Method, path: Path) -> None:
-    """Starts from another run's weights: every parameter whose name and shape match is copied."""
-    state = {k.removeprefix("method."): v for k, v in load_checkpoint(path)["state_dict"].items()}
+def run_label(run: RunConfig) -> str:
+    return f"method {run.method} / model {run.model}"
+
+
+def init_from_checkpoint(method: Method, path: Path, run: RunConfig) -> None:
+    """Starts from another run's weights (of any method): the whole encoder, which must fit, plus
+    every other entry whose name and shape match."""
+    ckpt = load_checkpoint(path)
+    encoder = {f"encoder.{k}": v for k, v in method.encoder.state_dict().items()}
+    check_fits(ckpt, path, encoder, "init_from", run_label(run), "method.")
+    state = {k.removeprefix("method."): v for k, v in ckpt["state_dict"].items()}
     own = method.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not any(k.startswith("encoder.") for k in matched):
-        raise ValueError(f"init_from: {path} holds no encoder weights that fit this model")
     method.load_state_dict(matched, strict=False)
+
+
+def seeded_method(run: RunConfig, info) -> Method:
+    """The method with weights drawn from `run.seed` (a draw no training step uses), then --init-from."""
+    seed_step(run.seed, 0, -1)
+    method = build_method(run, info)
+    if run.init_from:
+        init_from_checkpoint(method, run.init_from, run)
+    return method
+
+
+def check_queues(method: Method, run: RunConfig, num_images: int) -> None:
+    """Every feature queue must hold at least one global batch and at most the training set (larger,
+    it holds stale copies of every image, the query's own among its negatives)."""
+    field = "method_args.queue_size" if "queue_size" in type(method).Config.model_fields else "method_args"
+    for name, queue in method.named_modules():
+        if not isinstance(queue, FeatureQueue):
+            continue
+        if queue.size < global_batch(run):
+            raise ConfigError(f"{field}: the queue `{name}` holds {queue.size} entries, fewer than one global batch ({global_batch(run)})")
+        if queue.size > num_images:
+            raise ConfigError(
+                f"{field}: the queue `{name}` holds {queue.size} entries, more than the {num_images} training images; "
+                "lower it (or train on more images)"
+            )
+
+
+def checkpoints_of(run: RunConfig) -> list[Path]:
+    """The run's checkpoints, newest first (atomic writes: each one is complete)."""
+    folder = checkpoint_dir(run)
+    found = [p for p in folder.glob("*.ckpt") if p.is_file()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name == LAST), reverse=True)
+
+
+def resume_checkpoint(run: RunConfig, method: Method) -> Path | None:
+    """With --resume: the newest checkpoint of the run folder, checked against this run; without it,
+    a folder that already holds a run is refused rather than mixed with a new one."""
+    found = checkpoints_of(run)
+    if not run.resume:
+        if found:
+            raise ConfigError(
+                f"output: {run.output} already holds a run ({found[0].relative_to(run.output)}); "
+                "continue it with --resume or choose another --output"
+            )
+        return None
+    if not found:
+        warnings.warn(f"--resume: no checkpoint in {checkpoint_dir(run)}; starting from scratch", stacklevel=2)
+        return None
+    path = found[0]
+    ckpt = load_checkpoint(path, mmap=True)
+    config = ckpt["hybridssl"]["config"]
+    if (config.get("method"), config.get("model")) != (run.method, run.model):
+        raise CheckpointError(f"resume: checkpoint {path} was trained with method {config.get('method')} / model {config.get('model')}, this run is {run_label(run)}")
+    check_fits(ckpt, path, method.state_dict(), "resume", run_label(run) + " with these method_args", "method.")
+    return path
 
 
 def build_trainer(run: RunConfig, method_cls: type[Method]) -> L.Trainer:
@@ -128,15 +199,23 @@ def pretrain(run: RunConfig) -> Path:
     quiet_lightning()
     images = load_training_images(run)
     info = data_info(run.dataset, images)
-    method = build_method(run, info)
-    if run.init_from:
-        init_from_checkpoint(method, run.init_from)
-    trainer = build_trainer(run, METHODS[run.method])
-    last = checkpoint_dir(run) / LAST
-    resume_from = last if run.resume and last.is_file() else None
+    method = seeded_method(run, info)
+    check_queues(method, run, len(images))
+    resume_from = resume_checkpoint(run, method)
     if rank_zero_only.rank == 0:
+        for stale in checkpoint_dir(run).glob(".*.tmp"):  # left by a kill during a save
+            stale.unlink(missing_ok=True)
+        if resume_from is not None:
+            preserve_metrics(Path(run.output))
         save_yaml(run.dump(), Path(run.output) / "config.yaml")
+    trainer = build_trainer(run, METHODS[run.method])
     if run.accelerator == "cpu" and trainer.world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
-    trainer.fit(PretrainModule(method, run, info), datamodule=PretrainData(images, run.batch_size, run.seed), ckpt_path=resume_from)
-    return last
+    data = PretrainData(images, run.batch_size, run.seed, run.global_batch_views)
+    try:
+        trainer.fit(PretrainModule(method, run, info), datamodule=data, ckpt_path=resume_from)
+    except NonFiniteLossError as exc:
+        kept = checkpoints_of(run)
+        where = f"the last good checkpoint is {kept[0]}" if kept else "no checkpoint was written"
+        raise NonFiniteLossError(f"{exc}; stopped, {where}") from None
+    return checkpoint_dir(run) / LAST
