@@ -12,8 +12,8 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +23,13 @@ from hybridssl.cli import main
 from hybridssl.engine.checkpoints import load_checkpoint
 from hybridssl.engine.logs import read_metrics
 from hybridssl.methods import METHODS
-
-DRIVER = Path(__file__).parent / "cli_driver.py"
-SRC = Path(__file__).parents[1] / "src"
-# in-process runs and subprocesses compute with the same number of threads (bit-identical sums); one
-# thread, as on a busy 2-core machine two spin-waiting threads made a step 25x slower (measured)
-THREADS = 1
+from tests.subprocess_runs import start_driver, threads
 
 
 @pytest.fixture(autouse=True)
-def _same_threads_as_subprocesses() -> None:
-    torch.set_num_threads(THREADS)
+def _same_threads_as_subprocesses() -> Iterator[None]:
+    with threads():
+        yield
 
 
 def tiny(method: str, data_dir: Path, output: Path, *extra: str) -> list[str]:
@@ -47,7 +43,7 @@ def assert_same(a, b, where: str = "") -> None:
     """Nested dicts / lists / tensors / numbers equal, tensors bit for bit."""
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())), where
+        assert torch.equal(a, b), where
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), f"{where}: {sorted(a)} != {sorted(b)}"
         for k in a:
@@ -67,14 +63,6 @@ def assert_same_training_state(reference: Path, resumed: Path) -> None:
         assert_same(full[key], again[key], key)
     assert_same(full["callbacks"]["DataPosition"], again["callbacks"]["DataPosition"], "data position")
     assert_same(full["hybridssl"]["rng"], again["hybridssl"]["rng"], "rng")
-
-
-def start_driver(args: list[str], stall_at: int | None = None, marker: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": str(THREADS), "PYTHONWARNINGS": "ignore"}  # fmt: skip
-    if stall_at is not None:
-        env.update(HYBRIDSSL_TEST_STALL_AT=str(stall_at), HYBRIDSSL_TEST_STALL_MARKER=str(marker))
-    return subprocess.Popen([sys.executable, str(DRIVER), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
@@ -97,7 +85,10 @@ def kill_and_resume(method: str, data_dir: Path, tmp: Path, budget: list[str], e
     reference, killed = tmp / "reference", tmp / "killed"
     assert main(tiny(method, data_dir, reference, *budget, "--checkpoint-every-steps", str(every))) == 0
     marker = tmp / "stalled"
-    proc = start_driver(tiny(method, data_dir, killed, *budget, "--checkpoint-every-steps", str(every)), stall_at, marker)
+    proc = start_driver(
+        tiny(method, data_dir, killed, *budget, "--checkpoint-every-steps", str(every)),
+        HYBRIDSSL_TEST_STALL_AT=str(stall_at), HYBRIDSSL_TEST_STALL_MARKER=str(marker),
+    )  # fmt: skip
     kill_when(proc, marker.exists)
     steps = sorted(int(p.stem.removeprefix("step")) for p in killed.rglob("step*.ckpt"))
     assert steps and steps[-1] == (stall_at - 1) // every * every, steps
@@ -138,7 +129,8 @@ def test_queue_and_ema_method_killed_resumes_bit_identical(method, fmnist_dir, t
 def epoch_run(fmnist_dir, tmp_path_factory):
     """An uninterrupted 3-epoch run (epoch budget: 12 steps) with a checkpoint every 2 steps."""
     out = tmp_path_factory.mktemp("epochs")
-    assert main(tiny("mae", fmnist_dir, out, "--epochs", "3", "--checkpoint-every-steps", "2")) == 0
+    with threads():
+        assert main(tiny("mae", fmnist_dir, out, "--epochs", "3", "--checkpoint-every-steps", "2")) == 0
     return out
 
 

@@ -84,9 +84,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from hybridssl.config import resolve
     from hybridssl.engine.train import pretrain
 
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     run = resolve(flags_to_layer(args), args.config)
     last = pretrain(run)
-    print(f"hybridssl: pretraining done; checkpoint {last}")
+    if rank_zero_only.rank == 0:
+        print(f"hybridssl: pretraining done; checkpoint {last}")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,16 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
+def load_failure(exc: Exception) -> str:
+    """torch's reasons in one short line; a refused Python object is named, never constructed."""
+    text = str(exc)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return f"it holds a Python object ({refused.group(1)}), which a weights-only load refuses"
+    first = re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Loads with weights_only=True: tensors and plain containers only, never arbitrary objects.
     `mmap` reads tensors lazily (cheap when only the metadata is needed)."""
@@ -59,7 +70,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many types for foreign or torn files
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({load_failure(exc)})") from None
     if not isinstance(ckpt, dict) or "hybridssl" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a hybridssl checkpoint (no 'hybridssl' metadata)")
     meta = ckpt["hybridssl"]
@@ -73,18 +84,15 @@ def trained_with(ckpt: dict[str, Any]) -> str:
     return f"method {config.get('method')} / model {config.get('model')}"
 
 
-def check_fits(ckpt: dict[str, Any], path: Path, own: dict[str, torch.Tensor], what: str, run_label: str, prefix: str = "") -> None:
-    """Raises one CheckpointError line when the checkpoint's entries named in `own` (keys without
-    `prefix`) are missing or shaped differently: a checkpoint of another method or model."""
+def check_fits(ckpt: dict[str, Any], own: dict[str, torch.Tensor], problem: str, prefix: str = "") -> None:
+    """Raises one CheckpointError line, `problem` followed by the first entry that does not fit, when
+    the checkpoint's entries named in `own` (keys without `prefix`) are missing or shaped differently."""
     theirs = {k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     for key, value in own.items():
         found = theirs.get(key)
         if found is None or tuple(found.shape) != tuple(value.shape):
             detail = "missing" if found is None else f"{tuple(found.shape)}, not {tuple(value.shape)}"
-            raise CheckpointError(
-                f"{what}: checkpoint {path} was trained with {trained_with(ckpt)}, this run is {run_label} "
-                f"({key}: {detail})"
-            )
+            raise CheckpointError(f"{problem} ({key}: {detail})")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -118,7 +126,7 @@ def load_encoder(path: str | Path) -> tuple[ViT, DataInfo, dict[str, Any]]:
         info = checkpoint_data_info(ckpt)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path}: its encoder settings are invalid ({exc})") from None
-    check_fits(ckpt, Path(path), encoder.state_dict(), "checkpoint", f"its recorded encoder {encoder.cfg}", ENCODER_PREFIX)
+    check_fits(ckpt, encoder.state_dict(), f"checkpoint {path}: its weights do not fit its recorded encoder settings", ENCODER_PREFIX)
     encoder.load_state_dict(encoder_state(ckpt))
     return encoder.eval(), info, ckpt["hybridssl"]["config"]
 
@@ -158,6 +166,6 @@ def load_method(path: str | Path):
         raise CheckpointError(f"checkpoint {path}: its config is invalid ({format_validation_error(exc)})") from None
     except (ConfigError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path}: its config is invalid ({exc})") from None
-    check_fits(ckpt, Path(path), method.state_dict(), "checkpoint", f"its recorded {trained_with(ckpt)}", "method.")
+    check_fits(ckpt, method.state_dict(), f"checkpoint {path}: its weights do not fit its recorded {trained_with(ckpt)}", "method.")
     method.load_state_dict({k.removeprefix("method."): v for k, v in ckpt["state_dict"].items()})
     return method.eval()

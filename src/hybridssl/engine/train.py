@@ -12,16 +12,18 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 from lightning.pytorch.strategies import DDPStrategy
 
 from hybridssl.config import ConfigError, RunConfig, save_yaml
 from hybridssl.data.loader import InMemoryLoader
 from hybridssl.data.sources import PRETRAIN_SPLIT, DataError, ImageSet, data_info, load_dataset
 from hybridssl.engine.callbacks import DataPosition, FinalCheckpoint, ProgressBar, Throughput
-from hybridssl.engine.checkpoints import AtomicCheckpointIO, CheckpointError, check_fits, load_checkpoint
+from hybridssl.engine.checkpoints import AtomicCheckpointIO, CheckpointError, check_fits, load_checkpoint, trained_with
 from hybridssl.engine.logs import preserve_metrics
 from hybridssl.engine.module import NonFiniteLossError, PretrainModule, seed_step
 from hybridssl.methods.base import METHODS, Method, build_method
+from hybridssl.nn.batchnorm import convert_to_global_batchnorm
 from hybridssl.nn.queue import FeatureQueue
 
 LAST = "last.ckpt"
@@ -75,7 +77,7 @@ def init_from_checkpoint(method: Method, path: Path, run: RunConfig) -> None:
     every other entry whose name and shape match."""
     ckpt = load_checkpoint(path)
     encoder = {f"encoder.{k}": v for k, v in method.encoder.state_dict().items()}
-    check_fits(ckpt, path, encoder, "init_from", run_label(run), "method.")
+    check_fits(ckpt, encoder, f"init_from: checkpoint {path} was trained with {trained_with(ckpt)}, this run is {run_label(run)}; its encoder does not fit", "method.")
     state = {k.removeprefix("method."): v for k, v in ckpt["state_dict"].items()}
     own = method.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -131,20 +133,37 @@ def resume_checkpoint(run: RunConfig, method: Method) -> Path | None:
     path = found[0]
     ckpt = load_checkpoint(path, mmap=True)
     config = ckpt["hybridssl"]["config"]
+    problem = f"resume: checkpoint {path} was trained with {trained_with(ckpt)}, this run is {run_label(run)}"
     if (config.get("method"), config.get("model")) != (run.method, run.model):
-        raise CheckpointError(f"resume: checkpoint {path} was trained with method {config.get('method')} / model {config.get('model')}, this run is {run_label(run)}")
-    check_fits(ckpt, path, method.state_dict(), "resume", run_label(run) + " with these method_args", "method.")
+        raise CheckpointError(problem)
+    check_fits(ckpt, method.state_dict(), f"{problem} with other settings", "method.")
     return path
+
+
+class GlobalBatchNormSync(LayerSync):
+    """Lightning's layer-sync hook for devices torch's SyncBatchNorm refuses (CPU): nn/batchnorm.py."""
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        return convert_to_global_batchnorm(model)
+
+    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model  # GlobalBatchNorm is plain BatchNorm on one process
+
+
+def uses_cuda(run: RunConfig) -> bool:
+    return run.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
 
 
 def build_trainer(run: RunConfig, method_cls: type[Method]) -> L.Trainer:
     out = Path(run.output)
     multi = run.devices == "auto" or run.devices > 1 or run.num_nodes > 1
     strategy = DDPStrategy(find_unused_parameters=method_cls.find_unused_parameters) if multi else "auto"
-    on_cuda = run.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     precision = run.precision
     if precision == "auto":
-        precision = "bf16-mixed" if on_cuda else "32-true"
+        precision = "bf16-mixed" if uses_cuda(run) else "32-true"
+    # BatchNorm statistics of the global batch: torch's SyncBatchNorm on GPUs (DDP refuses it on CPU),
+    # nn/batchnorm.py's GlobalBatchNorm elsewhere
+    batchnorm_sync = [(TorchSyncBatchNorm() if uses_cuda(run) else GlobalBatchNormSync())] if multi else []
     every_steps = run.checkpoint_every_steps
     periodic = ModelCheckpoint(
         dirpath=checkpoint_dir(run),
@@ -161,12 +180,11 @@ def build_trainer(run: RunConfig, method_cls: type[Method]) -> L.Trainer:
         num_nodes=run.num_nodes,
         strategy=strategy,
         precision=precision,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *batchnorm_sync],
         max_epochs=run.epochs if run.epochs is not None else -1,
         max_steps=run.max_steps or -1,
         accumulate_grad_batches=run.accumulate_grad_batches,
         gradient_clip_val=run.optim.grad_clip,
-        sync_batchnorm=multi and on_cuda,  # SyncBatchNorm needs CUDA; CPU ranks keep their own BN statistics
         use_distributed_sampler=False,
         callbacks=[
             DataPosition(),
