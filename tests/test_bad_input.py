@@ -69,6 +69,9 @@ def test_missing_empty_and_unreadable_folders(tmp_path, capsys):
     assert "no readable images" in line and "broken" in line and any("a.png" in str(w.message) for w in caught)
     line = one_line_error(capsys, ["pretrain", "--method", "mae", *CPU, "--dataset", "folder", "--output", str(tmp_path / "o4")])
     assert "--data-dir" in line
+    # a mistyped --data-dir of a named dataset does not fall back to a copy found elsewhere
+    line = one_line_error(capsys, tiny(tmp_path / "typo", tmp_path / "o5", "--max-steps", "1"))
+    assert line == f"hybridssl: error: data_dir: {tmp_path / 'typo'} does not exist"
 
 
 def write_mixed_folder(root: Path) -> list[str]:

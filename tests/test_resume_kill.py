@@ -83,33 +83,38 @@ def kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def kill_and_resume(method: str, data_dir: Path, tmp: Path, budget: list[str], every: int, stall_at: int) -> tuple[Path, Path]:
-    """Reference run; a subprocess killed before step `stall_at`; its resume. Returns both outputs."""
+def kill_and_resume(method: str, data_dir: Path, tmp: Path, budget: list[str], every: int, stalls: list[int]) -> tuple[Path, Path]:
+    """Reference run; then a subprocess killed before each step of `stalls` in turn (each attempt
+    resuming the previous one), and a last resume to the end. Returns both outputs."""
     reference, killed = tmp / "reference", tmp / "killed"
-    assert main(tiny(method, data_dir, reference, *budget, "--checkpoint-every-steps", str(every))) == 0
-    marker = tmp / "stalled"
-    proc = start_driver(
-        tiny(method, data_dir, killed, *budget, "--checkpoint-every-steps", str(every)),
-        HYBRIDSSL_TEST_STALL_AT=str(stall_at), HYBRIDSSL_TEST_STALL_MARKER=str(marker),
-    )  # fmt: skip
-    wait_until(proc, marker.exists)
-    kill(proc)
-    assert proc.returncode == -signal.SIGKILL
-    steps = sorted(int(p.stem.removeprefix("step")) for p in killed.rglob("step*.ckpt"))
-    assert steps and steps[-1] == (stall_at - 1) // every * every, steps
-    assert main(tiny(method, data_dir, killed, *budget, "--checkpoint-every-steps", str(every), "--resume")) == 0
+    args = [*budget, "--checkpoint-every-steps", str(every)]
+    assert main(tiny(method, data_dir, reference, *args)) == 0
+    for attempt, stall_at in enumerate(stalls):
+        marker = tmp / f"stalled{attempt}"
+        resume = ["--resume"] if attempt else []
+        proc = start_driver(tiny(method, data_dir, killed, *args, *resume), HYBRIDSSL_TEST_STALL_AT=str(stall_at), HYBRIDSSL_TEST_STALL_MARKER=str(marker))
+        wait_until(proc, marker.exists)
+        kill(proc)
+        assert proc.returncode == -signal.SIGKILL
+        steps = sorted(int(p.stem.removeprefix("step")) for p in killed.rglob("step*.ckpt"))
+        assert steps and steps[-1] == (stall_at - 1) // every * every, steps
+    assert main(tiny(method, data_dir, killed, *args, "--resume")) == 0
     return reference, killed
 
 
-def test_mae_killed_mid_epoch_resumes_bit_identical(fmnist_dir, tmp_path):
-    # checkpoints at 3, 6, 9; killed before step 8 (step 7 trained and lost); resumed across the epoch end at 8
-    reference, killed = kill_and_resume("mae", fmnist_dir, tmp_path, ["--max-steps", "10"], every=3, stall_at=8)
-    assert_same_training_state(reference / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")
-    # the metrics of the killed part survive the resume; the re-trained step 7 is logged once, as retrained
-    assert (killed / "logs" / "csv" / "metrics.part1.csv").is_file()
+def test_mae_killed_three_times_resumes_bit_identical(fmnist_dir, tmp_path):
+    """4 steps per epoch, a checkpoint every 2. Killed before steps 5, 9 and 13: each resume starts
+    at an epoch's end, from the second on from a checkpoint a resumed run wrote (there Lightning's
+    epoch counter drifts, by two epochs after the third resume: measured); then run to step 16."""
+    reference, killed = kill_and_resume("mae", fmnist_dir, tmp_path, ["--max-steps", "16"], every=2, stalls=[5, 9, 13])
+    for name in ("step0000006.ckpt", "step0000010.ckpt", "step0000014.ckpt", "last.ckpt"):
+        assert_same_training_state(reference / "checkpoints" / name, killed / "checkpoints" / name)
+    # the metrics of the killed parts survive the resumes; re-trained steps are logged once each
+    parts = sorted(p.name for p in (killed / "logs" / "csv").glob("metrics*.csv"))
+    assert parts == ["metrics.csv", "metrics.part1.csv", "metrics.part2.csv", "metrics.part3.csv"]
     losses = {int(r["step"]): r["train/loss"] for r in read_metrics(killed) if "train/loss" in r}
     expected = {int(r["step"]): r["train/loss"] for r in read_metrics(reference) if "train/loss" in r}
-    assert losses == expected and sorted(losses) == list(range(10))
+    assert losses == expected and sorted(losses) == list(range(16))
 
 
 QUEUE = ["--set", "method_args.queue_size=48"]
@@ -123,7 +128,8 @@ def test_queue_and_ema_method_killed_resumes_bit_identical(method, fmnist_dir, t
     default. A recipe (`mae-ct`: one run per stage) is compared stage by stage."""
     if method not in METHODS:
         pytest.skip(f"method {method!r} is not registered on this branch")
-    reference, killed = kill_and_resume(method, fmnist_dir, tmp_path, ["--max-steps", "10", *QUEUE_EMA_METHODS[method]], every=3, stall_at=8)
+    # checkpoints at 3, 6, 9; killed before step 8 (step 7 trained and lost); resumed across the epoch end at 8
+    reference, killed = kill_and_resume(method, fmnist_dir, tmp_path, ["--max-steps", "10", *QUEUE_EMA_METHODS[method]], every=3, stalls=[8])
     finals = sorted(p.relative_to(reference) for p in reference.rglob("last.ckpt"))
     assert finals
     for relative in finals:
@@ -176,4 +182,7 @@ def test_killed_at_random_moments_until_done(method, fmnist_dir, tmp_path):
         kill(proc)
         assert proc.returncode == -signal.SIGKILL, f"attempt {attempt}: the run ended first"
     run_driver(tiny(method, fmnist_dir, killed, *budget, "--resume"))
-    assert_same_training_state(reference / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")
+    names = sorted(p.name for p in (reference / "checkpoints").glob("*.ckpt"))
+    assert sorted(p.name for p in (killed / "checkpoints").glob("*.ckpt")) == names
+    for name in names:  # every intermediate checkpoint too: the first divergence, if any, is named
+        assert_same_training_state(reference / "checkpoints" / name, killed / "checkpoints" / name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -154,7 +155,16 @@ def uses_cuda(run: RunConfig) -> bool:
     return run.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
 
 
-def build_trainer(run: RunConfig, method_cls: type[Method]) -> L.Trainer:
+def optimizer_steps(run: RunConfig, num_images: int) -> int:
+    """The run's budget in optimizer steps. The Trainer gets steps, never epochs: Lightning's epoch
+    counter drifts across repeated resumes, its step counter does not (the loader counts epochs)."""
+    batches = num_images // global_batch(run)
+    per_epoch = math.ceil(batches / run.accumulate_grad_batches)  # Lightning steps at an epoch's end too
+    budgets = [run.epochs * per_epoch if run.epochs else None, run.max_steps]
+    return min(b for b in budgets if b is not None)
+
+
+def build_trainer(run: RunConfig, method_cls: type[Method], num_images: int) -> L.Trainer:
     out = Path(run.output)
     multi = run.devices == "auto" or run.devices > 1 or run.num_nodes > 1
     strategy = DDPStrategy(find_unused_parameters=method_cls.find_unused_parameters) if multi else "auto"
@@ -181,8 +191,8 @@ def build_trainer(run: RunConfig, method_cls: type[Method]) -> L.Trainer:
         strategy=strategy,
         precision=precision,
         plugins=[AtomicCheckpointIO(), *batchnorm_sync],
-        max_epochs=run.epochs if run.epochs is not None else -1,
-        max_steps=run.max_steps or -1,
+        max_epochs=-1,
+        max_steps=optimizer_steps(run, num_images),
         accumulate_grad_batches=run.accumulate_grad_batches,
         gradient_clip_val=run.optim.grad_clip,
         use_distributed_sampler=False,
@@ -226,7 +236,7 @@ def pretrain(run: RunConfig) -> Path:
         if resume_from is not None:
             preserve_metrics(Path(run.output))
         save_yaml(run.dump(), Path(run.output) / "config.yaml")
-    trainer = build_trainer(run, METHODS[run.method])
+    trainer = build_trainer(run, METHODS[run.method], len(images))
     if run.accelerator == "cpu" and trainer.world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
     data = PretrainData(images, run.batch_size, run.seed, run.global_batch_views)

@@ -9,7 +9,9 @@ exactly what one process with batch N x B draws. Outside a shared stream (unit t
 pictures) they are plain draws from the global torch generator.
 
 Every rank must make the same sequence of shared draws with the same shapes, which holds for the
-engine's equal per-rank batches.
+engine's equal per-rank batches. Row i is sample i of the rank's batch: draw once per view (B rows),
+not once for views stacked into one tensor (2B rows: [view 1 of the rank's samples, view 2 ...]
+interleaves differently from the one-process layout, so those draws match only in distribution).
 """
 
 from __future__ import annotations
