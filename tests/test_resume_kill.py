@@ -112,9 +112,9 @@ def test_mae_killed_three_times_resumes_bit_identical(fmnist_dir, tmp_path):
     # the metrics of the killed parts survive the resumes; re-trained steps are logged once each
     parts = sorted(p.name for p in (killed / "logs" / "csv").glob("metrics*.csv"))
     assert parts == ["metrics.csv", "metrics.part1.csv", "metrics.part2.csv", "metrics.part3.csv"]
-    losses = {int(r["step"]): r["train/loss"] for r in read_metrics(killed) if "train/loss" in r}
-    expected = {int(r["step"]): r["train/loss"] for r in read_metrics(reference) if "train/loss" in r}
-    assert losses == expected and sorted(losses) == list(range(16))
+    logged = {int(r["step"]): (r["train/loss"], r["epoch"]) for r in read_metrics(killed) if "train/loss" in r}
+    expected = {int(r["step"]): (r["train/loss"], r["epoch"]) for r in read_metrics(reference) if "train/loss" in r}
+    assert logged == expected and sorted(logged) == list(range(16))  # Lightning's epochs end where the data's do
 
 
 QUEUE = ["--set", "method_args.queue_size=48"]
@@ -151,6 +151,19 @@ def test_resume_at_and_after_epoch_ends(epoch_run, fmnist_dir, tmp_path, step):
     shutil.copy(epoch_run / "checkpoints" / f"step{step:07d}.ckpt", tmp_path / "checkpoints" / "last.ckpt")
     assert main(tiny("mae", fmnist_dir, tmp_path, "--epochs", "3", "--checkpoint-every-steps", "2", "--resume")) == 0
     assert_same_training_state(epoch_run / "checkpoints" / "last.ckpt", tmp_path / "checkpoints" / "last.ckpt")
+
+
+def test_epoch_checkpoints_resume_with_epochs_where_the_data_has_them(fmnist_dir, tmp_path):
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert main(tiny("mae", fmnist_dir, reference, "--epochs", "3")) == 0  # a checkpoint per epoch
+    assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["last.ckpt", "step0000004.ckpt", "step0000008.ckpt", "step0000012.ckpt"]
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(reference / "checkpoints" / "step0000004.ckpt", resumed / "checkpoints" / "last.ckpt")
+    assert main(tiny("mae", fmnist_dir, resumed, "--epochs", "3", "--resume")) == 0
+    assert_same_training_state(reference / "checkpoints" / "last.ckpt", resumed / "checkpoints" / "last.ckpt")
+    epochs = {int(r["step"]): r["epoch"] for r in read_metrics(resumed) if "train/loss" in r}
+    assert epochs == {s: e for s, e in ((int(r["step"]), r["epoch"]) for r in read_metrics(reference) if "train/loss" in r) if s >= 4}
+    assert {p.name for p in (resumed / "checkpoints").glob("step*.ckpt")} == {"step0000008.ckpt", "step0000012.ckpt"}
 
 
 def test_checkpoint_carries_every_ranks_rng_states_and_loads_weights_only(epoch_run):

@@ -155,12 +155,15 @@ def uses_cuda(run: RunConfig) -> bool:
     return run.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
 
 
+def steps_per_epoch(run: RunConfig, num_images: int) -> int:
+    """Optimizer steps per epoch (Lightning also steps at an epoch's end with accumulation pending)."""
+    return math.ceil(num_images // global_batch(run) / run.accumulate_grad_batches)
+
+
 def optimizer_steps(run: RunConfig, num_images: int) -> int:
     """The run's budget in optimizer steps. The Trainer gets steps, never epochs: Lightning's epoch
     counter drifts across repeated resumes, its step counter does not (the loader counts epochs)."""
-    batches = num_images // global_batch(run)
-    per_epoch = math.ceil(batches / run.accumulate_grad_batches)  # Lightning steps at an epoch's end too
-    budgets = [run.epochs * per_epoch if run.epochs else None, run.max_steps]
+    budgets = [run.epochs * steps_per_epoch(run, num_images) if run.epochs else None, run.max_steps]
     return min(b for b in budgets if b is not None)
 
 
@@ -174,13 +177,15 @@ def build_trainer(run: RunConfig, method_cls: type[Method], num_images: int) -> 
     # BatchNorm statistics of the global batch: torch's SyncBatchNorm on GPUs (DDP refuses it on CPU),
     # nn/batchnorm.py's GlobalBatchNorm elsewhere
     batchnorm_sync = [(TorchSyncBatchNorm() if uses_cuda(run) else GlobalBatchNormSync())] if multi else []
-    every_steps = run.checkpoint_every_steps
+    # epoch checkpoints too are taken after the epoch's last step, not at Lightning's epoch end: a run
+    # resumed from an epoch-end save ended its next epoch after one batch (measured)
+    every_steps = run.checkpoint_every_steps or run.checkpoint_every_epochs * steps_per_epoch(run, num_images)
     periodic = ModelCheckpoint(
         dirpath=checkpoint_dir(run),
         filename="step{step:07d}",
         auto_insert_metric_name=False,
         every_n_train_steps=every_steps,
-        every_n_epochs=None if every_steps else run.checkpoint_every_epochs,
+        every_n_epochs=None,
         save_top_k=-1,
         save_last=True,
     )
