@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-slow bench clean
+.PHONY: install system-deps test-deps demo test test-slow bench clean
 
 install: $(STAMP)
 
@@ -19,13 +19,16 @@ $(STAMP): pyproject.toml
 system-deps:
 	@sh scripts/system-deps.sh
 
+test-deps:
+	@sh scripts/system-deps.sh test
+
 demo: install system-deps
 	$(BIN)/hybridssl demo
 
-test: install system-deps
+test: install test-deps
 	$(BIN)/python -m pytest -q
 
-test-slow: install system-deps
+test-slow: install test-deps
 	$(BIN)/python -m pytest -q -m slow
 
 bench: install system-deps

@@ -114,7 +114,9 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
     for e in error.errors():
         field = prefix + ".".join(str(x) for x in e["loc"]) if e["loc"] else prefix.rstrip(".") or "config"
         message = e["msg"].removeprefix("Value error, ")
-        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(e.get("input"), dict) else f" (got {e['input']!r})"
+        value = e.get("input")
+        hidden = e["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) or repr(value) in message
+        shown = "" if hidden else f" (got {value!r})"
         if e["type"] == "extra_forbidden":
             message = "unknown setting"
         parts.append(f"{field}: {message}{shown}")

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from hybridssl.cli import main
+from hybridssl.methods import METHODS
 
 SMALL = ["--limit-train", "200", "--limit-test", "64", "--epochs", "1"]
 LOWSHOT = ["--seeds", "2", "--lowshot-subsets", "10%,2", "--set", "finetune.batch_size=32"]
@@ -29,7 +30,7 @@ def test_each_protocol_runs_from_the_cli_and_records_its_settings(evaluate, tmp_
     written = rows(tmp_path)
     assert written and {r["protocol"] for r in written} == {protocol}
     for r in written:
-        assert r["pooling"] == "cls" and r["encoder"] == "trained" and r["train_size"] == 200 and r["test_size"] == 64
+        assert r["pooling"] == METHODS["mae"].eval_pooling and r["encoder"] == "trained" and r["train_size"] == 200 and r["test_size"] == 64
         assert isinstance(r["settings"], dict) and r["settings"] and "wall_seconds" in r
         assert "pixel" not in json.dumps(r) and "random" not in json.dumps(r).replace("random-resized", "")
     expected = {"knn": 3, "linear": 1, "finetune": 1, "lowshot": 4, "clustering": 4}[protocol]

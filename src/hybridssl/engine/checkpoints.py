@@ -106,3 +106,15 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(output)
     return kwargs
+
+
+def load_method(path: str | Path):
+    """The whole trained method (encoder, decoders, heads) of a checkpoint, in eval mode."""
+    from hybridssl.config import RunConfig
+    from hybridssl.methods.base import build_method
+
+    ckpt = load_checkpoint(path)
+    run = RunConfig.model_validate(ckpt["hybridssl"]["config"])
+    method = build_method(run, checkpoint_data_info(ckpt))
+    method.load_state_dict({k.removeprefix("method."): v for k, v in ckpt["state_dict"].items()})
+    return method.eval()

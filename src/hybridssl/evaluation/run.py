@@ -10,7 +10,7 @@ its row alone. Settings are validated before any feature is computed; errors nam
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -52,7 +52,6 @@ class EvalRequest:
     seed: int = 0
     download: bool = False
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per protocol: {"finetune": {"layer_decay": 0.65}}
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,7 +113,7 @@ def default_pooling(config: dict[str, Any]) -> Pooling:
     from hybridssl.methods import METHODS
 
     method = METHODS.get(config["method"])
-    return getattr(method, "eval_pooling", "cls") if method else "cls"
+    return method.eval_pooling if method else "cls"
 
 
 def resolve_settings(req: EvalRequest, protocols: list[str]) -> dict[str, BaseModel]:
@@ -269,14 +268,19 @@ PROTOCOLS = tuple(RUNNERS)
 NEEDS_ENCODER = {"finetune"}
 
 
-def protocols_for(req: EvalRequest) -> list[str]:
-    if req.protocol == "all":
-        return [p for p in PROTOCOLS if not (req.encoder_kind == "raw-pixels" and p in NEEDS_ENCODER)]
-    if req.protocol not in RUNNERS:
-        raise ConfigError(f"protocol: unknown {req.protocol!r}; choose one of {', '.join(PROTOCOLS)}, all")
-    if req.encoder_kind == "raw-pixels" and req.protocol in NEEDS_ENCODER:
-        raise ConfigError(f"protocol: {req.protocol} trains an encoder; raw pixels have none")
-    return [req.protocol]
+def protocols_for(req: EvalRequest, names: Sequence[str] | None = None) -> list[str]:
+    """The protocols to run, in order; `all` expands to every protocol that applies to the encoder kind."""
+    chosen: list[str] = []
+    for name in names or [req.protocol]:
+        if name == "all":
+            chosen += [p for p in PROTOCOLS if not (req.encoder_kind == "raw-pixels" and p in NEEDS_ENCODER)]
+        elif name not in RUNNERS:
+            raise ConfigError(f"protocol: unknown {name!r}; choose one of {', '.join(PROTOCOLS)}, all")
+        elif req.encoder_kind == "raw-pixels" and name in NEEDS_ENCODER:
+            raise ConfigError(f"protocol: {name} trains an encoder; raw pixels have none")
+        else:
+            chosen.append(name)
+    return list(dict.fromkeys(chosen))
 
 
 def compute_features(req: EvalRequest) -> tuple[Features, dict[str, Any]]:
@@ -284,9 +288,10 @@ def compute_features(req: EvalRequest) -> tuple[Features, dict[str, Any]]:
     return ctx.features(), ctx.config
 
 
-def evaluate(req: EvalRequest) -> list[dict[str, Any]]:
-    """Runs the protocol(s) and appends one record per result to req.output/results.jsonl."""
-    protocols = protocols_for(req)
+def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Runs `protocols` (default: req.protocol; `all` = every one that applies) on one set of images and
+    features, and appends one record per result to req.output/results.jsonl as each protocol ends."""
+    protocols = protocols_for(req, protocols)
     settings = resolve_settings(req, protocols)
     ctx = EvalContext(req)
     base = {

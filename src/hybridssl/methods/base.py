@@ -35,6 +35,7 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     run_defaults: ClassVar[dict[str, Any]] = {}  # e.g. optimizer defaults from the paper
     lr_views: ClassVar[int] = 1  # views counted in the effective batch that scales the lr
+    eval_pooling: ClassVar[str] = "cls"  # the pooling evaluation uses unless told otherwise
     find_unused_parameters: ClassVar[bool] = False  # DDP: some trainable parameter gets no gradient
 
     views: Views

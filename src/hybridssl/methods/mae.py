@@ -2,6 +2,9 @@
 
 Defaults follow the paper except the decoder size, scaled to small encoders (128 wide, 4 blocks;
 the paper's ViT-B decoder is 512 x 8: set `decoder_dim: 512, decoder_depth: 8, decoder_heads: 16`).
+Evaluation pools the mean of the patch tokens by default, as MAE-CT does for ViT-B; the MAE paper's
+linear probe used the CLS token (`--pooling cls`). On Fashion-MNIST with vit-pico after 2 epochs,
+mean-patch k-NN beat the random-init encoder by 6.1 points and CLS by 4.3 (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class MAEConfig(MethodConfig):
 class MAE(Method):
     name = "mae"
     Config = MAEConfig
+    eval_pooling = "mean_patch"
     run_defaults = {"optim": {"base_lr": 1.5e-4, "weight_decay": 0.05, "betas": (0.9, 0.95), "warmup_fraction": 0.05}}
 
     def __init__(self, cfg: MAEConfig, encoder, info) -> None:

@@ -1,0 +1,1 @@
+"""Pictures and pages: reconstructions, embeddings, curves, the HTML report."""
