@@ -15,6 +15,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from hybridssl.config import StrictModel
+from hybridssl.evaluation.cpu import sklearn_threads
 
 
 class ClusteringSettings(StrictModel):
@@ -43,7 +44,8 @@ def kmeans_clusters(features: Tensor, k: int, settings: ClusteringSettings, seed
 
     x = F.normalize(features.float(), dim=1) if settings.normalize else features.float()
     kmeans = KMeans(n_clusters=k, n_init=settings.n_init, max_iter=settings.max_iter, random_state=seed)
-    return kmeans.fit_predict(x.numpy().astype(np.float64))
+    with sklearn_threads():
+        return kmeans.fit_predict(x.numpy().astype(np.float64))
 
 
 def clustering_metrics(features: Tensor, labels: Tensor, num_classes: int, settings: ClusteringSettings = ClusteringSettings(),
@@ -55,10 +57,11 @@ def clustering_metrics(features: Tensor, labels: Tensor, num_classes: int, setti
     y = labels.numpy()
     x = F.normalize(features.float(), dim=1).numpy() if settings.normalize else features.float().numpy()
     found = len(np.unique(clusters))
-    silhouette = (
-        float(silhouette_score(x, clusters, metric="cosine", sample_size=min(settings.silhouette_samples, len(x)), random_state=seed))
-        if 1 < found < len(x) else None
-    )  # fmt: skip
+    with sklearn_threads():
+        silhouette = (
+            float(silhouette_score(x, clusters, metric="cosine", sample_size=min(settings.silhouette_samples, len(x)), random_state=seed))
+            if 1 < found < len(x) else None
+        )  # fmt: skip
     return {
         "cluster_accuracy": cluster_accuracy(y, clusters),
         "nmi": float(normalized_mutual_info_score(y, clusters)),

@@ -51,7 +51,7 @@ def panels(series: Series) -> dict[str, Series]:
     for key, points in series.items():
         title = "learning rate" if key.startswith("lr-") else key
         grouped.setdefault(title, {})[key] = points
-    order = sorted(grouped, key=lambda t: (t != "train/loss", t == "learning rate", t in ("img/s", "wait%"), t))
+    order = sorted(grouped, key=lambda t: (t != "train/loss", t in ("img/s", "wait%"), t == "learning rate", t))
     return {t: grouped[t] for t in order}
 
 

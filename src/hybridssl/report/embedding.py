@@ -26,8 +26,11 @@ def embed_2d(features: Tensor, seed: int = 0, prefer_umap: bool = True) -> tuple
             pass
     from sklearn.manifold import TSNE
 
+    from hybridssl.evaluation.cpu import sklearn_threads
+
     perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
-    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed).fit_transform(x)
+    with sklearn_threads():
+        coords = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed).fit_transform(x)
     return coords, f"t-SNE (perplexity {perplexity:g})"
 
 

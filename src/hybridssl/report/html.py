@@ -33,8 +33,8 @@ def png_img(png: bytes, alt: str, **attrs: Any) -> Markup:
     return Markup(f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}"' + "".join(f' {k}="{esc(v)}"' for k, v in attrs.items()) + ">")
 
 
-def figure(png: bytes, caption: str) -> Markup:
-    return tag("figure", [png_img(png, caption), tag("figcaption", caption)])
+def figure(png: bytes, caption: str, class_: str | None = None) -> Markup:
+    return tag("figure", [png_img(png, caption), tag("figcaption", caption)], class_=class_)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], class_: str | None = None) -> Markup:
@@ -67,6 +67,8 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f6f6f8; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; max-height: 28rem; }
 figure { display: inline-block; margin: 0.5rem 1rem 0.5rem 0; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #e3e3e3; }
+figure.narrow { max-width: 34rem; } figure.narrow img { width: 100%; }
+code { background: #f2f2f4; padding: 0.1rem 0.3rem; font-size: 0.82rem; word-break: break-all; }
 figcaption { font-size: 0.82rem; color: #555; }
 .note { color: #8a5300; font-size: 0.88rem; }
 .meta { color: #555; font-size: 0.88rem; }
