@@ -67,9 +67,11 @@ def test_report_holds_curves_reconstructions_embedding_and_the_results_table(rep
 def test_report_of_a_multi_stage_folder_and_the_cli(tiny_mae_run, fmnist_dir, tmp_path, capsys):
     for stage in ("stage1-mae", "stage2-head"):
         shutil.copytree(tiny_mae_run, tmp_path / stage, ignore=shutil.ignore_patterns("report.html"))
+    shutil.copy(tiny_mae_run / "config.yaml", tmp_path / "config.yaml")  # the recipe's own config, as MAE-CT writes it
     assert main(["report", str(tmp_path), "--data-dir", str(fmnist_dir), "--embedding-samples", "40", "--no-pictures"]) == 0
     page = (tmp_path / "report.html").read_text()
     assert "stage stage1-mae" in page and "stage stage2-head" in page
+    assert "its stages follow: stage1-mae, stage2-head" in page and "no checkpoint" not in page
     assert len(images_in(page)) == 2, "curves of both stages (pictures switched off)"
     assert "no results.jsonl yet" in page
     assert main(["report", str(tmp_path / "missing")]) == 2

@@ -170,8 +170,9 @@ def write_comparison(req, records: dict[str, dict[str, Any]]) -> dict[str, Path]
     images, options = TestImages(ReportOptions(data_dir=req.data_dir)), ReportOptions(data_dir=req.data_dir)
     for method in req.methods:
         body.append(H.tag("h2", f"method {method}"))
-        for stage in find_stages(req.output / method):
-            body += stage_section(stage, req.output / method, images, options, level="h3")
+        stages = find_stages(req.output / method)
+        for stage in stages:
+            body += stage_section(stage, req.output / method, images, options, level="h3", stages=stages)
     write_text(paths["html"], H.page(title, body))
     return paths
 

@@ -137,9 +137,20 @@ def stage_pictures(stage: Stage, images: TestImages, options: ReportOptions) -> 
     return out
 
 
-def stage_section(stage: Stage, run_dir: Path, images: TestImages | None, options: ReportOptions, level: str = "h2") -> list[H.Markup]:
+def is_recipe_root(stage: Stage, stages: list[Stage]) -> bool:
+    """A folder whose config starts a multi-stage recipe: no checkpoints or logs of its own, stages below."""
+    return stage.checkpoint is None and not (stage.path / "logs").is_dir() and any(stage.path in s.path.parents for s in stages)
+
+
+def stage_section(stage: Stage, run_dir: Path, images: TestImages | None, options: ReportOptions, level: str = "h2",
+                  stages: list[Stage] = ()) -> list[H.Markup]:  # fmt: skip
     name = str(stage.path.relative_to(run_dir)) if stage.path != run_dir else stage.path.name
     c = stage.config
+    if is_recipe_root(stage, list(stages)):
+        below = [str(s.path.relative_to(stage.path)) for s in stages if stage.path in s.path.parents]
+        return [H.tag(level, f"recipe {c.get('method')} ({name})"),
+                H.tag("p", f"a multi-stage recipe; its stages follow: {', '.join(below)}", class_="meta"),
+                H.details("config.yaml", H.pre(yaml.safe_dump(c, sort_keys=False)))]  # fmt: skip
     budget = f"{c.get('epochs')} epochs" if c.get("epochs") else f"{c.get('max_steps')} steps"
     summary = f"method {c.get('method')}, model {c.get('model')}, dataset {c.get('dataset')}, {budget}, batch {c.get('batch_size')}, seed {c.get('seed')}"
     parts = [H.tag(level, f"stage {name}"), H.tag("p", summary, class_="meta")]
@@ -214,7 +225,7 @@ def write_report(run_dir: Path, output: Path | None = None, options: ReportOptio
         body.append(H.tag("p", "no config.yaml and no results.jsonl found in this folder", class_="note"))
     body += [H.tag("h2", "results"), results_table(rows, run_dir) if rows else H.tag("p", "no results.jsonl yet", class_="note")]
     for stage in stages:
-        body += stage_section(stage, run_dir, images, options)
+        body += stage_section(stage, run_dir, images, options, stages=stages)
     output = output or run_dir / "report.html"
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_text(H.page(f"hybridssl report: {run_dir.resolve().name}", body), encoding="utf-8")
