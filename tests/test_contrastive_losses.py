@@ -61,3 +61,21 @@ def test_queue_loss_hand_value():
     t = 0.5
     expected = -(2 - math.log(math.exp(2) + math.exp(0) + math.exp(-2)))
     assert info_nce_queue(q, k, negs, t).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_contrastive_logits_stay_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    a, b = torch.randn(64, 32), torch.randn(64, 32)
+    negatives = F.normalize(torch.randn(100, 32), dim=1)
+    cases = {
+        "nt_xent": lambda: nt_xent(a, b, 0.07),
+        "info_nce": lambda: info_nce(a, b, 0.07, scale=0.14),
+        "info_nce_queue": lambda: info_nce_queue(a, b, negatives, 0.07),
+        "nnclr": lambda: nnclr(a, b, 0.07),
+    }
+    for name, loss in cases.items():
+        full = loss()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = loss()
+            assert torch.matmul(a, b.T).dtype == torch.bfloat16, "autocast is on around the loss"
+        assert mixed.dtype == torch.float32 and torch.equal(mixed, full), name

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from hybridssl.nn.distributed import gather_with_grad, gather_no_grad, rank
+from hybridssl.nn.patches import normalize_patches
+
+
+def fp32(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Runs a contrastive loss with autocast off: its inputs are cast to fp32 and its logits stay fp32
+    under bf16-mixed training (autocast would otherwise run the similarity matmul in bf16, whose
+    8-bit mantissa costs ~0.05 of a logit at tau 0.07; MAE-CT's code notes the same)."""
+
+    @functools.wraps(loss)
+    def wrapper(*args, **kwargs) -> Tensor:
+        with torch.autocast(args[0].device.type, enabled=False):
+            return loss(*args, **kwargs)
+
+    return wrapper
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -24,6 +41,20 @@ def masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def noise_mse(pred: Tensor, noise: Tensor, mask: Tensor, normalize: bool = True) -> Tensor:
+    """CAN's denoising loss (methods.md 4c): per-patch MSE between the prediction and the noise that
+    was added to the input, averaged over the *visible* patches (mask 0; the removed ones carry the
+    reconstruction loss instead).
+
+    noise: the added noise, patchified (B x N x P). `normalize` standardizes each patch of it like the
+    norm-pix target (mean 0, unit variance), so the target has unit scale whatever the noise level;
+    without it the raw noise (sigma <= 0.05) gives a loss of order sigma^2.
+    """
+    target = normalize_patches(noise.float()) if normalize else noise
+    return masked_mse(pred, target, 1.0 - mask)
+
+
+@fp32
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     """SimCLR's NT-Xent over the 2G views of the global batch (methods.md 6.3c).
 
@@ -44,6 +75,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
     return F.cross_entropy(logits, positive)
 
 
+@fp32
 def info_nce(query: Tensor, keys: Tensor, temperature: float, scale: float = 1.0) -> Tensor:
     """InfoNCE of local queries against the keys of the global batch (MoCo v3, CMAE).
 
@@ -56,6 +88,7 @@ def info_nce(query: Tensor, keys: Tensor, temperature: float, scale: float = 1.0
     return scale * F.cross_entropy(q @ k.T / temperature, labels)
 
 
+@fp32
 def info_nce_queue(query: Tensor, key: Tensor, negatives: Tensor, temperature: float) -> Tensor:
     """MoCo v2 InfoNCE: the positive is the key of the same image, negatives come from a memory bank."""
     q = F.normalize(query.float(), dim=1)
@@ -65,6 +98,7 @@ def info_nce_queue(query: Tensor, key: Tensor, negatives: Tensor, temperature: f
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
+@fp32
 def nnclr(prediction: Tensor, neighbour: Tensor, temperature: float) -> Tensor:
     """One direction of the NNCLR / MAE-CT loss (methods.md 2c).
 

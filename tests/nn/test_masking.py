@@ -40,9 +40,36 @@ def test_block_mask_keeps_whole_2x2_units():
     assert torch.all(torch.gather(m.mask, 1, m.ids_keep) == 0)
 
 
-def test_block_mask_needs_even_grid():
-    with pytest.raises(ValueError, match="divisible"):
-        block_mask(2, 7, 0.65)
+def test_block_mask_on_an_odd_grid_keeps_whole_units_of_a_shifted_window():
+    torch.manual_seed(0)
+    batch, grid = 256, 7
+    m = block_mask(batch, grid, 0.65)
+    keep = 4 * int(49 / 4 * 0.35)  # 4 units = 16 patches
+    assert keep == 16 and torch.all(m.mask.sum(1) == 49 - keep)
+    assert torch.all(torch.gather(m.mask, 1, m.ids_keep) == 0)
+    kept = (1 - m.mask).view(batch, grid, grid)
+    origins = set()
+    for b in range(batch):
+        rows, cols = torch.nonzero(kept[b], as_tuple=True)
+        # the kept patches form whole 2x2 blocks on a lattice shifted by the same (dy, dx) in {0, 1}
+        dy, dx = int(rows.min()) % 2, int(cols.min()) % 2
+        origins.add((dy, dx))
+        blocks = {((r - dy) // 2, (c - dx) // 2) for r, c in zip(rows.tolist(), cols.tolist())}
+        assert len(blocks) == 4, "16 kept patches in exactly 4 blocks"
+        for by, bx in blocks:
+            assert kept[b, dy + 2 * by : dy + 2 * by + 2, dx + 2 * bx : dx + 2 * bx + 2].sum() == 4
+    assert origins == {(0, 0), (0, 1), (1, 0), (1, 1)}, "the window offset varies per image"
+    assert kept.sum(0).min() > 0, "every patch is kept in some image"
+    # the unshuffle round trip still holds
+    x = torch.randn(batch, 49, 2)
+    assert torch.equal(gather_tokens(gather_tokens(x, torch.argsort(m.ids_restore, dim=1)), m.ids_restore), x)
+
+
+def test_block_mask_rejects_a_grid_smaller_than_a_unit_and_bad_ratios():
+    with pytest.raises(ValueError, match="at least 2x2"):
+        block_mask(2, 1, 0.65)
+    with pytest.raises(ValueError, match="ratio"):
+        block_mask(2, 8, 1.0)
 
 
 def test_no_mask_is_identity():

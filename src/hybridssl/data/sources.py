@@ -59,6 +59,7 @@ class DataInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     num_classes: int | None = None
+    num_images: int | None = None  # size of the pretraining set (a MoCo queue must not exceed it)
 
 
 # Per-channel statistics of the training splits (pixel values scaled to [0, 1]).
@@ -77,7 +78,7 @@ def data_info(name: str, images: ImageSet) -> DataInfo:
         sample = images.take(10_000).images.float().div_(255)
         mean = tuple(sample.mean(dim=(0, 2, 3)).tolist())
         std = tuple(sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
-    return DataInfo(name, images.images.shape[-1], images.images.shape[1], mean, std, images.num_classes)
+    return DataInfo(name, images.images.shape[-1], images.images.shape[1], mean, std, images.num_classes, len(images))
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST

@@ -93,40 +93,78 @@ def byol_asymmetric(info: DataInfo) -> Views:
     return Views([one(1.0, 0.0), one(0.1, 0.2)], info)
 
 
-def strong_weak(info: DataInfo, weak_scale: tuple[float, float] = (0.2, 1.0)) -> Views:
+class StrongWeak(Views):
+    """MACRL: [strong, weak] or, with `clean_strong`, [strong, weak, clean]. The strong view is SimCLR's
+    recipe (for the masked branch), the weak one crop+flip (for the momentum branch); `clean` is the
+    strong view's crop+flip before its colour operations, i.e. the same pixels without the colour
+    corruption (MACRL's reconstruction target, "the original image")."""
+
+    def __init__(self, info: DataInfo, weak_scale: tuple[float, float] = (0.2, 1.0), clean_strong: bool = False) -> None:
+        self.strong_crop = crop_flip_pipeline(info.image_size, (min_crop_scale(info), 1.0))
+        self.strong_colour = nn.Sequential(*colour_pipeline(info, (0.8, 0.8, 0.8, 0.2), 0.8, 0.2, 0.5))
+        self.weak = crop_flip_pipeline(info.image_size, weak_scale)
+        self.clean_strong = clean_strong
+        super().__init__([nn.Sequential(self.strong_crop, self.strong_colour), self.weak], info)
+
+    def __len__(self) -> int:
+        return 3 if self.clean_strong else 2
+
+    def __call__(self, images: Tensor) -> list[Tensor]:
+        x = to_unit(images)
+        clean = self.strong_crop(x).clamp_(0, 1)
+        strong = self.strong_colour(clean).clamp(0, 1)
+        views = [self.normalize(strong), self.normalize(self.weak(x).clamp_(0, 1))]
+        return views + [self.normalize(clean)] if self.clean_strong else views
+
+
+def strong_weak(info: DataInfo, weak_scale: tuple[float, float] = (0.2, 1.0), clean_strong: bool = False) -> StrongWeak:
     """MACRL: a SimCLR-strong view for the masked branch and a crop+flip view for the momentum branch."""
-    strong = simclr(info, num_views=1).pipelines[0]
-    return Views([strong, crop_flip_pipeline(info.image_size, weak_scale)], info)
+    return StrongWeak(info, weak_scale, clean_strong)
+
+
+def default_max_shift(image_size: int) -> int:
+    """CMAE's pixel shift scaled to the image: 31 px at 224 (methods.md A4), 4 px at 28-32, 9 at 64."""
+    return round(image_size * 31 / 224)
 
 
 class PixelShiftPair(Views):
-    """CMAE's view pair (methods.md A4): one master crop of side S + s_max; the online view is its
-    S x S corner at (0, 0), the target view the S x S window at a per-sample offset (dy, dx) in
-    [0, s_max], followed by colour augmentation on the target only."""
+    """CMAE's view pair (methods.md A4): one master crop of side S + s_max + 1 (the official code
+    requires s_max + S < master side); the online view is its S x S corner at (0, 0), the target view
+    the S x S window at a per-sample offset (dy, dx), each uniform in {0..s_max}, followed by colour
+    augmentation on the target only (jitter (0.4, 0.4, 0.4, 0.1) p 0.8, greyscale p 0.2, blur p 0.5,
+    adapted to the data as in `colour_pipeline`)."""
 
-    def __init__(self, info: DataInfo, max_shift: int) -> None:
+    def __init__(self, info: DataInfo, max_shift: int | None = None) -> None:
         super().__init__([], info)
         size = info.image_size
-        self.size, self.max_shift = size, max_shift
-        self.master = crop_flip_pipeline(size + max_shift, (0.2, 1.0))
+        self.size = size
+        self.max_shift = default_max_shift(size) if max_shift is None else max_shift
+        if self.max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
+        self.master = crop_flip_pipeline(size + self.max_shift + 1, (0.2, 1.0))
         self.target_colour = nn.Sequential(*colour_pipeline(info, (0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.5))
 
     def __len__(self) -> int:
         return 2
 
     def shifted_windows(self, master: Tensor, offsets: Tensor) -> Tensor:
-        """B x C x (S+s) x (S+s) master, B x 2 offsets (dy, dx) -> B x C x S x S windows."""
+        """B x C x M x M master, B x 2 offsets (dy, dx) -> B x C x S x S windows."""
         steps = torch.arange(self.size, device=master.device)
         rows = (offsets[:, 0:1] + steps).view(-1, 1, self.size, 1).expand(-1, master.shape[1], -1, master.shape[3])
         cols = (offsets[:, 1:2] + steps).view(-1, 1, 1, self.size).expand(-1, master.shape[1], self.size, -1)
         return master.gather(2, rows).gather(3, cols)
 
-    def __call__(self, images: Tensor) -> list[Tensor]:
+    def with_offsets(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(online, target, offsets B x 2): the pair and where the target window sits in the master."""
         master = self.master(to_unit(images)).clamp_(0, 1)
         online = master[:, :, : self.size, : self.size]
         offsets = torch.randint(0, self.max_shift + 1, (len(master), 2), device=master.device)
         target = self.target_colour(self.shifted_windows(master, offsets)).clamp_(0, 1)
-        return [self.normalize(online), self.normalize(target)]
+        return self.normalize(online), self.normalize(target), offsets
+
+    def __call__(self, images: Tensor) -> list[Tensor]:
+        online, target, _ = self.with_offsets(images)
+        return [online, target]
 
 
 def identity(info: DataInfo) -> Views:

@@ -70,9 +70,10 @@ def build_trainer(run: RunConfig, method_cls: type[Method]) -> L.Trainer:
     out = Path(run.output)
     multi = run.devices == "auto" or run.devices > 1 or run.num_nodes > 1
     strategy = DDPStrategy(find_unused_parameters=method_cls.find_unused_parameters) if multi else "auto"
+    on_cuda = run.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     precision = run.precision
     if precision == "auto":
-        precision = "bf16-mixed" if run.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "32-true"
+        precision = "bf16-mixed" if on_cuda else "32-true"
     every_steps = run.checkpoint_every_steps
     periodic = ModelCheckpoint(
         dirpath=checkpoint_dir(run),
@@ -94,7 +95,7 @@ def build_trainer(run: RunConfig, method_cls: type[Method]) -> L.Trainer:
         max_steps=run.max_steps or -1,
         accumulate_grad_batches=run.accumulate_grad_batches,
         gradient_clip_val=run.optim.grad_clip,
-        sync_batchnorm=multi,
+        sync_batchnorm=multi and on_cuda,  # SyncBatchNorm needs CUDA; CPU ranks keep their own BN statistics
         use_distributed_sampler=False,
         callbacks=[
             DataPosition(),

@@ -49,22 +49,32 @@ def random_mask(batch: int, num_patches: int, ratio: float, device: torch.device
 def block_mask(batch: int, grid_size: int, ratio: float, unit: int = 2, device: torch.device | str = "cpu") -> Mask:
     """CMAE masking: the grid is cut into unit x unit blocks and whole blocks are kept or removed.
 
-    Keeps int(U * (1 - ratio)) of the U blocks, so the removed fraction is slightly above `ratio`
-    (0.653 for 0.65 on a 14x14 grid). Needs a grid side divisible by `unit`.
+    Keeps int(N / unit^2 * (1 - ratio)) blocks, so the removed fraction is slightly above `ratio`
+    (0.653 for 0.65 on a 14x14 grid). A grid side not divisible by `unit` (7x7 = 28 px / patch 4) is
+    handled without padding the image: the blocks tile a (unit * floor(G / unit))-sided window placed
+    at a random offset per image, and the patches outside the window are removed (on 7x7 at 0.65: 4
+    blocks = 16 of 49 patches kept, 67.3% removed; every patch can be kept, border rows and columns
+    half as often as inner ones).
     """
-    if grid_size % unit:
-        raise ValueError(f"block masking needs a patch grid divisible by {unit}, got {grid_size}x{grid_size}")
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+    if grid_size < unit:
+        raise ValueError(f"block masking needs a patch grid of at least {unit}x{unit}, got {grid_size}x{grid_size}")
     units_side = grid_size // unit
     num_units = units_side**2
-    keep_units = max(1, int(num_units * (1 - ratio)))
+    keep_units = min(num_units, max(1, int(grid_size**2 / unit**2 * (1 - ratio))))
     unit_rank = torch.argsort(torch.argsort(torch.rand(batch, num_units, device=device), dim=1), dim=1)
-    rows = torch.arange(grid_size, device=device)[:, None].expand(grid_size, grid_size)
-    cols = torch.arange(grid_size, device=device)[None, :].expand(grid_size, grid_size)
-    unit_of_patch = ((rows // unit) * units_side + cols // unit).flatten()  # N
-    within_unit = ((rows % unit) * unit + cols % unit).flatten()  # N
-    score = unit_rank[:, unit_of_patch] * unit * unit + within_unit  # B x N, kept blocks rank lowest
+    offset = torch.randint(0, grid_size % unit + 1, (batch, 2, 1, 1), device=device)  # window origin (row, col)
+    steps = torch.arange(grid_size, device=device)
+    rows = steps.view(1, -1, 1) - offset[:, 0]  # B x G x 1, row inside the window
+    cols = steps.view(1, 1, -1) - offset[:, 1]  # B x 1 x G
+    span = units_side * unit
+    inside = ((rows >= 0) & (rows < span) & (cols >= 0) & (cols < span)).flatten(1)  # B x N
+    rows, cols = rows.clamp(0, span - 1), cols.clamp(0, span - 1)
+    unit_of_patch = ((rows // unit) * units_side + cols // unit).flatten(1)  # B x N
+    within_unit = ((rows % unit) * unit + cols % unit).flatten(1)  # B x N
+    score = unit_rank.gather(1, unit_of_patch) * unit * unit + within_unit  # kept blocks rank lowest
+    score = score.masked_fill(~inside, num_units * unit * unit)
     return _from_shuffle(torch.argsort(score, dim=1), keep_units * unit * unit)
 
 
