@@ -62,22 +62,34 @@ def two_methods() -> list[str]:
     return ["mae", others[0]] if others else []
 
 
-def test_compare_runs_end_to_end_and_resumes(fmnist_dir, tmp_path, capsys):
+class Broken(METHODS["mae"]):
+    """A method that cannot even be built: compare must record it and go on with the others."""
+
+    name = "broken"
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise ValueError("broken on purpose")
+
+
+def test_compare_runs_end_to_end_resumes_and_survives_a_failing_method(fmnist_dir, tmp_path, capsys, monkeypatch):
     """One method, one protocol, a few steps: the wiring of the command (the slow test below does it all)."""
+    monkeypatch.setitem(METHODS, "broken", Broken)
     out = tmp_path / "cmp"
-    args = ["compare", "--methods", "mae", "--data-dir", str(fmnist_dir), "--budget-epochs", "1", "--max-steps", "1",
+    args = ["compare", "--methods", "mae,broken", "--data-dir", str(fmnist_dir), "--budget-epochs", "1", "--max-steps", "1",
             "--batch-size", "32", "--limit-train", "128", "--limit-test", "32", "--protocols", "knn", "--k", "5", "--no-floors",
             "--accelerator", "cpu", "--output", str(out)]  # fmt: skip
-    assert main(args) == 0
+    assert main(args) == 1
+    assert "1 of 2 methods failed (broken: ValueError: broken on purpose)" in capsys.readouterr().err
     doc = json.loads((out / "comparison.json").read_text())
-    assert doc["tables"]["main"]["rows"][0][:4] == ["mae", "mean_patch", doc["tables"]["main"]["rows"][0][2], doc["tables"]["main"]["rows"][0][3]]
-    assert doc["tables"]["main"]["rows"][0][3] != "–" and doc["tables"]["main"]["rows"][0][4] == "–", "k-NN measured, linear not asked for"
+    mae_row, broken_row = doc["tables"]["main"]["rows"]
+    assert mae_row[:2] == ["mae", "mean_patch"] and mae_row[3] != "–" and mae_row[4] == "–", "k-NN measured, linear not asked for"
+    assert broken_row[0] == "broken" and set(broken_row[1:]) == {"–"}
     assert doc["methods"]["mae"]["stages"] == [{"folder": ".", "method": "mae", "epochs": 1}]
-    assert "--protocols knn" in doc["command"] and (out / "comparison.md").is_file() and (out / "comparison.html").is_file()
-    capsys.readouterr()
-    assert main(args) == 0
+    assert "--protocols knn" in doc["command"] and "broken did not complete" in (out / "comparison.md").read_text()
+    assert (out / "comparison.html").is_file()
+    assert main(args) == 1
     log = capsys.readouterr().out
-    assert "pretrained already" in log and "(trained)" not in log
+    assert "mae: pretrained already" in log and "(trained)" not in log
 
 
 @pytest.mark.slow

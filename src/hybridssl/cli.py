@@ -213,7 +213,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, download=args.download, accelerator=args.accelerator, protocols=protocols,
         floors=not args.no_floors, eval=evaluation,
     )  # fmt: skip
-    paths = compare(req)
+    from hybridssl.compare import CompareError
+
+    try:
+        paths = compare(req)
+    except CompareError as exc:
+        print(f"hybridssl: error: {exc}", file=sys.stderr)
+        return 1
     print(f"hybridssl: wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 

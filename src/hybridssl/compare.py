@@ -212,10 +212,25 @@ def compare(req: CompareRequest) -> dict[str, Path]:
                           f"({state.data['command']}); choose another --output")  # fmt: skip
     records: dict[str, dict[str, Any]] = {}
     for method in req.methods:
-        records[method] = pretrain_method(req, method, state)
-        evaluate_checkpoint(req, req.output / records[method]["checkpoint"], req.output / method, "trained", state, method)
-    if req.floors and req.methods:
-        first = req.output / records[req.methods[0]]["checkpoint"]
+        try:
+            records[method] = pretrain_method(req, method, state)
+            evaluate_checkpoint(req, req.output / records[method]["checkpoint"], req.output / method, "trained", state, method)
+        except Exception as exc:  # one method's failure (a setting that does not fit the data, a NaN) spares the others
+            message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            log(f"{method}: FAILED, {message}")
+            records[method] = {**records.get(method, {}), "error": message}
+    trained = [m for m in req.methods if "error" not in records[m]]
+    if req.floors and trained:
+        first = req.output / records[trained[0]]["checkpoint"]
         for kind in FLOORS:
             evaluate_checkpoint(req, first, req.output / "floors", kind, state, "floors")
-    return write_comparison(req, records)
+    paths = write_comparison(req, records)
+    failed = {m: r["error"] for m, r in records.items() if "error" in r}
+    if failed:
+        raise CompareError(f"{len(failed)} of {len(req.methods)} methods failed ({'; '.join(f'{m}: {e}' for m, e in failed.items())}); "
+                           f"the others are in {paths['md']}")  # fmt: skip
+    return paths
+
+
+class CompareError(RuntimeError):
+    """Some methods failed; the comparison of the others was written."""

@@ -66,7 +66,8 @@ def entries(req, records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"name": method, "kind": "method", "rows": rows, "record": records.get(method, {})})
     if req.floors and req.methods:
         floor_rows = read_rows(req.output / "floors")
-        labels = {"random-init": f"random init (floor; {req.methods[0]}'s ViT)", "raw-pixels": "raw pixels (floor)"}
+        first = next((m for m in req.methods if "error" not in records.get(m, {})), req.methods[0])
+        labels = {"random-init": f"random init (floor; {first}'s ViT)", "raw-pixels": "raw pixels (floor)"}
         for kind, label in labels.items():
             out.append({"name": label, "kind": kind, "rows": [r for r in floor_rows if r.get("encoder") == kind], "record": {}})
     return out
@@ -93,6 +94,8 @@ def budget_text(req, records: dict[str, dict[str, Any]]) -> list[str]:
     lines = [f"Budget: {budget} over the same {req.limit_train or 'all'} training images of {req.dataset}; batch {req.batch_size}, "
              f"seed {req.seed}, model {req.model}; each method's own recipe (optimizer, augmentation, heads) from its defaults."]  # fmt: skip
     for method, record in records.items():
+        if record.get("error"):
+            lines.append(f"{method} did not complete: {record['error']}")
         stages = record.get("stages", [])
         if len(stages) > 1:
             split = " + ".join(f"{s['folder']} ({s['method']}) {s['epochs']}" for s in stages)
@@ -102,11 +105,10 @@ def budget_text(req, records: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def tables(all_entries: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[list[str]]]]:
-    main_head = ["method", "pooling", "pretrain min"] + [name for name, _ in MAIN]
+    main_head = ["method", "pooling", "pretraining"] + [name for name, _ in MAIN]
     main = []
     for e in all_entries:
-        seconds = e["record"].get("pretrain_seconds")
-        main.append([e["name"], pooling_of(e), f"{seconds / 60:.1f}" if seconds is not None else "–"]
+        main.append([e["name"], pooling_of(e), duration(e["record"].get("pretrain_seconds"))]
                     + [cell_text(pick(e["rows"])) for _, pick in MAIN])  # fmt: skip
     low = lowshot_columns(all_entries)
     low_head = ["method"] + [f"{head} {subset}" for head, subset in low]
@@ -114,6 +116,12 @@ def tables(all_entries: list[dict[str, Any]]) -> dict[str, tuple[list[str], list
     clu_head = ["method"] + [name for name, _ in CLUSTERING]
     clustering = [[e["name"]] + [cell_text(latest(e["rows"], protocol="clustering", metric=m)) for _, m in CLUSTERING] for e in all_entries]
     return {"main": (main_head, main), "lowshot": (low_head, lowshot if low else []), "clustering": (clu_head, clustering)}
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:
