@@ -304,7 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report, "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo}
+COMMANDS = {
+    "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report,
+    "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo,
+}  # fmt: skip
 
 
 TCMALLOC_GLOBS = ("/usr/lib/*/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4")

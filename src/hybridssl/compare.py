@@ -64,7 +64,8 @@ class CompareRequest:
             parts += ["--protocols", ",".join(self.protocols)]
         for protocol, settings in sorted(self.eval.get("settings", {}).items()):
             for key, value in settings.items():
-                text = value if isinstance(value, str) else json.dumps(list(value) if isinstance(value, tuple) else value, separators=(",", ":"))
+                plain = list(value) if isinstance(value, tuple) else value
+                text = value if isinstance(value, str) else json.dumps(plain, separators=(",", ":"))
                 parts += ["--eval-set", f"{protocol}.{key}={text}"]
         if not self.floors:
             parts.append("--no-floors")
@@ -98,8 +99,10 @@ def parse_methods(text: str) -> list[str]:
         return user_facing_methods()
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     unknown = [n for n in names if n not in METHODS]
-    if unknown or not names:
-        raise ConfigError(f"methods: unknown {unknown[0]!r}; choose from {', '.join(user_facing_methods())} or all" if unknown else "methods: none given")
+    if not names:
+        raise ConfigError("methods: none given")
+    if unknown:
+        raise ConfigError(f"methods: unknown {unknown[0]!r}; choose from {', '.join(user_facing_methods())} or all")
     return names
 
 
@@ -176,8 +179,8 @@ def pretrain_method(req: CompareRequest, method: str, state: State) -> dict[str,
         + (f", at most {req.max_steps} steps each" if req.max_steps else ""))  # fmt: skip
     start = time.perf_counter()
     checkpoint = pretrain(run)
-    record = {"checkpoint": str(Path(checkpoint).relative_to(req.output)), "pretrain_seconds": round(time.perf_counter() - start, 1), "stages": stages,
-              "epochs": run.epochs, "max_steps": run.max_steps, "budget_note": note}  # fmt: skip
+    record = {"checkpoint": str(Path(checkpoint).relative_to(req.output)), "pretrain_seconds": round(time.perf_counter() - start, 1),
+              "stages": stages, "epochs": run.epochs, "max_steps": run.max_steps, "budget_note": note}  # fmt: skip
     state.data["pretrained"][method] = record
     state.save()
     return record

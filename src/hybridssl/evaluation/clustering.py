@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt
+from pydantic import PositiveInt
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 

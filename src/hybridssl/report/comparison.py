@@ -91,8 +91,9 @@ def budget_text(req, records: dict[str, dict[str, Any]]) -> list[str]:
     budget = f"{req.budget_epochs} epoch{'s' if req.budget_epochs != 1 else ''}" if req.budget_epochs else "no epoch budget"
     if req.max_steps:
         budget += f", at most {req.max_steps} steps per run (smoke test, not a fair budget)"
-    lines = [f"Budget: {budget} over the same {req.limit_train or 'all'} training images of {req.dataset}; batch {req.batch_size}, "
-             f"seed {req.seed}, model {req.model}; each method's own recipe (optimizer, augmentation, heads) from its defaults."]  # fmt: skip
+    lines = [f"Budget: {budget} over the same {req.limit_train or 'all'} training images of {req.dataset}; "
+             f"batch {req.batch_size}, seed {req.seed}, model {req.model}; each method's own recipe (optimizer, "
+             "augmentation, heads) from its defaults."]
     for method, record in records.items():
         if record.get("error"):
             lines.append(f"{method} did not complete: {record['error']}")
@@ -100,7 +101,8 @@ def budget_text(req, records: dict[str, dict[str, Any]]) -> list[str]:
         if len(stages) > 1:
             split = " + ".join(f"{s['folder']} ({s['method']}) {s['epochs']}" for s in stages)
             total = sum(s["epochs"] or 0 for s in stages)
-            lines.append(f"Budget split of {method}: {split} = {total} epochs" + (f" ({record['budget_note']})" if record.get("budget_note") else "") + ".")
+            note = f" ({record['budget_note']})" if record.get("budget_note") else ""
+            lines.append(f"Budget split of {method}: {split} = {total} epochs{note}.")
     return lines
 
 

@@ -126,8 +126,9 @@ def stage_pictures(stage: Stage, images: TestImages, options: ReportOptions) -> 
     if callable(getattr(method, "reconstruct", None)):
         try:
             grid = reconstruction_section(method, test, method.info, options)
-            out.append(H.figure(grid, f"masked reconstructions ({source}): original, masked input, reconstruction "
-                                      "(norm-pix undone with each patch's own mean and variance), reconstruction with the visible patches", class_="narrow"))  # fmt: skip
+            caption = (f"masked reconstructions ({source}): original, masked input, reconstruction (norm-pix undone "
+                       "with each patch's own mean and variance), reconstruction with the visible patches pasted back")
+            out.append(H.figure(grid, caption, class_="narrow"))
         except Exception as exc:
             out.append(H.tag("p", f"reconstruction skipped: {type(exc).__name__}: {exc}", class_="note"))
     if test.labels is not None and (test.labels >= 0).any():
@@ -152,13 +153,18 @@ def stage_section(stage: Stage, run_dir: Path, images: TestImages | None, option
                 H.tag("p", f"a multi-stage recipe; its stages follow: {', '.join(below)}", class_="meta"),
                 H.details("config.yaml", H.pre(yaml.safe_dump(c, sort_keys=False)))]  # fmt: skip
     budget = f"{c.get('epochs')} epochs" if c.get("epochs") else f"{c.get('max_steps')} steps"
-    summary = f"method {c.get('method')}, model {c.get('model')}, dataset {c.get('dataset')}, {budget}, batch {c.get('batch_size')}, seed {c.get('seed')}"
+    summary = (f"method {c.get('method')}, model {c.get('model')}, dataset {c.get('dataset')}, {budget}, "
+               f"batch {c.get('batch_size')}, seed {c.get('seed')}")
     parts = [H.tag(level, f"stage {name}"), H.tag("p", summary, class_="meta")]
     if stage.checkpoint is not None:
-        parts.append(H.tag("p", f"checkpoint: {stage.checkpoint.relative_to(run_dir) if stage.checkpoint.is_relative_to(run_dir) else stage.checkpoint}", class_="meta"))
+        shown = stage.checkpoint.relative_to(run_dir) if stage.checkpoint.is_relative_to(run_dir) else stage.checkpoint
+        parts.append(H.tag("p", f"checkpoint: {shown}", class_="meta"))
     parts.append(H.details("config.yaml", H.pre(yaml.safe_dump(c, sort_keys=False))))
     curves = curves_png(read_metrics(stage.path), title=f"{name}: training curves")
-    parts.append(H.figure(curves, "learning curves from logs/csv (latest value per step)") if curves else H.tag("p", "no logged metrics", class_="note"))
+    if curves:
+        parts.append(H.figure(curves, "learning curves from logs/csv (latest value per step)"))
+    else:
+        parts.append(H.tag("p", "no logged metrics", class_="note"))
     if options.pictures and images is not None:
         parts += stage_pictures(stage, images, options)
     return parts
