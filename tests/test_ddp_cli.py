@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from hybridssl.engine.checkpoints import load_checkpoint
 
@@ -39,3 +38,11 @@ def test_mae_ct_stages_on_two_processes(fmnist_dir, tmp_path):
     # 2 steps of the head stage + 2 of tuning, each enqueueing view 1 of the global batch (2 x 16)
     assert (queue_ids >= 0).sum().item() == min(len(queue_ids), 4 * 32)
     assert len(set(queue_ids[queue_ids >= 0].tolist())) > 32  # both ranks' samples, not one rank's twice
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mocov3", "nnclr"])
+def test_other_baselines_on_two_processes(method, fmnist_dir, tmp_path):
+    pretrain_ddp(method, fmnist_dir, tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 2

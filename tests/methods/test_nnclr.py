@@ -74,3 +74,13 @@ def test_gradients_reach_encoder_projector_and_predictor_only():
     assert m.predictor[0].weight.grad is not None and m.projector[0].weight.grad is not None
     assert m.encoder.blocks[-1].mlp.fc2.weight.grad is not None
     assert not torch.equal(before, m.queue.features)  # written, not learned
+
+
+@pytest.mark.parametrize("name", ["nnclr", "mae-ct-tune"])
+def test_labels_never_reach_the_loss(name):
+    losses = []
+    for labels in (True, False):
+        m = build(name)
+        b = batch(m, 16, labels=labels)
+        losses.append(m(b)["loss"])
+    assert torch.equal(losses[0], losses[1])

@@ -30,12 +30,15 @@ def labelled(images: ImageSet) -> ImageSet:
 
 
 class KNNMonitor(Callback):
-    def __init__(self, every_epochs: int, bank: ImageSet, queries: ImageSet, info: DataInfo, pooling: Pooling, k: int = 20) -> None:
-        self.every_epochs, self.bank, self.queries, self.info, self.pooling, self.k = every_epochs, bank, queries, info, pooling, k
+    def __init__(
+        self, every_epochs: int, bank: ImageSet, queries: ImageSet, info: DataInfo, pooling: Pooling, k: int = 20
+    ) -> None:
+        self.every_epochs, self.bank, self.queries = every_epochs, bank, queries
+        self.info, self.pooling, self.k = info, pooling, k
         self.history: list[tuple[int, float]] = []  # (global step, top-1 %)
         self.enabled = len(bank) > 0 and len(queries) > 0
         if not self.enabled:
-            warnings.warn("knn_monitor_every_epochs: no labelled images to monitor with; the k-NN monitor is off", stacklevel=2)
+            warnings.warn("knn_monitor_every_epochs: no labelled images to monitor with; the k-NN monitor is off", stacklevel=3)
 
     @classmethod
     def for_run(cls, run: RunConfig, images: ImageSet, info: DataInfo, pooling: Pooling) -> "KNNMonitor":
@@ -43,7 +46,8 @@ class KNNMonitor(Callback):
         queries = None
         if run.dataset != "folder":  # an image folder is one split
             try:
-                test = load_dataset(run.dataset, "test", run.data_dir, image_size=info.image_size, channels=info.channels)
+                size = {"image_size": info.image_size, "channels": info.channels}
+                test = load_dataset(run.dataset, "test", run.data_dir, **size)
                 queries = labelled(test).take(run.knn_monitor_samples, seed=run.seed)
             except DataError:
                 pass

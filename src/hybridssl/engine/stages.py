@@ -15,7 +15,8 @@ from pathlib import Path
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from pydantic import ValidationError
 
-from hybridssl.config import ConfigError, RunConfig, deep_merge, format_validation_error, save_yaml, validate_method_args
+from hybridssl.config import ConfigError, RunConfig, deep_merge, format_validation_error, save_yaml
+from hybridssl.config import validate_method_args
 from hybridssl.data.sources import data_info
 from hybridssl.engine.checkpoints import CheckpointError, load_checkpoint
 from hybridssl.engine.train import LAST, checkpoint_dir, load_training_images, seeded_method, train_run

@@ -114,4 +114,5 @@ class MAECTTune(NNCLR):
         head = [(n, p) for n, p in named if not n.startswith("encoder.")]
         scale = layer_decay(self.encoder.cfg.depth, self.cfg.layer_decay)
         head_scale = self.cfg.head_lr_scale
-        return param_groups(encoder, weight_decay, scale) + param_groups(head, self.cfg.head_weight_decay, lambda _: head_scale)
+        head_groups = param_groups(head, self.cfg.head_weight_decay, lambda _: head_scale)
+        return param_groups(encoder, weight_decay, scale) + head_groups

@@ -55,7 +55,9 @@ def init_like_mocov3(encoder: ViT) -> None:
 class MoCoV3(Method):
     name = "mocov3"
     Config = MoCoV3Config
-    run_defaults = {"optim": {"base_lr": 1.5e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), "warmup_fraction": 40 / 300}}
+    run_defaults = {
+        "optim": {"base_lr": 1.5e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), "warmup_fraction": 40 / 300}
+    }
 
     def __init__(self, cfg: MoCoV3Config, encoder: ViT, info) -> None:
         super().__init__(cfg, encoder, info)
@@ -74,9 +76,11 @@ class MoCoV3(Method):
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         images, t = torch.cat(batch.views), self.cfg.temperature
         # the ViT has no BatchNorm, so one pass over both views; the heads run per view (per-view BN)
-        q1, q2 = (self.predictor(self.projector(h)) for h in pool(self.encoder(images), self.cfg.pooling).chunk(2))
+        online = pool(self.encoder(images), self.cfg.pooling).chunk(2)
+        q1, q2 = (self.predictor(self.projector(h)) for h in online)
         with torch.no_grad():
-            k1, k2 = (self.momentum_projector(h) for h in pool(self.momentum_encoder(images), self.cfg.pooling).chunk(2))
+            momentum = pool(self.momentum_encoder(images), self.cfg.pooling).chunk(2)
+            k1, k2 = (self.momentum_projector(h) for h in momentum)
         return {"loss": info_nce(q1, k2, t, scale=2 * t) + info_nce(q2, k1, t, scale=2 * t)}
 
     def after_step(self, progress: float) -> None:

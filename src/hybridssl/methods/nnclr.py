@@ -75,9 +75,10 @@ class NNCLR(Method):
         pred_hidden = cfg.pred_hidden_dim or head_width(4096, dim)
         self.projector = mlp(dim, proj_hidden, cfg.proj_dim, num_layers=3, last_norm="affine")
         self.predictor = mlp(cfg.proj_dim, pred_hidden, cfg.proj_dim)
-        self.queue = FeatureQueue(queue_length(cfg.queue_size, info.num_images, self.paper_queue_size), cfg.proj_dim)
+        size = queue_length(cfg.queue_size, info.num_images, self.paper_queue_size)
+        self.queue = FeatureQueue(size, cfg.proj_dim)
         self.topk = cfg.topk
-        self.resolved = {"proj_hidden_dim": proj_hidden, "pred_hidden_dim": pred_hidden, "queue_size": self.queue.size}
+        self.resolved = {"proj_hidden_dim": proj_hidden, "pred_hidden_dim": pred_hidden, "queue_size": size}
 
     def lookup_keys(self, features: tuple[Tensor, ...], projections: list[Tensor]) -> list[Tensor]:
         """The embeddings used for the lookup and written to the queue."""
