@@ -1,4 +1,5 @@
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -8,9 +9,12 @@ from hybridssl.config import ConfigError, RunConfig, resolve
 from hybridssl.data.sources import DataInfo
 from hybridssl.methods import METHODS
 from hybridssl.nn.vit import pool
-from tests.methods.common import DEPTH, batch, build, optimizer, snapshot, train_step
+from tests.methods import toy
+from tests.methods.toy import batch, optimizer, snapshot, train_step
 
+DEPTH = 4  # 2 frozen and 2 tuned blocks, so the tuned ones get distinct lr factors
 HALF = DEPTH // 2
+build = partial(toy.build, depth=DEPTH)
 
 
 def encoder_part(state: dict, prefix: str) -> dict:

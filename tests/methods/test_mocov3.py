@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from hybridssl.methods import Batch
 from hybridssl.nn.momentum import momentum_at
-from tests.methods.common import DIM, batch, build, optimizer, snapshot, train_step
+from tests.methods.toy import WIDTH as DIM
+from tests.methods.toy import batch, build, optimizer, snapshot, train_step
 
 
 def test_heads_and_momentum_branch_layout():
@@ -51,7 +51,7 @@ def test_patch_embedding_frozen_bit_identical_after_a_step():
 
 def test_momentum_branch_follows_the_cosine_schedule():
     m = build("mocov3")
-    key = "blocks.2.mlp.fc1.weight"
+    key = "blocks.1.mlp.fc1.weight"
     target_before = m.momentum_encoder.module.state_dict()[key].clone()
     progress = 0.5
     train_step(m, batch(m, 16), optimizer(m), progress=progress)

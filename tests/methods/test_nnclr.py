@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hybridssl.config import ConfigError
 from hybridssl.methods import Batch
 from hybridssl.nn.vit import pool
-from tests.methods.common import batch, build, optimizer, train_step
+from tests.methods.toy import batch, build, optimizer, train_step
 
 
 def test_loss_near_log_batch_at_init_and_monitoring_entry():

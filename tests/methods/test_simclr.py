@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from hybridssl.methods import Batch
-from tests.methods.common import DIM, batch, build, optimizer, train_step
+from tests.methods.toy import WIDTH as DIM
+from tests.methods.toy import batch, build, optimizer, train_step
 
 
 def test_two_simclr_views_and_a_scalar_loss():
-    m = build("simclr")
+    m = build("simclr", proj_hidden_dim=None)
     b = batch(m, 8)
     assert len(b.views) == 2 and all(v.shape == (8, 1, 28, 28) for v in b.views)
     assert not torch.equal(b.views[0], b.views[1])
