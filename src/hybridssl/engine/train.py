@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import warnings
@@ -13,14 +14,16 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
+from torch.nn.parallel import DistributedDataParallel
 
 from hybridssl.config import RunConfig, save_yaml
 from hybridssl.data.loader import InMemoryLoader
 from hybridssl.data.sources import PRETRAIN_SPLIT, DataError, ImageSet, data_info, load_dataset
 from hybridssl.engine.callbacks import DataPosition, FinalCheckpoint, ProgressBar, Throughput
-from hybridssl.engine.checkpoints import AtomicCheckpointIO, load_checkpoint
-from hybridssl.engine.module import PretrainModule
-from hybridssl.methods.base import METHODS, Method, build_method
+from hybridssl.engine.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
+from hybridssl.engine.module import PretrainModule, seed_step
+from hybridssl.engine.monitor import KNNMonitor
+from hybridssl.methods.base import METHODS, Method, build_method, eval_pooling, is_recipe
 
 LAST = "last.ckpt"
 
@@ -56,20 +59,34 @@ def checkpoint_dir(run: RunConfig) -> Path:
     return Path(run.output) / "checkpoints"
 
 
-def init_from_checkpoint(method: Method, path: Path) -> None:
-    """Starts from another run's weights: every parameter whose name and shape match is copied."""
+def init_from_checkpoint(method: Method, path: Path) -> set[str]:
+    """Starts from another run's weights: the whole encoder, plus every other state-dict entry (heads,
+    queues) whose name and shape match; returns the names copied. Chains encoder-only (MAE -> head)
+    and encoder + head (head -> tuning) stages alike."""
     state = {k.removeprefix("method."): v for k, v in load_checkpoint(path)["state_dict"].items()}
     own = method.state_dict()
+    for key in (k for k in own if k.startswith("encoder.")):
+        if key not in state or state[key].shape != own[key].shape:
+            found = "missing" if key not in state else f"{tuple(state[key].shape)}, not {tuple(own[key].shape)}"
+            raise CheckpointError(f"init_from: {path} holds no encoder that fits this model ({key}: {found})")
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not any(k.startswith("encoder.") for k in matched):
-        raise ValueError(f"init_from: {path} holds no encoder weights that fit this model")
     method.load_state_dict(matched, strict=False)
+    method.after_init_from(set(matched))
+    return set(matched)
 
 
-def build_trainer(run: RunConfig, method_cls: type[Method]) -> L.Trainer:
+def ddp_buffer_sync(method_cls: type[Method]) -> dict[str, bool]:
+    """DDP options that skip the per-forward copy of rank 0's buffers where the method allows it."""
+    if method_cls.broadcast_buffers:
+        return {}
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
+def build_trainer(run: RunConfig, method_cls: type[Method], extra_callbacks: list[L.Callback] = ()) -> L.Trainer:
     out = Path(run.output)
     multi = run.devices == "auto" or run.devices > 1 or run.num_nodes > 1
-    strategy = DDPStrategy(find_unused_parameters=method_cls.find_unused_parameters) if multi else "auto"
+    strategy = DDPStrategy(find_unused_parameters=method_cls.find_unused_parameters, **ddp_buffer_sync(method_cls)) if multi else "auto"
     on_cuda = run.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     precision = run.precision
     if precision == "auto":
@@ -104,6 +121,7 @@ def build_trainer(run: RunConfig, method_cls: type[Method]) -> L.Trainer:
             *([ProgressBar()] if run.progress_bar else []),
             periodic,
             FinalCheckpoint(checkpoint_dir(run) / LAST),
+            *extra_callbacks,
         ],
         logger=[TensorBoardLogger(out, name="logs", version="tensorboard"), CSVLogger(out, name="logs", version="csv")],
         log_every_n_steps=run.log_every_n_steps,
@@ -121,17 +139,39 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")  # frozen blocks
 
 
 def pretrain(run: RunConfig) -> Path:
-    """Trains `run.method` and returns the path of the final checkpoint."""
+    """Trains `run.method` (every stage of a multi-stage recipe) and returns the final checkpoint."""
     quiet_lightning()
-    images = load_training_images(run)
-    info = data_info(run.dataset, images)
+    if is_recipe(run.method):
+        from hybridssl.engine.stages import run_recipe
+
+        return run_recipe(run)
+    return train_run(run)
+
+
+def seeded_method(run: RunConfig, info) -> Method:
+    """The method with weights drawn from `run.seed` (a draw no training step uses), then --init-from."""
+    seed_step(run.seed, 0, -1)
     method = build_method(run, info)
     if run.init_from:
         init_from_checkpoint(method, run.init_from)
-    trainer = build_trainer(run, METHODS[run.method])
+    return method
+
+
+def train_run(run: RunConfig, images: ImageSet | None = None) -> Path:
+    """One run: one method, one Trainer, one folder of checkpoints and logs."""
+    images = images if images is not None else load_training_images(run)
+    info = data_info(run.dataset, images)
+    method = seeded_method(run, info)
+    if method.resolved:  # settings the method derived from the data or the model, recorded in config.yaml
+        run = run.model_copy(update={"method_args": {**run.method_args, **method.resolved}})
+    monitor = []
+    if run.knn_monitor_every_epochs:
+        monitor = [KNNMonitor.for_run(run, images, info, eval_pooling(run.method, run.method_args))]
+    trainer = build_trainer(run, METHODS[run.method], monitor)
     last = checkpoint_dir(run) / LAST
     resume_from = last if run.resume and last.is_file() else None
     if rank_zero_only.rank == 0:

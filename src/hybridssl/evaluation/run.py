@@ -110,10 +110,9 @@ def encoder_for(req: EvalRequest) -> tuple[ViT, DataInfo, dict[str, Any]]:
 
 
 def default_pooling(config: dict[str, Any]) -> Pooling:
-    from hybridssl.methods import METHODS
+    from hybridssl.methods import eval_pooling
 
-    method = METHODS.get(config["method"])
-    return method.eval_pooling if method else "cls"
+    return eval_pooling(config["method"], config.get("method_args"))
 
 
 def resolve_settings(req: EvalRequest, protocols: list[str]) -> dict[str, BaseModel]:
