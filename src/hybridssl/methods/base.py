@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from hybridssl.config import StrictModel
 from hybridssl.data.sources import DataInfo
 from hybridssl.data.views import Views
+from hybridssl.nn.momentum import EMA
 from hybridssl.nn.vit import Pooling, ViT
 
 
@@ -65,9 +66,17 @@ class Method(nn.Module):
     def after_step(self, progress: float) -> None:
         """Once per optimizer step; `progress` in (0, 1] is the fraction of training done."""
 
+    def momentum_pairs(self) -> list[tuple[EMA, nn.Module]]:
+        """(EMA copy, the module it follows) for every momentum branch of the method."""
+        return []
+
     def after_init_from(self, loaded: set[str]) -> None:
-        """Called after `--init-from` copied the state-dict entries named in `loaded`; EMA copies the
-        checkpoint did not hold must start as copies of their (now loaded) online modules."""
+        """Called after `--init-from` copied the state-dict entries named in `loaded`: EMA copies the
+        checkpoint did not hold restart as copies of their (now loaded) online modules."""
+        names = {id(module): name for name, module in self.named_modules()}
+        for ema, source in self.momentum_pairs():
+            if not any(key.startswith(names[id(ema)] + ".") for key in loaded):
+                ema.update(source, 0.0)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt
-from torch import Tensor
+from torch import Tensor, nn
 
 from hybridssl.config import ConfigError
 from hybridssl.data.views import byol_asymmetric, crop_flip, min_crop_scale
@@ -101,12 +101,11 @@ class MAECTTune(NNCLR):
     def lookup_keys(self, features: tuple[Tensor, ...], projections: list[Tensor]) -> list[Tensor]:
         return [self.target_projector(h) for h in features]
 
+    def momentum_pairs(self) -> list[tuple[EMA, nn.Module]]:
+        return [(self.target_projector, self.projector)]  # from stage 2: starts as a copy of its projector
+
     def after_step(self, progress: float) -> None:
         self.target_projector.update(self.projector, self.cfg.target_momentum)
-
-    def after_init_from(self, loaded: set[str]) -> None:
-        if not any(k.startswith("target_projector.") for k in loaded):  # from stage 2: copy the projector
-            self.target_projector.update(self.projector, 0.0)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         named = list(self.named_parameters())

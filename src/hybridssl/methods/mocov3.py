@@ -83,12 +83,10 @@ class MoCoV3(Method):
             k1, k2 = (self.momentum_projector(h) for h in momentum)
         return {"loss": info_nce(q1, k2, t, scale=2 * t) + info_nce(q2, k1, t, scale=2 * t)}
 
+    def momentum_pairs(self) -> list[tuple[EMA, nn.Module]]:
+        return [(self.momentum_encoder, self.encoder), (self.momentum_projector, self.projector)]
+
     def after_step(self, progress: float) -> None:
         m = momentum_at(progress, self.cfg.momentum, self.cfg.momentum_end, "cosine")
-        self.momentum_encoder.update(self.encoder, m)
-        self.momentum_projector.update(self.projector, m)
-
-    def after_init_from(self, loaded: set[str]) -> None:
-        if not any(k.startswith("momentum_encoder.") for k in loaded):
-            self.momentum_encoder.update(self.encoder, 0.0)
-            self.momentum_projector.update(self.projector, 0.0)
+        for ema, source in self.momentum_pairs():
+            ema.update(source, m)
