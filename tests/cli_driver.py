@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import toy_methods  # noqa: E402,F401  (registers)
+import extra_methods  # noqa: E402,F401  (registers)
 
 from hybridssl.cli import main  # noqa: E402
 from hybridssl.engine.module import PretrainModule  # noqa: E402

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests import toy_methods  # noqa: F401  (registers the test-only methods before collection)
+from tests import extra_methods  # noqa: F401  (registers the test-only methods before collection)
 
 
 def toy_images(n: int, size: int = 28, channels: int = 1, num_classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -45,3 +45,20 @@ def fmnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def _cpu_threads() -> None:
     torch.set_num_threads(2)
+
+
+def pretrain_tiny(fmnist_dir: Path, output: Path, method: str = "mae", steps: int = 2, *extra: str) -> Path:
+    """A few CPU steps of `method` on the fixture; returns the run folder (checkpoints/last.ckpt inside)."""
+    from hybridssl.cli import main
+
+    args = ["pretrain", "--method", method, "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--model", "vit-pico",
+            "--batch-size", "32", "--max-steps", str(steps), "--accelerator", "cpu", "--no-progress-bar",
+            "--output", str(output), "--set", "log_every_n_steps=1", *extra]  # fmt: skip
+    assert main(args) == 0
+    return output
+
+
+@pytest.fixture(scope="session")
+def tiny_mae_run(fmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-step MAE run on the fixture: config.yaml, checkpoints/last.ckpt, logs (do not write into it)."""
+    return pretrain_tiny(fmnist_dir, tmp_path_factory.mktemp("tiny-mae"), "mae", 4)

@@ -38,7 +38,7 @@ def test_evaluate_knn_linear_random_and_pixels(mae_run, fmnist_dir, tmp_path):
     ckpt = str(out / "checkpoints" / "last.ckpt")
     common = ["evaluate", "--checkpoint", ckpt, "--data-dir", str(fmnist_dir), "--output", str(tmp_path)]
     assert main([*common, "--protocol", "knn", "--k", "5,20"]) == 0
-    assert main([*common, "--protocol", "knn", "--random-init"]) == 0
+    assert main([*common, "--protocol", "knn", "--random-init", "--k", "20"]) == 0
     assert main([*common, "--protocol", "linear", "--epochs", "2", "--raw-pixels"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [(r["protocol"], r["encoder"]) for r in rows] == [

@@ -1,4 +1,4 @@
-"""Command line: hybridssl pretrain | evaluate | export | demo.
+"""Command line: hybridssl pretrain | evaluate | compare | report | export | bench | demo.
 
 Every invalid input ends in one line `hybridssl: error: ...` naming the field, and exit status 2.
 """
@@ -45,8 +45,8 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-train", type=int, help="pretrain on a seeded random subset of N images")
     p.add_argument("--model", help="vit-pico (default), vit-tiny, vit-small, vit-base")
     p.add_argument("--patch-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--epochs", type=int, help="training epochs (mae-ct: the MAE stage's; later stages are scaled from it)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (mae-ct: a cap on every stage)")
     p.add_argument("--batch-size", type=int, help="per device")
     p.add_argument("--accumulate-grad-batches", type=int)
     p.add_argument("--lr", dest="base_lr", type=float, help="base lr for batch 256 (scaled by the effective batch)")
@@ -99,16 +99,27 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="dataset root; for folder: the labelled train images")
     p.add_argument("--eval-data-dir", type=Path, help="for folder: the labelled test images")
     p.add_argument("--download", action="store_true")
-    p.add_argument("--protocol", required=True, help="knn or linear")
-    p.add_argument("--random-init", action="store_true", help="evaluate the same architecture untrained")
-    p.add_argument("--raw-pixels", action="store_true", help="evaluate raw pixels instead of the encoder")
-    p.add_argument("--pooling", choices=("cls", "mean_patch"), help="default: the method's own pooling")
-    p.add_argument("--k", default="20", help="k-NN: comma-separated k values (default 20)")
-    p.add_argument("--limit-train", type=int)
-    p.add_argument("--limit-test", type=int)
-    p.add_argument("--epochs", type=int, help="linear probe epochs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--protocol", required=True, help="knn, linear, finetune, lowshot, clustering or all")
+    add_encoder_args(p)
     p.add_argument("--output", type=Path, required=True, help="folder whose results.jsonl gets the results")
+
+
+def add_encoder_args(p: argparse.ArgumentParser, floors: bool = True, set_flag: str = "--set", epochs_flag: str = "--epochs") -> None:
+    """The evaluation flags `evaluate` and `compare` share."""
+    if floors:
+        p.add_argument("--random-init", action="store_true", help="evaluate the same architecture untrained")
+        p.add_argument("--raw-pixels", action="store_true", help="evaluate raw pixels instead of the encoder")
+    p.add_argument("--pooling", choices=("cls", "mean_patch"), help="default: the method's own pooling")
+    p.add_argument("--k", default="10,20,200", help="k-NN: comma-separated k values (default 10,20,200)")
+    p.add_argument("--lrs", help="linear: base lrs of the probe sweep (default 0.01,0.03,0.1,0.3,1)")
+    p.add_argument("--seeds", type=int, help="lowshot: seeds (subsets) per setting (default 3)")
+    p.add_argument("--lowshot-subsets", help="lowshot: e.g. 1%%,10%%,1,2,5,10 (percent of labels or images per class)")
+    p.add_argument("--limit-train", type=int, help="use a seeded random subset of N labelled train images")
+    p.add_argument("--limit-test", type=int, help="use a seeded random subset of N test images")
+    p.add_argument(epochs_flag, dest="epochs", type=int, help="epochs of every trained head (probe, fine-tune, low-shot)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(set_flag, dest="eval_overrides", type=set_arg, action="append", default=[], metavar="PROTOCOL.KEY=VALUE",
+                   help="any protocol setting: --set finetune.layer_decay=0.65 --set clustering.n_init=20")  # fmt: skip
 
 
 def positive(name: str, value: int | None) -> int | None:
@@ -117,27 +128,114 @@ def positive(name: str, value: int | None) -> int | None:
     return value
 
 
+def number_list(name: str, text: str, kind: type = int) -> tuple:
+    try:
+        values = tuple(kind(x) for x in text.split(","))
+    except ValueError:
+        raise UsageError(f"{name}: expected comma-separated positive numbers, got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise UsageError(f"{name}: expected comma-separated positive numbers, got {text!r}")
+    return values
+
+
+def eval_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per-protocol setting overrides from the dedicated flags and --set PROTOCOL.KEY=VALUE."""
+    settings: dict[str, dict[str, Any]] = {}
+    if args.lrs:
+        settings.setdefault("linear", {})["base_lrs"] = number_list("lrs", args.lrs, float)
+    if args.seeds is not None:
+        settings.setdefault("lowshot", {})["seeds"] = args.seeds
+    if args.lowshot_subsets:
+        settings.setdefault("lowshot", {})["subsets"] = [s for s in args.lowshot_subsets.split(",") if s.strip()]
+    for key, value in args.eval_overrides:
+        protocol, _, name = key.replace("-", "_").partition(".")
+        if not name:
+            raise UsageError(f"set: expected PROTOCOL.KEY=VALUE, got {key!r}")
+        settings.setdefault(protocol, {})[name] = value
+    return settings
+
+
+def eval_request_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The EvalRequest fields common to evaluate and compare."""
+    return {
+        "data_dir": args.data_dir, "eval_data_dir": getattr(args, "eval_data_dir", None),
+        "limit_train": positive("limit_train", args.limit_train), "limit_test": positive("limit_test", args.limit_test),
+        "epochs": positive("epochs", args.epochs), "pooling": args.pooling, "ks": tuple(sorted(set(number_list("k", args.k)))),
+        "seed": args.seed, "download": bool(args.download), "settings": eval_settings(args),
+    }  # fmt: skip
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hybridssl.engine.checkpoints import load_checkpoint
-    from hybridssl.evaluation.run import EvalRequest, evaluate
+    from hybridssl.evaluation.run import EvalRequest, describe, evaluate
 
     if args.random_init and args.raw_pixels:
         raise UsageError("--random-init and --raw-pixels exclude each other")
-    try:
-        ks = tuple(sorted({positive("k", int(k)) for k in args.k.split(",")}))
-    except ValueError:
-        raise UsageError(f"k: expected comma-separated positive integers, got {args.k!r}") from None
     dataset = args.dataset or load_checkpoint(args.checkpoint)["hybridssl"]["config"]["dataset"]
     kind = "random-init" if args.random_init else "raw-pixels" if args.raw_pixels else "trained"
-    req = EvalRequest(
-        checkpoint=args.checkpoint, dataset=dataset, protocol=args.protocol, output=args.output, encoder_kind=kind,
-        data_dir=args.data_dir, eval_data_dir=args.eval_data_dir, limit_train=positive("limit_train", args.limit_train),
-        limit_test=positive("limit_test", args.limit_test), epochs=positive("epochs", args.epochs), pooling=args.pooling,
-        ks=ks, seed=args.seed, download=args.download,
-    )  # fmt: skip
+    req = EvalRequest(checkpoint=args.checkpoint, dataset=dataset, protocol=args.protocol, output=args.output,
+                      encoder_kind=kind, **eval_request_args(args))  # fmt: skip
     for r in evaluate(req):
-        print(f"{r['protocol']:<8} {r['encoder']:<12} {r['pooling']:<10} {r['metric']} {r['value']:.2f}  {r['settings']}")
+        print(describe(r))
     print(f"hybridssl: results appended to {args.output / 'results.jsonl'}")
+    return 0
+
+
+def add_compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--methods", required=True, help="comma-separated method names, or all (every registered method)")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--model", default="vit-pico")
+    p.add_argument("--budget-epochs", type=int, help="pretraining epochs of every method (multi-stage: in total)")
+    p.add_argument("--max-steps", type=int, help="cap every pretraining run at N steps (smoke tests)")
+    p.add_argument("--batch-size", type=int, default=256, help="per device, the same for every method")
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    p.add_argument("--protocols", default="all", help="comma-separated protocols (default all)")
+    p.add_argument("--no-floors", action="store_true", help="skip the random-init and raw-pixel floors")
+    add_encoder_args(p, floors=False, set_flag="--eval-set", epochs_flag="--eval-epochs")
+    p.add_argument("--output", type=Path, required=True)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from hybridssl.compare import CompareRequest, compare, parse_methods
+    from hybridssl.evaluation.run import PROTOCOLS
+
+    if args.budget_epochs is None and args.max_steps is None:
+        raise UsageError("budget_epochs: give --budget-epochs N (and/or --max-steps N for a smoke test)")
+    protocols = list(PROTOCOLS) if args.protocols == "all" else [p.strip() for p in args.protocols.split(",") if p.strip()]
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown or not protocols:
+        raise UsageError(f"protocols: unknown {unknown[0] if unknown else args.protocols!r}; choose from {', '.join(PROTOCOLS)} or all")
+    shared = eval_request_args(args)
+    evaluation = {k: shared[k] for k in ("limit_test", "epochs", "pooling", "ks", "settings")}
+    req = CompareRequest(
+        methods=parse_methods(args.methods), output=args.output, dataset=args.dataset, model=args.model,
+        budget_epochs=positive("budget_epochs", args.budget_epochs), max_steps=positive("max_steps", args.max_steps),
+        batch_size=positive("batch_size", args.batch_size), seed=args.seed, limit_train=shared["limit_train"],
+        data_dir=args.data_dir, download=args.download, accelerator=args.accelerator, protocols=protocols,
+        floors=not args.no_floors, eval=evaluation,
+    )  # fmt: skip
+    from hybridssl.compare import CompareError
+
+    try:
+        paths = compare(req)
+    except CompareError as exc:
+        print(f"hybridssl: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"hybridssl: wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hybridssl.report.run_report import ReportOptions, write_report
+
+    if not args.run_dir.is_dir():
+        raise UsageError(f"run_dir: {args.run_dir} is not a folder")
+    options = ReportOptions(embedding_samples=positive("embedding_samples", args.embedding_samples),
+                            seed=args.seed, data_dir=args.data_dir, pictures=not args.no_pictures)  # fmt: skip
+    path = write_report(args.run_dir, args.output, options)
+    print(f"hybridssl: wrote {path}")
     return 0
 
 
@@ -181,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_pretrain_args(sub.add_parser("pretrain", help="pretrain an encoder"))
     add_evaluate_args(sub.add_parser("evaluate", help="k-NN / linear probe of a checkpoint"))
+    add_compare_args(sub.add_parser("compare", help="train and evaluate several methods under one budget; comparison tables"))
+    p = sub.add_parser("report", help="one self-contained HTML page for a run folder: config, curves, pictures, results")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--output", type=Path, help="default: RUN_DIR/report.html")
+    p.add_argument("--data-dir", type=Path, help="where the run's dataset is now, if it moved")
+    p.add_argument("--embedding-samples", type=int, default=1000, help="test images in the 2-D map (default 1000)")
+    p.add_argument("--no-pictures", action="store_true", help="config, curves and results only (no checkpoint loading)")
+    p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("export", help="write the encoder as timm-loadable safetensors")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True)
@@ -201,7 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo}
+COMMANDS = {
+    "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report,
+    "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo,
+}  # fmt: skip
 
 
 TCMALLOC_GLOBS = ("/usr/lib/*/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4")

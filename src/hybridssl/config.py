@@ -73,6 +73,9 @@ class RunConfig(StrictModel):
     init_from: Path | None = None
     log_every_n_steps: PositiveInt = 10
     progress_bar: bool = True
+    knn_monitor_every_epochs: NonNegativeInt = 0  # online k-NN of the encoder every N epochs; 0 = off
+    knn_monitor_samples: PositiveInt = 5000  # labelled training images in the k-NN bank (and test queries)
+    knn_monitor_k: PositiveInt = 20
 
     @field_validator("method")
     @classmethod

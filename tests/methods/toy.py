@@ -16,17 +16,41 @@ WIDTH = 32
 SMALL = {"decoder_dim": 32, "decoder_heads": 2, "proj_hidden_dim": 64}
 
 
-def build(name: str, info: DataInfo = INFO, seed: int = 0, **args) -> Method:
+def build(name: str, info: DataInfo = INFO, seed: int = 0, depth: int = 2, **args) -> Method:
     torch.manual_seed(seed)
     cls = METHODS[name]
-    encoder = ViT(vit_config("vit-pico", info.image_size, info.channels, embed_dim=WIDTH, depth=2, num_heads=2))
-    return cls(cls.Config(**{**SMALL, **args}), encoder, info)
+    encoder = ViT(vit_config("vit-pico", info.image_size, info.channels, embed_dim=WIDTH, depth=depth, num_heads=2))
+    small = {k: v for k, v in SMALL.items() if k in cls.Config.model_fields}
+    return cls(cls.Config(**{**small, **args}), encoder, info)
 
 
-def batch(method: Method, size: int = 16, seed: int = 0) -> Batch:
+def batch(method: Method, size: int = 16, seed: int = 0, labels: bool = True) -> Batch:
     torch.manual_seed(seed)
     images = torch.randint(0, 256, (size, 1, 28, 28), dtype=torch.uint8)
-    return Batch(method.views(images), torch.arange(size), torch.arange(size) % 10)
+    return Batch(method.views(images), torch.arange(size), torch.arange(size) % 10 if labels else torch.full((size,), -1))
+
+
+def optimizer(method: Method, lr: float = 1e-3, weight_decay: float = 0.05) -> torch.optim.Optimizer:
+    """AdamW over the method's own parameter groups, each at lr x its scale, as the engine builds it."""
+    groups = method.param_groups(weight_decay)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def train_step(method: Method, b: Batch, opt: torch.optim.Optimizer, progress: float = 0.5) -> dict[str, torch.Tensor]:
+    """One engine step: forward in train mode, backward of "loss", optimizer step, after_step."""
+    method.train()
+    losses = method(b)
+    opt.zero_grad()
+    losses["loss"].backward()
+    opt.step()
+    method.after_step(progress)
+    return losses
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 class Capture:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -15,6 +16,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 from lightning.pytorch.strategies import DDPStrategy
+from torch.nn.parallel import DistributedDataParallel
 
 from hybridssl.config import ConfigError, RunConfig, save_yaml
 from hybridssl.data.loader import InMemoryLoader
@@ -23,7 +25,8 @@ from hybridssl.engine.callbacks import DataPosition, FinalCheckpoint, ProgressBa
 from hybridssl.engine.checkpoints import AtomicCheckpointIO, CheckpointError, check_fits, load_checkpoint, trained_with
 from hybridssl.engine.logs import preserve_metrics
 from hybridssl.engine.module import NonFiniteLossError, PretrainModule, seed_step
-from hybridssl.methods.base import METHODS, Method, build_method
+from hybridssl.engine.monitor import KNNMonitor
+from hybridssl.methods.base import METHODS, Method, build_method, eval_pooling, is_recipe
 from hybridssl.nn.batchnorm import convert_to_global_batchnorm
 from hybridssl.nn.queue import FeatureQueue
 
@@ -73,16 +76,21 @@ def run_label(run: RunConfig) -> str:
     return f"method {run.method} / model {run.model}"
 
 
-def init_from_checkpoint(method: Method, path: Path, run: RunConfig) -> None:
+def init_from_checkpoint(method: Method, path: Path, run: RunConfig | None = None) -> set[str]:
     """Starts from another run's weights (of any method): the whole encoder, which must fit, plus
-    every other entry whose name and shape match."""
+    every other state-dict entry (heads, queues) whose name and shape match; returns the names
+    copied. Chains encoder-only (MAE -> head) and encoder + head (head -> tuning) stages alike."""
     ckpt = load_checkpoint(path)
     encoder = {f"encoder.{k}": v for k, v in method.encoder.state_dict().items()}
-    check_fits(ckpt, encoder, f"init_from: checkpoint {path} was trained with {trained_with(ckpt)}, this run is {run_label(run)}; its encoder does not fit", "method.")
+    this_run = f", this run is {run_label(run)}" if run is not None else ""
+    problem = f"init_from: checkpoint {path} was trained with {trained_with(ckpt)}{this_run}; its encoder does not fit"
+    check_fits(ckpt, encoder, problem, "method.")
     state = {k.removeprefix("method."): v for k, v in ckpt["state_dict"].items()}
     own = method.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     method.load_state_dict(matched, strict=False)
+    method.after_init_from(set(matched))
+    return set(matched)
 
 
 def seeded_method(run: RunConfig, info) -> Method:
@@ -167,10 +175,18 @@ def optimizer_steps(run: RunConfig, num_images: int) -> int:
     return min(b for b in budgets if b is not None)
 
 
-def build_trainer(run: RunConfig, method_cls: type[Method], num_images: int) -> L.Trainer:
+def ddp_buffer_sync(method_cls: type[Method]) -> dict[str, bool]:
+    """DDP options that skip the per-forward copy of rank 0's buffers where the method allows it."""
+    if method_cls.broadcast_buffers:
+        return {}
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
+def build_trainer(run: RunConfig, method_cls: type[Method], num_images: int, extra_callbacks: list[L.Callback] = ()) -> L.Trainer:
     out = Path(run.output)
     multi = run.devices == "auto" or run.devices > 1 or run.num_nodes > 1
-    strategy = DDPStrategy(find_unused_parameters=method_cls.find_unused_parameters) if multi else "auto"
+    strategy = DDPStrategy(find_unused_parameters=method_cls.find_unused_parameters, **ddp_buffer_sync(method_cls)) if multi else "auto"
     precision = run.precision
     if precision == "auto":
         precision = "bf16-mixed" if uses_cuda(run) else "32-true"
@@ -208,6 +224,7 @@ def build_trainer(run: RunConfig, method_cls: type[Method], num_images: int) -> 
             *([ProgressBar()] if run.progress_bar else []),
             periodic,
             FinalCheckpoint(checkpoint_dir(run) / LAST),
+            *extra_callbacks,
         ],
         logger=[TensorBoardLogger(out, name="logs", version="tensorboard"), CSVLogger(out, name="logs", version="csv")],
         log_every_n_steps=run.log_every_n_steps,
@@ -225,23 +242,38 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")  # frozen blocks
 
 
 def pretrain(run: RunConfig) -> Path:
-    """Trains `run.method` and returns the path of the final checkpoint."""
+    """Trains `run.method` (every stage of a multi-stage recipe) and returns the final checkpoint."""
     quiet_lightning()
-    images = load_training_images(run)
+    if is_recipe(run.method):
+        from hybridssl.engine.stages import run_recipe
+
+        return run_recipe(run)
+    return train_run(run)
+
+
+def train_run(run: RunConfig, images: ImageSet | None = None) -> Path:
+    """One run: one method, one Trainer, one folder of checkpoints and logs."""
+    images = images if images is not None else load_training_images(run)
     info = data_info(run.dataset, images)
     method = seeded_method(run, info)
+    if method.resolved:  # settings the method derived from the data or the model, recorded in config.yaml
+        run = run.model_copy(update={"method_args": {**run.method_args, **method.resolved}})
     check_queues(method, run, len(images))
     resume_from = resume_checkpoint(run, method)
+    monitor = []
+    if run.knn_monitor_every_epochs:
+        monitor = [KNNMonitor.for_run(run, images, info, eval_pooling(run.method, run.method_args))]
     if rank_zero_only.rank == 0:
         for stale in checkpoint_dir(run).glob(".*.tmp"):  # left by a kill during a save
             stale.unlink(missing_ok=True)
         if resume_from is not None:
             preserve_metrics(Path(run.output))
         save_yaml(run.dump(), Path(run.output) / "config.yaml")
-    trainer = build_trainer(run, METHODS[run.method], len(images))
+    trainer = build_trainer(run, METHODS[run.method], len(images), monitor)
     if run.accelerator == "cpu" and trainer.world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
     data = PretrainData(images, run.batch_size, run.seed, run.global_batch_views)

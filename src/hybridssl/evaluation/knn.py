@@ -43,4 +43,4 @@ def knn_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Te
                  ks: Sequence[int] = (20,), temperature: float = 0.07, standardize: bool = False) -> dict[int, float]:  # fmt: skip
     """Top-1 accuracy in percent for every k."""
     preds = knn_predict(train_features, train_labels, test_features, ks, temperature, standardize)
-    return {k: 100.0 * (p == test_labels).float().mean().item() for k, p in preds.items()}
+    return {k: 100.0 * (p == test_labels).sum().item() / len(test_labels) for k, p in preds.items()}

@@ -1,56 +1,84 @@
-"""Linear probe on frozen features: non-affine BatchNorm + Linear (the MAE protocol).
+"""Linear probe on frozen features: non-affine BatchNorm + Linear (the MAE protocol), with an lr sweep.
 
 Features are computed once (no augmentation), which makes a probe take seconds on a CPU; the head is
-trained with SGD + momentum, linear warmup and cosine decay, lr scaled by batch / 256.
+trained with SGD + momentum, linear warmup and cosine decay, lr scaled by batch / 256. The BatchNorm
+keeps a cumulative average of the batch statistics (momentum None), so its running statistics are the
+train-set statistics after one epoch, also in the one-epoch smoke runs.
+
+The sweep (MAE-CT trains 10 lrs in parallel and reports the best) trains one head per lr in the same
+pass over the features. Selection rule: the lr with the highest top-1 on a class-stratified, seeded
+hold-out of the *train* features (ties: the smaller lr); that lr is then retrained on all train
+features and only this head is evaluated on the test set. Test accuracy never picks anything.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
+from hybridssl.config import StrictModel
+from hybridssl.engine.optim import WarmupCosine
+from hybridssl.evaluation.batches import epoch_batches, steps_per_epoch
+from hybridssl.evaluation.subsets import stratified_holdout
 
-@dataclass(frozen=True)
-class ProbeSettings:
-    epochs: int = 100
-    base_lr: float = 0.1  # per 256 samples
-    batch_size: int = 256
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    warmup_fraction: float = 0.1
+
+class ProbeSettings(StrictModel):
+    epochs: PositiveInt = 100
+    base_lr: PositiveFloat = 0.1  # per 256 samples; the sweep replaces it
+    batch_size: PositiveInt = 256
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: NonNegativeFloat = 0.0
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+    base_lrs: tuple[PositiveFloat, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)  # the sweep
+    holdout_fraction: float = Field(0.1, gt=0, lt=1)  # of the train features, for choosing the lr
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
 
-def linear_head(dim: int, num_classes: int) -> nn.Module:
-    head = nn.Linear(dim, num_classes)
-    nn.init.trunc_normal_(head.weight, std=0.01)
-    nn.init.zeros_(head.bias)
-    return nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), head)
+class ProbeHeads(nn.Module):
+    """Several linear heads behind one parameter-free BatchNorm: logits H x B x C."""
+
+    def __init__(self, dim: int, num_classes: int, num_heads: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False, eps=1e-6, momentum=None)
+        self.heads = nn.ModuleList(self._head(dim, num_classes) for _ in range(num_heads))
+
+    @staticmethod
+    def _head(dim: int, num_classes: int) -> nn.Linear:
+        """Initialised right after creation: head i's weights depend only on the seed and i."""
+        head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+        return head
+
+    def forward(self, features: Tensor) -> Tensor:
+        x = self.norm(features)
+        return torch.stack([head(x) for head in self.heads])
 
 
-def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, settings: ProbeSettings, seed: int = 0) -> nn.Module:
+def train_linear_probes(
+    features: Tensor, labels: Tensor, num_classes: int, settings: ProbeSettings, base_lrs: Sequence[float], seed: int = 0
+) -> ProbeHeads:
+    """Trains one head per base lr on the same batches (their gradients are independent)."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = linear_head(features.shape[1], num_classes)
-    lr = settings.base_lr * settings.batch_size / 256
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
-    steps_per_epoch = max(1, len(features) // settings.batch_size)
-    total = settings.epochs * steps_per_epoch
-    warmup = int(settings.warmup_fraction * total)
-    schedule = lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    model = ProbeHeads(features.shape[1], num_classes, len(base_lrs))
+    scale = settings.batch_size / 256
+    groups = [{"params": head.parameters(), "lr": lr * scale} for head, lr in zip(model.heads, base_lrs)]
+    opt = torch.optim.SGD(groups, lr=base_lrs[0] * scale, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    total = settings.epochs * steps_per_epoch(len(features), settings.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(total, int(settings.warmup_fraction * total)))
     model.train()
     for _ in range(settings.epochs):
-        order = torch.randperm(len(features), generator=generator)
-        for i in range(steps_per_epoch):
-            idx = order[i * settings.batch_size : (i + 1) * settings.batch_size]
-            loss = F.cross_entropy(model(features[idx]), labels[idx])
+        for idx in epoch_batches(len(features), settings.batch_size, generator):
+            logits = model(features[idx])
+            loss = F.cross_entropy(logits.flatten(0, 1), labels[idx].repeat(len(base_lrs)), reduction="sum") / len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -58,14 +86,45 @@ def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, setti
     return model.eval()
 
 
+def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, settings: ProbeSettings, seed: int = 0) -> ProbeHeads:
+    return train_linear_probes(features, labels, num_classes, settings, [settings.base_lr], seed)
+
+
 @torch.inference_mode()
-def accuracy(model: nn.Module, features: Tensor, labels: Tensor) -> float:
-    return 100.0 * (model(features).argmax(dim=1) == labels).float().mean().item()
+def head_accuracies(model: ProbeHeads, features: Tensor, labels: Tensor) -> list[float]:
+    """Top-1 in percent of every head."""
+    return [100.0 * (logits.argmax(dim=1) == labels).sum().item() / len(labels) for logits in model(features)]
 
 
 def linear_probe_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
                           settings: ProbeSettings = ProbeSettings(), seed: int = 0) -> float:  # fmt: skip
-    """Top-1 test accuracy (percent) of a linear probe trained on the train features."""
+    """Top-1 test accuracy (percent) of one probe at `settings.base_lr`, trained on the train features."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     model = train_linear_probe(train_features.float(), train_labels, num_classes, settings, seed)
-    return accuracy(model, test_features.float(), test_labels)
+    return head_accuracies(model, test_features.float(), test_labels)[0]
+
+
+@dataclass
+class SweepResult:
+    test_top1: float
+    selected_base_lr: float
+    holdout_top1: dict[float, float]  # per base lr
+    holdout_size: int
+
+
+def linear_probe_sweep(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
+                       settings: ProbeSettings = ProbeSettings(), seed: int = 0) -> SweepResult:  # fmt: skip
+    """The lr chosen on a train hold-out (module docstring), retrained on all train features, tested once."""
+    train_features, test_features = train_features.float(), test_features.float()
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    lrs = sorted(settings.base_lrs)
+    fit, held = stratified_holdout(train_labels, settings.holdout_fraction, seed)
+    if len(lrs) > 1 and len(held) > 0:
+        heads = train_linear_probes(train_features[fit], train_labels[fit], num_classes, settings, lrs, seed)
+        holdout = dict(zip(lrs, head_accuracies(heads, train_features[held], train_labels[held])))
+        best = max(lrs, key=lambda lr: (holdout[lr], -lr))
+    else:
+        holdout, best = {}, lrs[0]
+    final = train_linear_probe(train_features, train_labels, num_classes, settings.model_copy(update={"base_lr": best}), seed)
+    test = head_accuracies(final, test_features, test_labels)[0]
+    return SweepResult(test, best, holdout, len(held) if holdout else 0)

@@ -1,21 +1,34 @@
-"""`evaluate(...)`: one checkpoint (or its random-init twin, or raw pixels), one dataset, one protocol."""
+"""`evaluate(...)`: one checkpoint (or its random-init twin, or raw pixels), one dataset, one protocol.
+
+Protocols: knn, linear (lr sweep), finetune, lowshot, clustering, and `all` (every protocol that applies:
+raw pixels have no encoder to fine-tune). Every result is one row of `results.jsonl` holding the
+protocol, the pooling and every setting that produced it (`settings`), so a number can be re-made from
+its row alone. Settings are validated before any feature is computed; errors name the field
+(`finetune.layer_decay: ...`).
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, Field, PositiveInt, ValidationError
 from torch import Tensor
 
+from hybridssl.config import ConfigError, StrictModel, format_validation_error
 from hybridssl.data.sources import DataError, DataInfo, ImageSet, load_dataset
 from hybridssl.engine.checkpoints import load_encoder
+from hybridssl.evaluation.clustering import ClusteringSettings, clustering_metrics
 from hybridssl.evaluation.features import encoder_features, pixel_features
+from hybridssl.evaluation.finetune import FinetuneSettings, finetune
 from hybridssl.evaluation.knn import knn_accuracy
-from hybridssl.evaluation.linear import ProbeSettings, linear_probe_accuracy
+from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_probe_sweep, train_linear_probe
+from hybridssl.evaluation.lowshot import LowshotSettings, run_lowshot
 from hybridssl.evaluation.results import append_result
 from hybridssl.nn.vit import ViT, Pooling
 
@@ -33,11 +46,12 @@ class EvalRequest:
     eval_data_dir: Path | None = None
     limit_train: int | None = None
     limit_test: int | None = None
-    epochs: int | None = None
+    epochs: int | None = None  # every training protocol: probe, fine-tune, low-shot
     pooling: Pooling | None = None  # None: the pooling the method was trained for
-    ks: tuple[int, ...] = (20,)
+    ks: tuple[int, ...] = (10, 20, 200)
     seed: int = 0
     download: bool = False
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per protocol: {"finetune": {"layer_decay": 0.65}}
 
 
 @dataclass
@@ -47,6 +61,24 @@ class Features:
     test: Tensor
     test_labels: Tensor
     pooling: str
+
+
+class KnnSettings(StrictModel):
+    ks: tuple[PositiveInt, ...] = (10, 20, 200)
+    temperature: float = Field(0.07, gt=0)
+    standardize: bool = False  # scale by the train mean/std first (MAE-CT's online monitor does)
+
+    def to_dict(self) -> dict:
+        return {**self.model_dump(mode="json"), "similarity": "cosine", "vote": "exp(similarity / temperature)"}
+
+
+SETTINGS: dict[str, type[BaseModel]] = {
+    "knn": KnnSettings,
+    "linear": ProbeSettings,
+    "finetune": FinetuneSettings,
+    "lowshot": LowshotSettings,
+    "clustering": ClusteringSettings,
+}
 
 
 def labelled_splits(req: EvalRequest, info: DataInfo) -> tuple[ImageSet, ImageSet]:
@@ -78,66 +110,213 @@ def encoder_for(req: EvalRequest) -> tuple[ViT, DataInfo, dict[str, Any]]:
 
 
 def default_pooling(config: dict[str, Any]) -> Pooling:
-    from hybridssl.methods import METHODS
+    from hybridssl.methods import eval_pooling
 
-    method = METHODS.get(config["method"])
-    return method.eval_pooling if method else "cls"
+    return eval_pooling(config["method"], config.get("method_args"))
+
+
+def resolve_settings(req: EvalRequest, protocols: list[str]) -> dict[str, BaseModel]:
+    """Each protocol's settings: defaults < --epochs / --k < the per-protocol overrides; validated."""
+    unknown = set(req.settings) - set(SETTINGS)
+    if unknown:
+        raise ConfigError(f"set: unknown protocol {sorted(unknown)[0]!r}; choose one of {', '.join(SETTINGS)}")
+    needed = set(protocols) | ({"linear", "finetune"} if "lowshot" in protocols else set())
+    resolved = {}
+    for name in SETTINGS:
+        if name not in needed:
+            continue
+        cls = SETTINGS[name]
+        layer: dict[str, Any] = {"ks": req.ks} if name == "knn" else {}
+        if req.epochs is not None and "epochs" in cls.model_fields:
+            layer["epochs"] = req.epochs
+        try:
+            resolved[name] = cls.model_validate({**layer, **req.settings.get(name, {})})
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, prefix=f"{name}.")) from None
+    return resolved
+
+
+class EvalContext:
+    """The images, encoder and (lazily) the frozen features that the protocols share."""
+
+    def __init__(self, req: EvalRequest) -> None:
+        self.req = req
+        self.encoder, self.info, self.config = encoder_for(req)
+        self.train, self.test = labelled_splits(req, self.info)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.pixels = req.encoder_kind == "raw-pixels"
+        self.pooling: str = "none" if self.pixels else req.pooling or default_pooling(self.config)
+        known = [self.train.num_classes or 0, int(self.train.labels.max()) + 1, int(self.test.labels.max()) + 1]
+        self.num_classes = max(known)
+        self.feature_seconds = 0.0
+
+    def _features(self, images: Tensor) -> Tensor:
+        start = time.perf_counter()
+        if self.pixels:
+            out = pixel_features(images, self.info)
+        else:
+            out = encoder_features(self.encoder, images, self.info, self.pooling, device=self.device)  # type: ignore[arg-type]
+        self.feature_seconds += time.perf_counter() - start
+        return out
+
+    @cached_property
+    def train_features(self) -> Tensor:
+        return self._features(self.train.images)
+
+    @cached_property
+    def test_features(self) -> Tensor:
+        return self._features(self.test.images)
+
+    def features(self) -> Features:
+        return Features(self.train_features, self.train.labels, self.test_features, self.test.labels, self.pooling)
+
+    def finetune(self, settings: FinetuneSettings, train_idx: Tensor | None = None, seed: int | None = None):
+        images, labels = self.train.images, self.train.labels
+        if train_idx is not None:
+            images, labels = images[train_idx], labels[train_idx]
+        return finetune(self.encoder, images, labels, self.test.images, self.test.labels, self.info, self.num_classes,
+                        self.pooling, settings, self.req.seed if seed is None else seed, self.device)  # type: ignore[arg-type]  # fmt: skip
+
+
+Row = dict[str, Any]
+
+
+def run_knn(ctx: EvalContext, s: KnnSettings) -> list[Row]:
+    accs = knn_accuracy(ctx.train_features, ctx.train.labels, ctx.test_features, ctx.test.labels, s.ks, s.temperature, s.standardize)
+    return [{"settings": {**s.to_dict(), "k": k}, "metric": "top1", "value": acc} for k, acc in accs.items()]
+
+
+def run_linear(ctx: EvalContext, s: ProbeSettings) -> list[Row]:
+    sweep = linear_probe_sweep(ctx.train_features, ctx.train.labels, ctx.test_features, ctx.test.labels, s, ctx.req.seed)
+    record = {
+        **s.to_dict(),
+        "base_lr": sweep.selected_base_lr,
+        "head": "batchnorm(affine=False, cumulative statistics) + linear",
+        "optimizer": "sgd + momentum, warmup + cosine, lr = base_lr x batch / 256",
+        "selection": "highest top-1 on a class-stratified seeded hold-out of the train features (ties: smaller lr); "
+        "that lr is retrained on all train features and tested once",
+        "holdout_size": sweep.holdout_size,
+        "holdout_top1": {f"{lr:g}": acc for lr, acc in sweep.holdout_top1.items()},
+    }
+    return [{"settings": record, "metric": "top1", "value": sweep.test_top1}]
+
+
+def finetune_record(s: FinetuneSettings) -> dict[str, Any]:
+    return {
+        **s.to_dict(),
+        "optimizer": "adamw, layer-wise lr decay (MAE exponents), no weight decay on norms/biases/tokens",
+        "schedule": "per-step linear warmup + cosine, lr = base_lr x batch / 256",
+        "augmentation": "random-resized crop (crop_scale) + horizontal flip",
+        "head": "linear on the pooled tokens",
+        "reported": "test top-1 after the last epoch",
+    }
+
+
+def run_finetune(ctx: EvalContext, s: FinetuneSettings) -> list[Row]:
+    result = ctx.finetune(s)
+    record = {**finetune_record(s), "steps": result.steps, "lr": result.lr}
+    return [{"settings": record, "metric": "top1", "value": result.test_top1, "final_train_loss": result.final_train_loss}]
+
+
+def run_clustering(ctx: EvalContext, s: ClusteringSettings) -> list[Row]:
+    metrics = clustering_metrics(ctx.test_features, ctx.test.labels, ctx.num_classes, s, ctx.req.seed)
+    record = {**s.to_dict(), "clusters": ctx.num_classes, "split": "test"}
+    rows = []
+    for name, value in metrics.items():
+        percent = name != "silhouette" and value is not None
+        rows.append({"settings": record, "metric": name, "value": 100.0 * value if percent else value,
+                     "unit": "percent" if percent else "score in [-1, 1]"})  # fmt: skip
+    return rows
+
+
+def run_lowshot(ctx: EvalContext, s: LowshotSettings, probe: ProbeSettings, tune: FinetuneSettings) -> list[Row]:
+    from hybridssl.evaluation.lowshot import run_lowshot as lowshot
+
+    probe = probe.model_copy(update={"base_lr": s.probe_base_lr})
+    train_f, test_f = ctx.train_features, ctx.test_features
+
+    def linear(idx: Tensor, seed: int) -> float:
+        model = train_linear_probe(train_f[idx], ctx.train.labels[idx], ctx.num_classes, probe, seed)
+        return head_accuracies(model, test_f, ctx.test.labels)[0]
+
+    def tuned(idx: Tensor, seed: int) -> float:
+        return ctx.finetune(tune, idx, seed).test_top1
+
+    heads = {"linear": linear, "finetune": tuned}
+    chosen = {h: heads[h] for h in s.heads if not (h == "finetune" and ctx.pixels)}
+    head_settings = {
+        "linear": {k: v for k, v in probe.to_dict().items() if k not in ("base_lrs", "holdout_fraction")},
+        "finetune": finetune_record(tune),
+    }
+    rows = []
+    for r in lowshot(ctx.train.labels, s, chosen, ctx.req.seed):
+        record = {**s.to_dict(), "head_settings": head_settings[r.head], "std_over_seeds": "sample standard deviation (n - 1)"}
+        rows.append({"settings": record, "head": r.head, "subset": r.subset, "labelled": r.labelled, "metric": "top1",
+                     "value": r.mean, "std": r.std, "seeds": r.seeds, "per_seed": r.per_seed})  # fmt: skip
+    return rows
+
+
+RUNNERS: dict[str, Callable[..., list[Row]]] = {
+    "knn": lambda ctx, s: run_knn(ctx, s["knn"]),
+    "linear": lambda ctx, s: run_linear(ctx, s["linear"]),
+    "finetune": lambda ctx, s: run_finetune(ctx, s["finetune"]),
+    "lowshot": lambda ctx, s: run_lowshot(ctx, s["lowshot"], s["linear"], s["finetune"]),
+    "clustering": lambda ctx, s: run_clustering(ctx, s["clustering"]),
+}
+PROTOCOLS = tuple(RUNNERS)
+NEEDS_ENCODER = {"finetune"}
+
+
+def protocols_for(req: EvalRequest, names: Sequence[str] | None = None) -> list[str]:
+    """The protocols to run, in order; `all` expands to every protocol that applies to the encoder kind."""
+    chosen: list[str] = []
+    for name in names or [req.protocol]:
+        if name == "all":
+            chosen += [p for p in PROTOCOLS if not (req.encoder_kind == "raw-pixels" and p in NEEDS_ENCODER)]
+        elif name not in RUNNERS:
+            raise ConfigError(f"protocol: unknown {name!r}; choose one of {', '.join(PROTOCOLS)}, all")
+        elif req.encoder_kind == "raw-pixels" and name in NEEDS_ENCODER:
+            raise ConfigError(f"protocol: {name} trains an encoder; raw pixels have none")
+        else:
+            chosen.append(name)
+    return list(dict.fromkeys(chosen))
 
 
 def compute_features(req: EvalRequest) -> tuple[Features, dict[str, Any]]:
-    encoder, info, config = encoder_for(req)
-    train, test = labelled_splits(req, info)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if req.encoder_kind == "raw-pixels":
-        pooling = "none"
-        train_f, test_f = pixel_features(train.images, info), pixel_features(test.images, info)
-    else:
-        pooling = req.pooling or default_pooling(config)
-        train_f = encoder_features(encoder, train.images, info, pooling, device=device)
-        test_f = encoder_features(encoder, test.images, info, pooling, device=device)
-    return Features(train_f, train.labels, test_f, test.labels, pooling), config
+    ctx = EvalContext(req)
+    return ctx.features(), ctx.config
 
 
 def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Runs `protocols` (default: req.protocol) on features computed once, and appends one record per
-    result to req.output/results.jsonl."""
-    protocols = list(protocols or [req.protocol])
-    for name in protocols:
-        if name not in PROTOCOLS:
-            raise ValueError(f"protocol: unknown {name!r}; choose one of {', '.join(PROTOCOLS)}")
-    start = time.perf_counter()
-    feats, config = compute_features(req)
-    feature_seconds = time.perf_counter() - start
+    """Runs `protocols` (default: req.protocol; `all` = every one that applies) on one set of images and
+    features, and appends one record per result to req.output/results.jsonl as each protocol ends."""
+    protocols = protocols_for(req, protocols)
+    settings = resolve_settings(req, protocols)
+    ctx = EvalContext(req)
     base = {
-        "method": config["method"],
-        "model": config["model"],
+        "method": ctx.config["method"],
+        "model": ctx.config["model"],
         "checkpoint": str(req.checkpoint),
         "encoder": req.encoder_kind,
         "dataset": req.dataset,
-        "train_size": len(feats.train),
-        "test_size": len(feats.test),
-        "pooling": feats.pooling,
+        "train_size": len(ctx.train),
+        "test_size": len(ctx.test),
+        "pooling": ctx.pooling,
         "seed": req.seed,
     }
-    records = []
-    for name in protocols:
-        begin = time.perf_counter()
-        for result in PROTOCOLS[name](feats, req):
-            timing = {"feature_seconds": round(feature_seconds, 2), "wall_seconds": round(time.perf_counter() - begin, 2)}
-            records.append(append_result(req.output, {**base, "protocol": name, **result, **timing}))
-    return records
+    written = []
+    for protocol in protocols:
+        start, features_before = time.perf_counter(), ctx.feature_seconds
+        rows = RUNNERS[protocol](ctx, settings)
+        timing = {"feature_seconds": round(ctx.feature_seconds - features_before, 2), "wall_seconds": round(time.perf_counter() - start, 2)}
+        written += [append_result(req.output, {**base, "protocol": protocol, **row, **timing}) for row in rows]
+    return written
 
 
-def run_knn(feats: Features, req: EvalRequest) -> list[dict[str, Any]]:
-    temperature = 0.07
-    accs = knn_accuracy(feats.train, feats.train_labels, feats.test, feats.test_labels, req.ks, temperature)
-    return [{"settings": {"k": k, "temperature": temperature, "similarity": "cosine"}, "metric": "top1", "value": acc} for k, acc in accs.items()]
-
-
-def run_linear(feats: Features, req: EvalRequest) -> list[dict[str, Any]]:
-    settings = ProbeSettings(epochs=req.epochs or ProbeSettings.epochs)
-    acc = linear_probe_accuracy(feats.train, feats.train_labels, feats.test, feats.test_labels, settings, req.seed)
-    return [{"settings": {**settings.to_dict(), "head": "batchnorm(affine=False)+linear", "optimizer": "sgd"}, "metric": "top1", "value": acc}]
-
-
-PROTOCOLS = {"knn": run_knn, "linear": run_linear}
+def describe(row: dict[str, Any]) -> str:
+    """One line per result for the terminal."""
+    value = row["value"]
+    shown = "n/a" if value is None else f"{value:.2f}" + (f" ± {row['std']:.2f}" if "std" in row else "")
+    detail = {"knn": lambda r: f"k={r['settings']['k']}", "linear": lambda r: f"lr={r['settings']['base_lr']:g}",
+              "lowshot": lambda r: f"{r['head']} {r['subset']}"}.get(row["protocol"], lambda r: "")(row)  # fmt: skip
+    return f"{row['protocol']:<10} {row['encoder']:<11} {row['pooling']:<10} {row['metric']:<16} {shown:<14} {detail}".rstrip()

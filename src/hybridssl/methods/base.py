@@ -4,19 +4,23 @@ A method is an nn.Module built from shared parts. The engine calls `views(images
 `forward(batch)` -> named losses with the total under "loss", then `after_step(progress)` after each
 optimizer step. State that must survive a resume (queues, pointers, EMA copies) lives in parameters
 and buffers, so the plain state dict carries it.
+
+A `Recipe` is a method made of several runs chained by checkpoint (MAE-CT: MAE -> head -> tuning);
+it declares its stages and the engine runs them, each a normal run of a registered Method.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union
 
 from torch import Tensor, nn
 
 from hybridssl.config import StrictModel
 from hybridssl.data.sources import DataInfo
 from hybridssl.data.views import Views
-from hybridssl.nn.vit import ViT
+from hybridssl.nn.momentum import EMA
+from hybridssl.nn.vit import Pooling, ViT
 
 
 @dataclass
@@ -35,8 +39,11 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     run_defaults: ClassVar[dict[str, Any]] = {}  # e.g. optimizer defaults from the paper
     lr_views: ClassVar[int] = 1  # views counted in the effective batch that scales the lr
-    eval_pooling: ClassVar[str] = "cls"  # the pooling evaluation uses unless told otherwise
     find_unused_parameters: ClassVar[bool] = False  # DDP: some trainable parameter gets no gradient
+    # DDP re-broadcasts rank 0's buffers before every forward; a method whose buffers are identical on
+    # every rank by construction (queues written from gathered batches) can skip that copy.
+    broadcast_buffers: ClassVar[bool] = True
+    eval_pooling: ClassVar[Pooling] = "cls"  # a `pooling` field in the method's Config overrides it
 
     views: Views
 
@@ -45,6 +52,7 @@ class Method(nn.Module):
         self.cfg = cfg
         self.encoder = encoder
         self.info = info
+        self.resolved: dict[str, Any] = {}  # values of `None` ("auto") settings, as derived here
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -58,13 +66,62 @@ class Method(nn.Module):
     def after_step(self, progress: float) -> None:
         """Once per optimizer step; `progress` in (0, 1] is the fraction of training done."""
 
+    def momentum_pairs(self) -> list[tuple[EMA, nn.Module]]:
+        """(EMA copy, the module it follows) for every momentum branch of the method."""
+        return []
 
-METHODS: dict[str, type[Method]] = {}
+    def after_init_from(self, loaded: set[str]) -> None:
+        """Called after `--init-from` copied the state-dict entries named in `loaded`: EMA copies the
+        checkpoint did not hold restart as copies of their (now loaded) online modules."""
+        names = {id(module): name for name, module in self.named_modules()}
+        for ema, source in self.momentum_pairs():
+            if not any(key.startswith(names[id(ema)] + ".") for key in loaded):
+                ema.update(source, 0.0)
 
 
-def register(cls: type[Method]) -> type[Method]:
+@dataclass(frozen=True)
+class Stage:
+    """One run of a recipe: a registered Method with its own settings, in its own sub-folder."""
+
+    folder: str  # under the recipe's output; folders sort in stage order ("stage1-mae", ...)
+    method: str
+    method_args: dict[str, Any]
+    epochs: int | None
+    # None: the recipe run's own optimizer settings; a dict: over the stage method's defaults
+    optim: dict[str, Any] | None = None
+
+
+class Recipe:
+    """A method made of several runs chained by checkpoint; registered beside the Methods."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    run_defaults: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def stages(cls, run) -> list[Stage]:  # pragma: no cover - abstract
+        """The stages to run, in order; each starts from the previous one's final checkpoint."""
+        raise NotImplementedError
+
+
+METHODS: dict[str, Union[type[Method], type[Recipe]]] = {}
+
+
+def register(cls):
     METHODS[cls.name] = cls
     return cls
+
+
+def is_recipe(name: str) -> bool:
+    return isinstance(METHODS.get(name), type) and issubclass(METHODS[name], Recipe)
+
+
+def eval_pooling(method: str, method_args: dict[str, Any] | None = None) -> Pooling:
+    """The pooling a method's encoder is evaluated with: its `pooling` setting, else its default."""
+    args = method_args or {}
+    if args.get("pooling") in ("cls", "mean_patch"):
+        return args["pooling"]
+    return getattr(METHODS.get(method), "eval_pooling", "cls")
 
 
 def build_method(run, info: DataInfo) -> Method:
@@ -77,4 +134,6 @@ def build_method(run, info: DataInfo) -> Method:
     except ValueError as exc:
         raise ConfigError(f"patch_size: {exc}") from None
     cls = METHODS[run.method]
+    if not issubclass(cls, Method):
+        raise ConfigError(f"method: {run.method!r} is a multi-stage recipe; run it with `pretrain`")
     return cls(cls.Config.model_validate(run.method_args), encoder, info)

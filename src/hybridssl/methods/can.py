@@ -43,7 +43,7 @@ from hybridssl.losses import masked_mse, noise_mse, nt_xent
 from hybridssl.methods.base import Batch, Method, MethodConfig, register
 from hybridssl.nn.decoders import pixel_decoder
 from hybridssl.nn.heads import mlp
-from hybridssl.nn.masking import random_mask
+from hybridssl.nn.masking import Mask, random_mask
 from hybridssl.nn.patches import patchify, pixel_target
 from hybridssl.nn.pos_embed import sincos_scalar
 from hybridssl.nn.vit import pool
@@ -92,6 +92,19 @@ class CAN(Method):
         scale = 1000.0 / self.cfg.sigma_max if self.cfg.rescale_sigma and self.cfg.sigma_max > 0 else 1.0
         return self.noise_embed(sincos_scalar(self.cfg.noise_embed_dim, sigma * scale))
 
+    def decode(self, latent: Tensor, mask: Mask, sigma: Tensor) -> Tensor:
+        """Decoder told the noise level: pixels at the removed patches, noise at the visible ones."""
+        level = self.noise_level_embedding(sigma)
+        if self.cfg.noise_embed_at == "encoder_tokens":
+            return self.decoder(latent + level.unsqueeze(1), mask.ids_restore)
+        return self.decoder(latent, mask.ids_restore, cond=level)
+
+    def reconstruct(self, images: Tensor) -> tuple[Tensor, Mask]:
+        """Prediction for a clean image (sigma = 0) and its mask: for pictures."""
+        mask = random_mask(images.shape[0], self.encoder.cfg.num_patches, self.cfg.mask_ratio, images.device)
+        sigma = torch.zeros(images.shape[0], device=images.device)
+        return self.decode(self.encoder(images, mask.ids_keep), mask, sigma), mask
+
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         clean = torch.cat([batch.views[0], batch.views[1]])  # 2B views, one encoder pass
         sigma = torch.rand(clean.shape[0], device=clean.device) * self.cfg.sigma_max
@@ -99,11 +112,7 @@ class CAN(Method):
         mask = random_mask(clean.shape[0], self.encoder.cfg.num_patches, self.cfg.mask_ratio, clean.device)
         latent = self.encoder(clean + noise, mask.ids_keep)
 
-        level = self.noise_level_embedding(sigma)
-        if self.cfg.noise_embed_at == "encoder_tokens":
-            pred = self.decoder(latent + level.unsqueeze(1), mask.ids_restore)
-        else:
-            pred = self.decoder(latent, mask.ids_restore, cond=level)
+        pred = self.decode(latent, mask, sigma)
         p = self.encoder.cfg.patch_size
         reconstruction = masked_mse(pred, pixel_target(clean, p, self.cfg.norm_pix), mask.mask)
         denoising = noise_mse(pred, patchify(noise, p), mask.mask, normalize=self.cfg.noise_target == "normalized")

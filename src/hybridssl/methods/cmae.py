@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
-from torch import Tensor
+from torch import Tensor, nn
 
 from hybridssl.config import ConfigError
 from hybridssl.data.views import PixelShiftPair
@@ -89,6 +89,11 @@ class CMAE(Method):
             return block_mask(batch, enc.grid_size, self.cfg.mask_ratio, self.cfg.block_unit, device)
         return random_mask(batch, enc.num_patches, self.cfg.mask_ratio, device)
 
+    def reconstruct(self, images: Tensor) -> tuple[Tensor, Mask]:
+        """The online branch's pixel prediction (norm-pix space when `norm_pix`) and its mask: pictures."""
+        mask = self.online_mask(images.shape[0], images.device)
+        return self.pixel_decoder(self.encoder(images, mask.ids_keep), mask.ids_restore), mask
+
     @torch.no_grad()
     def target_features(self, target_view: Tensor) -> Tensor:
         """Mean patch token of the EMA encoder on the full view, before the final norm."""
@@ -113,7 +118,10 @@ class CMAE(Method):
         loss = self.cfg.reconstruction_weight * reconstruction + self.cfg.contrastive_weight * contrastive
         return {"loss": loss, "reconstruction": reconstruction, "contrastive": contrastive}
 
+    def momentum_pairs(self) -> list[tuple[EMA, nn.Module]]:
+        return [(self.target_encoder, self.encoder), (self.target_projector, self.projector)]
+
     def after_step(self, progress: float) -> None:
         m = momentum_at(progress, self.cfg.momentum, self.cfg.momentum_end, self.cfg.momentum_schedule)
-        self.target_encoder.update(self.encoder, m)
-        self.target_projector.update(self.projector, m)
+        for ema, source in self.momentum_pairs():
+            ema.update(source, m)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field, PositiveFloat, PositiveInt
-from torch import Tensor
+from torch import Tensor, nn
 
 from hybridssl.config import ConfigError
 from hybridssl.data.views import strong_weak
@@ -33,7 +33,7 @@ from hybridssl.losses import info_nce_queue, masked_l1
 from hybridssl.methods.base import Batch, Method, MethodConfig, register
 from hybridssl.nn.decoders import pixel_decoder
 from hybridssl.nn.heads import mlp
-from hybridssl.nn.masking import no_mask, random_mask
+from hybridssl.nn.masking import Mask, no_mask, random_mask
 from hybridssl.nn.momentum import EMA, Schedule, momentum_at
 from hybridssl.nn.patches import pixel_target
 from hybridssl.nn.queue import FeatureQueue
@@ -83,6 +83,11 @@ class MACRL(Method):
     def target(self, images: Tensor) -> Tensor:
         return pixel_target(images, self.encoder.cfg.patch_size, self.cfg.norm_pix)
 
+    def reconstruct(self, images: Tensor) -> tuple[Tensor, Mask]:
+        """The main branch's prediction (norm-pix space when `norm_pix`) and its mask: for pictures."""
+        mask = random_mask(images.shape[0], self.encoder.cfg.num_patches, self.cfg.mask_ratio, images.device)
+        return self.decoder(self.encoder(images, mask.ids_keep), mask.ids_restore), mask
+
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         strong, weak, clean = batch.views[0], batch.views[1], batch.views[2]
         size, n = strong.shape[0], self.encoder.cfg.num_patches
@@ -110,7 +115,10 @@ class MACRL(Method):
         self.queue.enqueue(key, batch.ids, batch.labels)
         return {"loss": loss, **losses}
 
+    def momentum_pairs(self) -> list[tuple[EMA, nn.Module]]:
+        return [(self.momentum_encoder, self.encoder), (self.momentum_projector, self.projector)]
+
     def after_step(self, progress: float) -> None:
         m = momentum_at(progress, self.cfg.momentum, self.cfg.momentum_end, self.cfg.momentum_schedule)
-        self.momentum_encoder.update(self.encoder, m)
-        self.momentum_projector.update(self.projector, m)
+        for ema, source in self.momentum_pairs():
+            ema.update(source, m)

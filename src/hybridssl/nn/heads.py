@@ -40,3 +40,9 @@ def mlp(
     if last_norm != "none":
         layers.append(nn.BatchNorm1d(out_dim, affine=last_norm == "affine"))
     return nn.Sequential(*layers)
+
+
+def head_width(paper_width: int, embed_dim: int) -> int:
+    """A head's hidden width: the paper's for ViT-S and wider encoders (D >= 384); for narrower ones
+    at most 8 x D, so that a ViT-pico (D 128) is not dwarfed by a 4096-wide head ([S] small scale)."""
+    return paper_width if embed_dim >= 384 else min(paper_width, 8 * embed_dim)

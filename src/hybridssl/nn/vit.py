@@ -135,7 +135,8 @@ class ViT(nn.Module):
         self.frozen_blocks = num_blocks
         for module in self._frozen_modules():
             module.requires_grad_(False)
-        self.cls_token.requires_grad_(False)
+        if num_blocks:
+            self.cls_token.requires_grad_(False)
         self.train(self.training)
 
     def _frozen_modules(self) -> list[nn.Module]:

@@ -1,0 +1,101 @@
+"""NNCLR (Dwibedi et al. 2021; methods.md 6.1): the positive of a view is the nearest neighbour of the
+other view's embedding in a support queue of past embeddings.
+
+Each view: encoder -> pooled feature -> projector z (3 layers, BatchNorm after every layer, ReLU after
+all but the last) -> predictor p (2 layers). The neighbour n of a view is looked up, without gradient,
+among the unit-normalized queue entries nearest to that view's lookup key (z here; MAE-CT stage 3
+uses an EMA projector); the loss (methods.md 2c) is (l(p1, n2) + l(p2, n1)) / 2, where l is a
+cross-entropy whose rows are neighbours and whose columns are the predictions of the global batch.
+After the loss, the keys of view 1 of the global batch are enqueued. Projector and predictor run once
+per view, so BatchNorm statistics are per view. The share of neighbours with the query's label is
+logged as `nn_acc` (monitoring only: labels never reach the loss).
+
+Beyond the paper: the query's own sample id is excluded from the lookup (`exclude_self`, methods.md
+6.1f; the paper does not), and the queue holds min(98304, N/4) entries for N training images and may
+not exceed N: a queue as large as the dataset holds stale copies of the query image itself.
+Optimizer: the paper uses LARS for ResNets; on the ViT we use the MoCo v3 ViT recipe as for SimCLR
+(AdamW, base lr 1.5e-4 per 256 images, wd 0.1). Small scale [S]: tau 0.2 (solo-learn's CIFAR
+value at batch 256; the paper's 0.1 was at batch 4096); heads at most 8 x D wide (1024 for vit-pico).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from pydantic import PositiveFloat, PositiveInt
+from torch import Tensor
+
+from hybridssl.config import ConfigError
+from hybridssl.data.views import byol_asymmetric
+from hybridssl.losses import nnclr
+from hybridssl.methods.base import Batch, Method, MethodConfig, register
+from hybridssl.nn.distributed import world_size
+from hybridssl.nn.heads import head_width, mlp
+from hybridssl.nn.queue import FeatureQueue
+from hybridssl.nn.vit import Pooling, pool
+
+
+class NNCLRConfig(MethodConfig):
+    temperature: PositiveFloat = 0.2
+    queue_size: PositiveInt | None = None  # None: min(the paper's size, training images / 4)
+    topk: PositiveInt = 1  # 1: the nearest neighbour; k: one of the k nearest, uniformly
+    exclude_self: bool = True
+    proj_hidden_dim: PositiveInt | None = None  # None: 2048, at most 8 x D for narrow encoders
+    proj_dim: PositiveInt = 256
+    pred_hidden_dim: PositiveInt | None = None  # None: 4096, at most 8 x D for narrow encoders
+    pooling: Pooling = "cls"
+
+
+def queue_length(requested: int | None, num_images: int | None, paper_size: int) -> int:
+    """The queue length, checked against the training set (methods.md 2f, 6.1f)."""
+    if requested is None:
+        return paper_size if num_images is None else max(1, min(paper_size, num_images // 4))
+    if num_images is not None and requested > num_images:
+        raise ConfigError(
+            f"method_args.queue_size: {requested} exceeds the {num_images} training images; a queue that large "
+            f"holds stale copies of every image (keep it well below, e.g. {max(1, num_images // 4)})"
+        )
+    return requested
+
+
+@register
+class NNCLR(Method):
+    name = "nnclr"
+    Config = NNCLRConfig
+    run_defaults = {"optim": {"base_lr": 1.5e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), "warmup_fraction": 0.1}}
+    broadcast_buffers = False  # the queue is written from gathered batches: identical on every rank
+    paper_queue_size: ClassVar[int] = 98304
+
+    def __init__(self, cfg: NNCLRConfig, encoder, info) -> None:
+        super().__init__(cfg, encoder, info)
+        self.views = byol_asymmetric(info)
+        dim = encoder.embed_dim
+        proj_hidden = cfg.proj_hidden_dim or head_width(2048, dim)
+        pred_hidden = cfg.pred_hidden_dim or head_width(4096, dim)
+        self.projector = mlp(dim, proj_hidden, cfg.proj_dim, num_layers=3, last_norm="affine")
+        self.predictor = mlp(cfg.proj_dim, pred_hidden, cfg.proj_dim)
+        size = queue_length(cfg.queue_size, info.num_images, self.paper_queue_size)
+        self.queue = FeatureQueue(size, cfg.proj_dim)
+        self.topk = cfg.topk
+        self.resolved = {"proj_hidden_dim": proj_hidden, "pred_hidden_dim": pred_hidden, "queue_size": size}
+
+    def lookup_keys(self, features: tuple[Tensor, ...], projections: list[Tensor]) -> list[Tensor]:
+        """The embeddings used for the lookup and written to the queue."""
+        return projections
+
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        if len(batch.ids) * world_size() > self.queue.size:
+            raise ConfigError(f"method_args.queue_size: {self.queue.size} is smaller than one global batch")
+        features = pool(self.encoder(torch.cat(batch.views)), self.cfg.pooling).chunk(2)
+        z = [self.projector(h) for h in features]
+        p = [self.predictor(x) for x in z]
+        keys = self.lookup_keys(features, z)
+        exclude = batch.ids if self.cfg.exclude_self else None
+        (n1, i1), (n2, _) = (self.queue.nearest(k, exclude, self.topk) for k in keys)
+        loss = (nnclr(p[0], n2, self.cfg.temperature) + nnclr(p[1], n1, self.cfg.temperature)) / 2
+        losses = {"loss": loss}
+        if (batch.labels >= 0).any():
+            losses["nn_acc"] = self.queue.nn_accuracy(i1, batch.labels)
+        self.queue.enqueue(keys[0], batch.ids, batch.labels)  # after the loss: no view finds itself
+        return losses

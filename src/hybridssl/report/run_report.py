@@ -1,0 +1,240 @@
+"""`hybridssl report RUN_DIR`: one self-contained report.html for a run folder.
+
+A run folder holds one or more stages (folders with a config.yaml: a plain run, the stages of a
+multi-stage recipe such as stage1-mae/ stage2-head/ stage3-tune/, or the demo's pretrain/), and any
+number of results.jsonl files. For every stage the page shows its config, its learning curves, a
+reconstruction grid when its method reconstructs masked patches (any method with
+`reconstruct(images) -> (pred, Mask)`), and a 2-D map of its encoder's test features coloured by class.
+Then one table of every recorded result with its settings. Images are inline PNGs; nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from hybridssl import __version__
+from hybridssl.report import html as H
+from hybridssl.report.curves import curves_png, read_metrics
+
+PROTOCOL_ORDER = ("knn", "linear", "finetune", "lowshot", "clustering")
+ENCODER_ORDER = ("trained", "random-init", "raw-pixels")
+
+
+@dataclass
+class ReportOptions:
+    embedding_samples: int = 1000  # test images in the 2-D map (seeded subsample)
+    reconstruction_images: int = 6
+    seed: int = 0
+    data_dir: Path | None = None  # overrides the data folder recorded in the config
+    pictures: bool = True
+
+
+@dataclass
+class Stage:
+    path: Path
+    config: dict[str, Any]
+    checkpoint: Path | None
+    notes: list[str] = field(default_factory=list)
+
+
+def find_stages(run_dir: Path) -> list[Stage]:
+    """Every folder under run_dir (itself included) with a config.yaml, in path order."""
+    stages = []
+    for config_file in sorted(Path(run_dir).rglob("config.yaml")):
+        folder = config_file.parent
+        try:
+            config = yaml.safe_load(config_file.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        if isinstance(config, dict) and "method" in config:
+            stages.append(Stage(folder, config, final_checkpoint(folder)))
+    return stages
+
+
+def final_checkpoint(folder: Path) -> Path | None:
+    checkpoints = folder / "checkpoints"
+    if (checkpoints / "last.ckpt").is_file():
+        return checkpoints / "last.ckpt"
+    found = sorted(checkpoints.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name)) if checkpoints.is_dir() else []
+    return found[-1] if found else None
+
+
+class TestImages:
+    """Labelled test images per (dataset, folder, size), loaded once for all stages."""
+
+    def __init__(self, options: ReportOptions) -> None:
+        self.options = options
+        self.cache: dict[tuple, Any] = {}
+
+    def get(self, config: dict[str, Any], info) -> tuple[Any, str]:
+        from hybridssl.data.sources import load_dataset
+
+        dataset = config.get("dataset", "fashion-mnist")
+        data_dir = self.options.data_dir or config.get("data_dir")
+        split = "train" if dataset == "folder" else "test"  # a folder run records only its training folder
+        key = (dataset, str(data_dir), split, info.image_size, info.channels)
+        if key not in self.cache:
+            images = load_dataset(dataset, split, data_dir, image_size=info.image_size, channels=info.channels)
+            self.cache[key] = images
+        return self.cache[key], f"{dataset} {split} split"
+
+
+def png_from_path(path: Path) -> bytes:
+    return Path(path).read_bytes()
+
+
+def reconstruction_section(method, images, info, options: ReportOptions) -> bytes:
+    from hybridssl.report.figures import reconstruction_grid
+
+    sample = images.take(options.reconstruction_images, seed=options.seed).images
+    with tempfile.TemporaryDirectory() as tmp:
+        return png_from_path(reconstruction_grid(method, sample, info, Path(tmp) / "grid.png", seed=options.seed))
+
+
+def embedding_section(encoder, images, info, pooling: str, title: str, options: ReportOptions) -> tuple[bytes, str]:
+    from hybridssl.evaluation.features import encoder_features
+    from hybridssl.report.embedding import embed_2d, embedding_png
+
+    sample = images.take(options.embedding_samples, seed=options.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    features = encoder_features(encoder, sample.images, info, pooling, device=device)  # type: ignore[arg-type]
+    coords, how = embed_2d(features, seed=options.seed)
+    caption = f"{title}: {how} of {len(sample)} test images, {pooling} features, coloured by class"
+    return embedding_png(coords, sample.labels.numpy(), sample.classes, f"{title}: {how}, {pooling}"), caption
+
+
+def stage_pictures(stage: Stage, images: TestImages, options: ReportOptions) -> list[H.Markup]:
+    """Reconstruction grid (masked methods) and the embedding map of one stage's final checkpoint."""
+    from hybridssl.engine.checkpoints import load_method
+    from hybridssl.evaluation.run import default_pooling
+
+    if stage.checkpoint is None:
+        return [H.tag("p", "no checkpoint in this stage: no pictures", class_="note")]
+    out: list[H.Markup] = []
+    try:
+        method = load_method(stage.checkpoint)
+        test, source = images.get(stage.config, method.info)
+    except Exception as exc:  # missing data, foreign checkpoint: the report still renders
+        return [H.tag("p", f"pictures skipped: {type(exc).__name__}: {exc}", class_="note")]
+    if callable(getattr(method, "reconstruct", None)):
+        try:
+            grid = reconstruction_section(method, test, method.info, options)
+            caption = (f"masked reconstructions ({source}): original, masked input, reconstruction (norm-pix undone "
+                       "with each patch's own mean and variance), reconstruction with the visible patches pasted back")
+            out.append(H.figure(grid, caption, class_="narrow"))
+        except Exception as exc:
+            out.append(H.tag("p", f"reconstruction skipped: {type(exc).__name__}: {exc}", class_="note"))
+    if test.labels is not None and (test.labels >= 0).any():
+        pooling = default_pooling(stage.config)
+        png, caption = embedding_section(method.encoder, test, method.info, pooling, stage.path.name, options)
+        out.append(H.figure(png, caption))
+    return out
+
+
+def is_recipe_root(stage: Stage, stages: list[Stage]) -> bool:
+    """A folder whose config starts a multi-stage recipe: no checkpoints or logs of its own, stages below."""
+    return stage.checkpoint is None and not (stage.path / "logs").is_dir() and any(stage.path in s.path.parents for s in stages)
+
+
+def stage_section(stage: Stage, run_dir: Path, images: TestImages | None, options: ReportOptions, level: str = "h2",
+                  stages: list[Stage] = ()) -> list[H.Markup]:  # fmt: skip
+    name = str(stage.path.relative_to(run_dir)) if stage.path != run_dir else stage.path.name
+    c = stage.config
+    if is_recipe_root(stage, list(stages)):
+        below = [str(s.path.relative_to(stage.path)) for s in stages if stage.path in s.path.parents]
+        return [H.tag(level, f"recipe {c.get('method')} ({name})"),
+                H.tag("p", f"a multi-stage recipe; its stages follow: {', '.join(below)}", class_="meta"),
+                H.details("config.yaml", H.pre(yaml.safe_dump(c, sort_keys=False)))]  # fmt: skip
+    budget = f"{c.get('epochs')} epochs" if c.get("epochs") else f"{c.get('max_steps')} steps"
+    summary = (f"method {c.get('method')}, model {c.get('model')}, dataset {c.get('dataset')}, {budget}, "
+               f"batch {c.get('batch_size')}, seed {c.get('seed')}")
+    parts = [H.tag(level, f"stage {name}"), H.tag("p", summary, class_="meta")]
+    if stage.checkpoint is not None:
+        shown = stage.checkpoint.relative_to(run_dir) if stage.checkpoint.is_relative_to(run_dir) else stage.checkpoint
+        parts.append(H.tag("p", f"checkpoint: {shown}", class_="meta"))
+    parts.append(H.details("config.yaml", H.pre(yaml.safe_dump(c, sort_keys=False))))
+    curves = curves_png(read_metrics(stage.path), title=f"{name}: training curves")
+    if curves:
+        parts.append(H.figure(curves, "learning curves from logs/csv (latest value per step)"))
+    else:
+        parts.append(H.tag("p", "no logged metrics", class_="note"))
+    if options.pictures and images is not None:
+        parts += stage_pictures(stage, images, options)
+    return parts
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def result_detail(row: dict[str, Any]) -> str:
+    s = row.get("settings") or {}
+    protocol = row.get("protocol")
+    if protocol == "knn":
+        return f"k={s.get('k')}"
+    if protocol == "linear":
+        return f"base lr {s.get('base_lr')}, {s.get('epochs')} epochs"
+    if protocol == "finetune":
+        return f"{s.get('epochs')} epochs, layer decay {s.get('layer_decay')}"
+    if protocol == "lowshot":
+        return f"{row.get('head')} on {row.get('subset')} ({row.get('labelled')} images), {len(row.get('per_seed', []))} seeds"
+    return ""
+
+
+def sort_key(row: dict[str, Any]) -> tuple:
+    order = lambda seq, v: seq.index(v) if v in seq else len(seq)  # noqa: E731
+    return (row.get("checkpoint", ""), order(ENCODER_ORDER, row.get("encoder")), order(PROTOCOL_ORDER, row.get("protocol")))
+
+
+def results_table(rows: list[dict[str, Any]], run_dir: Path | None = None) -> H.Markup:
+    headers = ["checkpoint", "encoder", "protocol", "pooling", "metric", "value", "± std", "detail", "train / test", "settings"]
+    body = []
+    for r in sorted(rows, key=sort_key):
+        checkpoint = Path(r.get("checkpoint", ""))
+        if run_dir is not None and checkpoint.is_absolute() and checkpoint.is_relative_to(run_dir.resolve()):
+            checkpoint = checkpoint.relative_to(run_dir.resolve())
+        body.append([
+            str(checkpoint), r.get("encoder", ""), r.get("protocol", ""), r.get("pooling", ""), r.get("metric", ""),
+            H.tag("span", fmt(r.get("value")), class_="num"), fmt(r.get("std")) if "std" in r else "", result_detail(r),
+            f"{r.get('train_size', '')} / {r.get('test_size', '')}", H.details("settings", H.json_block(r.get("settings", {}))),
+        ])  # fmt: skip
+    return H.table(headers, body, class_="results")
+
+
+def write_report(run_dir: Path, output: Path | None = None, options: ReportOptions | None = None) -> Path:
+    from hybridssl.evaluation.results import read_results
+
+    options = options or ReportOptions()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    stages = find_stages(run_dir)
+    rows = read_results(run_dir)
+    images = TestImages(options)
+    body: list[Any] = [
+        H.tag("h1", f"hybridssl report: {run_dir.resolve().name}"),
+        H.tag("p", f"{run_dir.resolve()} | {len(stages)} stage(s), {len(rows)} result(s) | generated "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S')} by hybridssl {__version__}", class_="meta"),  # fmt: skip
+    ]
+    if not stages and not rows:
+        body.append(H.tag("p", "no config.yaml and no results.jsonl found in this folder", class_="note"))
+    body += [H.tag("h2", "results"), results_table(rows, run_dir) if rows else H.tag("p", "no results.jsonl yet", class_="note")]
+    for stage in stages:
+        body += stage_section(stage, run_dir, images, options, stages=stages)
+    output = output or run_dir / "report.html"
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(H.page(f"hybridssl report: {run_dir.resolve().name}", body), encoding="utf-8")
+    tmp.replace(output)
+    return output
+

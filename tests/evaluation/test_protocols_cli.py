@@ -1,0 +1,70 @@
+"""Every protocol through the public CLI on a tiny checkpoint; every row records protocol, pooling, settings."""
+
+import json
+
+import pytest
+
+from hybridssl.cli import main
+from hybridssl.methods import METHODS
+
+SMALL = ["--limit-train", "200", "--limit-test", "64", "--epochs", "1"]
+LOWSHOT = ["--seeds", "2", "--lowshot-subsets", "10%,2", "--set", "finetune.batch_size=32"]
+
+
+def rows(folder):
+    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def evaluate(tiny_mae_run, fmnist_dir, tmp_path):
+    def run(*args: str) -> int:
+        ckpt = tiny_mae_run / "checkpoints" / "last.ckpt"
+        return main(["evaluate", "--checkpoint", str(ckpt), "--data-dir", str(fmnist_dir), "--output", str(tmp_path), *SMALL, *args])
+
+    return run
+
+
+@pytest.mark.parametrize("protocol", ["knn", "linear", "finetune", "lowshot", "clustering"])
+def test_each_protocol_runs_from_the_cli_and_records_its_settings(evaluate, tmp_path, protocol):
+    assert evaluate("--protocol", protocol, *LOWSHOT) == 0
+    written = rows(tmp_path)
+    assert written and {r["protocol"] for r in written} == {protocol}
+    for r in written:
+        assert r["pooling"] == METHODS["mae"].eval_pooling and r["encoder"] == "trained" and r["train_size"] == 200 and r["test_size"] == 64
+        assert isinstance(r["settings"], dict) and r["settings"] and "wall_seconds" in r
+        assert "pixel" not in json.dumps(r) and "random" not in json.dumps(r).replace("random-resized", "")
+    expected = {"knn": 3, "linear": 1, "finetune": 1, "lowshot": 4, "clustering": 4}[protocol]
+    assert len(written) == expected
+    if protocol in ("linear", "finetune"):
+        assert written[0]["settings"]["epochs"] == 1
+    if protocol == "lowshot":
+        assert {(r["head"], r["subset"]) for r in written} == {(h, s) for h in ("linear", "finetune") for s in ("10%", "2/class")}
+        assert all(len(r["per_seed"]) == 2 and r["std"] >= 0 for r in written)
+        assert {r["labelled"] for r in written if r["subset"] == "2/class"} == {20}
+
+
+def test_all_protocols_of_the_raw_pixel_floor(evaluate, tmp_path):
+    assert evaluate("--protocol", "all", "--raw-pixels", *LOWSHOT) == 0
+    written = rows(tmp_path)
+    assert [r["protocol"] for r in written] == ["knn"] * 3 + ["linear"] + ["lowshot"] * 2 + ["clustering"] * 4
+    assert all(r["encoder"] == "raw-pixels" and r["pooling"] == "none" for r in written)
+    assert {r["head"] for r in written if r["protocol"] == "lowshot"} == {"linear"}, "pixels have no encoder to tune"
+
+
+def test_random_init_pooling_and_settings_flags(evaluate, tmp_path):
+    assert evaluate("--protocol", "linear", "--random-init", "--pooling", "mean_patch", "--lrs", "0.1,1") == 0
+    (r,) = rows(tmp_path)
+    assert r["encoder"] == "random-init" and r["pooling"] == "mean_patch"
+    assert r["settings"]["base_lrs"] == [0.1, 1.0] and set(r["settings"]["holdout_top1"]) == {"0.1", "1"}
+
+
+def test_invalid_settings_fail_before_work_naming_the_field(evaluate, capsys):
+    assert evaluate("--protocol", "finetune", "--set", "finetune.layer_decay=2") == 2
+    assert evaluate("--protocol", "finetune", "--set", "finetune.nope=1") == 2
+    assert evaluate("--protocol", "finetune", "--raw-pixels") == 2
+    assert evaluate("--protocol", "lowshot", "--lowshot-subsets", "3%,many") == 2
+    assert evaluate("--protocol", "everything") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 5 and all(line.startswith("hybridssl: error:") for line in err)
+    assert "finetune.layer_decay" in err[0] and "finetune.nope" in err[1] and "raw pixels" in err[2]
+    assert "lowshot.subsets" in err[3] and "all" in err[4]

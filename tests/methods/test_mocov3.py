@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+
+from hybridssl.nn.momentum import momentum_at
+from tests.methods.toy import WIDTH as DIM
+from tests.methods.toy import batch, build, optimizer, snapshot, train_step
+
+
+def test_heads_and_momentum_branch_layout():
+    m = build("mocov3")
+    assert [type(x).__name__ for x in m.projector][-1] == "BatchNorm1d" and not m.projector[-1].affine
+    assert len([x for x in m.projector if isinstance(x, torch.nn.Linear)]) == 3
+    assert len([x for x in m.predictor if isinstance(x, torch.nn.Linear)]) == 2 and not m.predictor[-1].affine
+    assert m.projector[-2].out_features == 256 and m.projector[0].out_features == 8 * DIM  # 4096 narrowed
+    assert not any(p.requires_grad for p in m.momentum_encoder.parameters())
+    assert not any(p.requires_grad for p in m.momentum_projector.parameters())
+    assert m.eval_pooling == "cls"
+
+
+def test_init_as_the_official_code():
+    m = build("mocov3")
+    assert m.encoder.cls_token.abs().max() < 1e-5  # N(0, 1e-6)
+    qkv = m.encoder.blocks[0].attn.qkv.weight  # 3D x D, bound sqrt(6 / (D + D))
+    bound = math.sqrt(6 / (DIM + DIM))
+    assert qkv.abs().max() <= bound and qkv.abs().max() > 0.9 * bound
+
+
+def test_loss_is_two_directions_of_2tau_scaled_infonce():
+    # flat logits (high tau): each direction is 2 tau ln B, the sum 4 tau ln B
+    t = 50.0
+    m = build("mocov3", temperature=t)
+    assert m(batch(m, 32))["loss"].item() == pytest.approx(4 * t * math.log(32), rel=0.01)
+    m = build("mocov3")
+    assert m(batch(m, 32))["loss"].item() == pytest.approx(4 * 0.2 * math.log(32), rel=0.25)
+
+
+def test_patch_embedding_frozen_bit_identical_after_a_step():
+    m = build("mocov3")
+    assert not any(p.requires_grad for p in m.encoder.patch_embed.parameters())
+    names = {n for g in m.param_groups(0.1) for n in g["names"]}
+    assert not any(n.startswith(("encoder.patch_embed", "momentum_")) for n in names)
+    before = snapshot(m)
+    train_step(m, batch(m, 16), optimizer(m, weight_decay=0.1))
+    after = m.state_dict()
+    for key in ("encoder.patch_embed.proj.weight", "encoder.patch_embed.proj.bias", "momentum_encoder.module.patch_embed.proj.weight"):
+        assert torch.equal(before[key], after[key]), key
+    assert not torch.equal(before["encoder.blocks.0.attn.qkv.weight"], after["encoder.blocks.0.attn.qkv.weight"])
+
+
+def test_momentum_branch_follows_the_cosine_schedule():
+    m = build("mocov3")
+    key = "blocks.1.mlp.fc1.weight"
+    target_before = m.momentum_encoder.module.state_dict()[key].clone()
+    progress = 0.5
+    train_step(m, batch(m, 16), optimizer(m), progress=progress)
+    mom = momentum_at(progress, 0.99, 1.0, "cosine")
+    assert mom == pytest.approx(0.995)
+    online = m.encoder.state_dict()[key]
+    expected = mom * target_before + (1 - mom) * online
+    assert torch.allclose(m.momentum_encoder.module.state_dict()[key], expected, atol=1e-7)
+    assert not torch.equal(m.momentum_encoder.module.state_dict()[key], target_before)
+
+
+def test_keys_carry_no_gradient():
+    m = build("mocov3")
+    m(batch(m, 8))["loss"].backward()
+    assert all(p.grad is None for p in m.momentum_encoder.parameters())
+    assert m.predictor[0].weight.grad is not None and m.encoder.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_init_from_restarts_the_momentum_branch_from_the_loaded_encoder():
+    m = build("mocov3")
+    with torch.no_grad():
+        m.encoder.blocks[0].mlp.fc1.weight.add_(1.0)  # as if loaded from a checkpoint
+    m.after_init_from({"encoder.blocks.0.mlp.fc1.weight"})
+    assert torch.equal(m.momentum_encoder.module.blocks[0].mlp.fc1.weight, m.encoder.blocks[0].mlp.fc1.weight)

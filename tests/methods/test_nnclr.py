@@ -1,0 +1,86 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hybridssl.config import ConfigError
+from hybridssl.methods import Batch
+from hybridssl.nn.vit import pool
+from tests.methods.toy import batch, build, optimizer, train_step
+
+
+def test_loss_near_log_batch_at_init_and_monitoring_entry():
+    m = build("nnclr")
+    out = m(batch(m, 32))
+    assert out["loss"].item() == pytest.approx(math.log(32), rel=0.05)
+    assert 0 <= out["nn_acc"].item() <= 1 and not out["nn_acc"].requires_grad
+    assert "nn_acc" not in m(batch(m, 32, labels=False))  # no labels, no monitoring
+
+
+def test_queue_sized_against_the_dataset():
+    assert build("nnclr").queue.size == 512 // 4  # min(98304, N / 4)
+    assert build("nnclr", queue_size=300).queue.size == 300
+    with pytest.raises(ConfigError, match="method_args.queue_size: 600 exceeds the 512 training images"):
+        build("nnclr", queue_size=600)
+    m = build("nnclr", queue_size=8)
+    with pytest.raises(ConfigError, match="method_args.queue_size"):
+        m(batch(m, 16))
+
+
+def test_view_one_of_the_batch_is_enqueued_after_the_loss():
+    m = build("nnclr").train()
+    b = batch(m, 16)
+    m(b)
+    assert m.queue.ptr.item() == 16
+    assert torch.equal(m.queue.ids[:16], b.ids) and torch.equal(m.queue.labels[:16], b.labels)
+    with torch.no_grad():  # train-mode BatchNorm: the same batch gives the same projections
+        z1 = m.projector(pool(m.encoder(b.views[0]), "cls"))
+    assert torch.allclose(m.queue.features[:16], F.normalize(z1, dim=1), atol=1e-4)
+    assert (m.queue.ids[16:] == -1).all()
+
+
+def test_heads_run_once_per_view():
+    m = build("nnclr")
+    sizes = []
+    m.projector.register_forward_hook(lambda mod, inp, out: sizes.append(inp[0].shape[0]))
+    m(batch(m, 8))
+    assert sizes == [8, 8]
+
+
+@pytest.mark.parametrize("exclude", [True, False])
+def test_own_id_is_never_the_neighbour(exclude, monkeypatch):
+    m = build("nnclr", queue_size=16, exclude_self=exclude).train()
+    b = batch(m, 16)
+    m(b)  # the queue now holds view 1 of exactly these images
+    found = []
+    original = m.queue.nearest
+
+    def spy(query, ids=None, topk=1):
+        out = original(query, ids, topk)
+        found.append(m.queue.ids[out[1]])
+        return out
+
+    monkeypatch.setattr(m.queue, "nearest", spy)
+    m(Batch([b.views[0], b.views[0]], b.ids, b.labels))
+    own = torch.cat([found[0] == b.ids, found[1] == b.ids])
+    assert not own.any() if exclude else own.float().mean() > 0.9  # without exclusion: itself, mostly
+
+
+def test_gradients_reach_encoder_projector_and_predictor_only():
+    m = build("nnclr")
+    before = m.queue.features.clone()
+    train_step(m, batch(m, 16), optimizer(m))
+    assert m.predictor[0].weight.grad is not None and m.projector[0].weight.grad is not None
+    assert m.encoder.blocks[-1].mlp.fc2.weight.grad is not None
+    assert not torch.equal(before, m.queue.features)  # written, not learned
+
+
+@pytest.mark.parametrize("name", ["nnclr", "mae-ct-tune"])
+def test_labels_never_reach_the_loss(name):
+    losses = []
+    for labels in (True, False):
+        m = build(name)
+        b = batch(m, 16, labels=labels)
+        losses.append(m(b)["loss"])
+    assert torch.equal(losses[0], losses[1])
