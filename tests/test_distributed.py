@@ -112,3 +112,25 @@ def test_global_batchnorm_on_two_cpu_ranks_is_batchnorm_on_the_global_batch(tmp_
     weight = sum(results[r][2] for r in range(WORLD)) / WORLD
     bias = sum(results[r][3] for r in range(WORLD)) / WORLD
     assert torch.allclose(weight, bn.weight.grad, atol=1e-6) and torch.allclose(bias, bn.bias.grad, atol=1e-6)
+
+
+def loss_names_worker(rank: int, init_file: str, results) -> None:
+    from hybridssl.engine.module import mean_over_ranks
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    same = mean_over_ranks({"loss": torch.tensor(1.0 + rank), "b": torch.tensor(10.0 * rank)})
+    # a monitoring value only rank 1 could compute this step: no hang, the loss still averaged
+    extra = {"nn_acc": torch.tensor(0.5)} if rank == 1 else {}
+    differ = mean_over_ranks({"loss": torch.tensor(2.0 * rank), **extra})
+    results[rank] = ({k: v.item() for k, v in same.items()}, {k: v.item() for k, v in differ.items()})
+    dist.destroy_process_group()
+
+
+def test_losses_are_averaged_over_ranks_even_when_their_names_differ(tmp_path):
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(loss_names_worker, args=(str(tmp_path / "init"), results), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        same, differ = results[rank]
+        assert same == {"loss": 1.5, "b": 5.0}
+        assert differ == ({"loss": 1.0} if rank == 0 else {"loss": 1.0, "nn_acc": 0.5})

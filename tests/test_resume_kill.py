@@ -124,7 +124,7 @@ QUEUE_EMA_METHODS = {"toy-queue-ema": [], "mae-ct-tune": QUEUE, "macrl": QUEUE, 
 
 @pytest.mark.parametrize("method", [m if m == "toy-queue-ema" else pytest.param(m, marks=pytest.mark.slow) for m in QUEUE_EMA_METHODS])
 def test_queue_and_ema_method_killed_resumes_bit_identical(method, fmnist_dir, tmp_path):
-    """`toy-queue-ema` (tests/toy_methods.py: EMA, queue, pointer, random mask and top-k pick) runs by
+    """`toy-queue-ema` (tests/extra_methods.py: EMA, queue, pointer, random mask and top-k pick) runs by
     default. A recipe (`mae-ct`: one run per stage) is compared stage by stage."""
     if method not in METHODS:
         pytest.skip(f"method {method!r} is not registered on this branch")

@@ -81,10 +81,10 @@ def flags_to_layer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from hybridssl.config import resolve
     from hybridssl.engine.train import pretrain
-
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     run = resolve(flags_to_layer(args), args.config)
     last = pretrain(run)

@@ -31,19 +31,21 @@ class NonFiniteLossError(RuntimeError):
 
 def mean_over_ranks(losses: dict[str, Tensor]) -> dict[str, Tensor]:
     """The mean of each named value over the ranks (= its value on the global batch for per-sample
-    means over equal batches), with one small all-gather. Every rank must return the same names: the
-    gather carries a checksum of them, so a mismatch stops every rank with the same error instead of
-    hanging a collective."""
-    names = sorted(losses)
+    means over equal batches), with one small all-gather that every rank can decide on alone.
+
+    The row carries a checksum of the names: in a step where the ranks returned different names (a
+    monitoring value that only some ranks could compute, like NNCLR's `nn_acc` when a rank's batch
+    has no labels) the loss is still averaged and the other values are this rank's own."""
+    names = ["loss", *sorted(k for k in losses if k != "loss")]
     if len(names) > MAX_LOSS_TERMS:
         raise ValueError(f"a method may return at most {MAX_LOSS_TERMS} named losses, got {len(names)}")
     row = torch.zeros(MAX_LOSS_TERMS + 1, device=losses["loss"].device)
     row[: len(names)] = torch.stack([losses[k].detach().float() for k in names])
     row[-1] = zlib.crc32(",".join(names).encode()) & 0xFFFFFF  # exact in float32
     rows = gather_no_grad(row.unsqueeze(0))
-    if len(rows) > 1 and not (rows[:, -1] == row[-1]).all():
-        raise RuntimeError(f"the ranks returned different loss names (this rank: {names}); forward must return the same names at every step")
-    return dict(zip(names, rows[:, : len(names)].mean(0)))
+    if (rows[:, -1] == row[-1]).all():
+        return dict(zip(names, rows[:, : len(names)].mean(0)))
+    return {**{k: losses[k].detach().float() for k in names}, "loss": rows[:, 0].mean()}
 
 
 class PretrainModule(L.LightningModule):
