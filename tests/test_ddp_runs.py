@@ -17,8 +17,8 @@ import torch
 
 from hybridssl.cli import main
 from hybridssl.engine.checkpoints import load_checkpoint
-from hybridssl.engine.logs import read_metrics
 from hybridssl.methods import METHODS
+from hybridssl.report.curves import read_metrics
 from tests.subprocess_runs import run_driver, threads
 
 pytestmark = pytest.mark.ddp
@@ -38,7 +38,7 @@ def run_args(method: str, data_dir: Path, output: Path, devices: int, batch: int
 
 
 def losses(output: Path) -> list[float]:
-    return [row["train/loss"] for row in read_metrics(output) if "train/loss" in row]
+    return [value for _, value in read_metrics(output)["train/loss"]]
 
 
 def assert_two_processes_match_one(method: str, data_dir: Path, tmp_path: Path, *extra: str) -> tuple[Path, str]:

@@ -21,8 +21,8 @@ import torch
 
 from hybridssl.cli import main
 from hybridssl.engine.checkpoints import load_checkpoint
-from hybridssl.engine.logs import read_metrics
 from hybridssl.methods import METHODS
+from hybridssl.report.curves import read_metrics
 from tests.subprocess_runs import run_driver, start_driver, threads
 
 
@@ -112,9 +112,9 @@ def test_mae_killed_three_times_resumes_bit_identical(fmnist_dir, tmp_path):
     # the metrics of the killed parts survive the resumes; re-trained steps are logged once each
     parts = sorted(p.name for p in (killed / "logs" / "csv").glob("metrics*.csv"))
     assert parts == ["metrics.csv", "metrics.part1.csv", "metrics.part2.csv", "metrics.part3.csv"]
-    logged = {int(r["step"]): (r["train/loss"], r["epoch"]) for r in read_metrics(killed) if "train/loss" in r}
-    expected = {int(r["step"]): (r["train/loss"], r["epoch"]) for r in read_metrics(reference) if "train/loss" in r}
-    assert logged == expected and sorted(logged) == list(range(16))  # Lightning's epochs end where the data's do
+    logged, expected = (read_metrics(out, skip={"step"}) for out in (killed, reference))
+    assert logged["train/loss"] == expected["train/loss"] and [s for s, _ in expected["train/loss"]] == list(range(16))
+    assert logged["epoch"] == expected["epoch"]  # Lightning's epochs end where the data's do
 
 
 QUEUE = ["--set", "method_args.queue_size=48"]
@@ -161,8 +161,8 @@ def test_epoch_checkpoints_resume_with_epochs_where_the_data_has_them(fmnist_dir
     shutil.copy(reference / "checkpoints" / "step0000004.ckpt", resumed / "checkpoints" / "last.ckpt")
     assert main(tiny("mae", fmnist_dir, resumed, "--epochs", "3", "--resume")) == 0
     assert_same_training_state(reference / "checkpoints" / "last.ckpt", resumed / "checkpoints" / "last.ckpt")
-    epochs = {int(r["step"]): r["epoch"] for r in read_metrics(resumed) if "train/loss" in r}
-    assert epochs == {s: e for s, e in ((int(r["step"]), r["epoch"]) for r in read_metrics(reference) if "train/loss" in r) if s >= 4}
+    epochs, expected = (read_metrics(out, skip={"step"})["epoch"] for out in (resumed, reference))
+    assert epochs == [(step, epoch) for step, epoch in expected if step >= 4]
     assert {p.name for p in (resumed / "checkpoints").glob("step*.ckpt")} == {"step0000008.ckpt", "step0000012.ckpt"}
 
 
