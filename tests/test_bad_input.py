@@ -111,7 +111,8 @@ def test_unreadable_images_are_skipped_by_name_unusual_ones_converted(tmp_path, 
 def test_dataset_smaller_than_the_queue_or_queue_smaller_than_a_batch(fmnist_dir, tmp_path, capsys):
     line = one_line_error(capsys, tiny(fmnist_dir, tmp_path / "a", "--max-steps", "1", "--limit-train", "40", method="toy-queue-ema"))
     assert line.startswith("hybridssl: error: method_args.queue_size:") and "48" in line and "40 training images" in line
-    line = one_line_error(capsys, tiny(fmnist_dir, tmp_path / "b", "--max-steps", "1", "--set", "method_args.queue_size=8", method="toy-queue-ema"))
+    small_queue = tiny(fmnist_dir, tmp_path / "b", "--max-steps", "1", "--set", "method_args.queue_size=8", method="toy-queue-ema")
+    line = one_line_error(capsys, small_queue)
     assert "method_args.queue_size" in line and "global batch (16)" in line
 
 
@@ -223,7 +224,8 @@ def test_evaluate_a_checkpoint_whose_weights_do_not_match_its_metadata(mae_run, 
     ckpt["hybridssl"]["encoder"]["embed_dim"] = 192  # says vit-tiny width, holds vit-pico weights
     doctored = tmp_path / "doctored.ckpt"
     torch.save(ckpt, doctored)
-    line = one_line_error(capsys, ["evaluate", "--checkpoint", str(doctored), "--protocol", "knn", "--data-dir", str(fmnist_dir), "--output", str(tmp_path)])
+    evaluate = ["evaluate", "--checkpoint", str(doctored), "--protocol", "knn", "--data-dir", str(fmnist_dir), "--output", str(tmp_path)]
+    line = one_line_error(capsys, evaluate)
     assert f"checkpoint {doctored}: its weights do not fit its recorded encoder settings" in line
 
 

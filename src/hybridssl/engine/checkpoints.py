@@ -126,7 +126,8 @@ def load_encoder(path: str | Path) -> tuple[ViT, DataInfo, dict[str, Any]]:
         info = checkpoint_data_info(ckpt)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path}: its encoder settings are invalid ({exc})") from None
-    check_fits(ckpt, encoder.state_dict(), f"checkpoint {path}: its weights do not fit its recorded encoder settings", ENCODER_PREFIX)
+    problem = f"checkpoint {path}: its weights do not fit its recorded encoder settings"
+    check_fits(ckpt, encoder.state_dict(), problem, ENCODER_PREFIX)
     encoder.load_state_dict(encoder_state(ckpt))
     return encoder.eval(), info, ckpt["hybridssl"]["config"]
 
@@ -166,6 +167,7 @@ def load_method(path: str | Path):
         raise CheckpointError(f"checkpoint {path}: its config is invalid ({format_validation_error(exc)})") from None
     except (ConfigError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path}: its config is invalid ({exc})") from None
-    check_fits(ckpt, method.state_dict(), f"checkpoint {path}: its weights do not fit its recorded {trained_with(ckpt)}", "method.")
+    problem = f"checkpoint {path}: its weights do not fit its recorded {trained_with(ckpt)}"
+    check_fits(ckpt, method.state_dict(), problem, "method.")
     method.load_state_dict({k.removeprefix("method."): v for k, v in ckpt["state_dict"].items()})
     return method.eval()

@@ -124,4 +124,5 @@ class PretrainModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("hybridssl", {}).get("rng")
         if states and not restore_rng_states(states):
-            rank_zero_warn(f"the checkpoint holds the RNG states of {len(states['torch'])} ranks, not {self.trainer.world_size}; not restored")
+            saved, world = len(states["torch"]), self.trainer.world_size
+            rank_zero_warn(f"the checkpoint holds the RNG states of {saved} ranks, not {world}; not restored")

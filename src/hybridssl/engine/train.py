@@ -110,7 +110,9 @@ def check_queues(method: Method, run: RunConfig, num_images: int) -> None:
         if not isinstance(queue, FeatureQueue):
             continue
         if queue.size < global_batch(run):
-            raise ConfigError(f"{field}: the queue `{name}` holds {queue.size} entries, fewer than one global batch ({global_batch(run)})")
+            raise ConfigError(
+                f"{field}: the queue `{name}` holds {queue.size} entries, fewer than one global batch ({global_batch(run)})"
+            )
         if queue.size > num_images:
             raise ConfigError(
                 f"{field}: the queue `{name}` holds {queue.size} entries, more than the {num_images} training images; "
@@ -183,7 +185,9 @@ def ddp_buffer_sync(method_cls: type[Method]) -> dict[str, bool]:
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
-def build_trainer(run: RunConfig, method_cls: type[Method], num_images: int, extra_callbacks: list[L.Callback] = ()) -> L.Trainer:
+def build_trainer(
+    run: RunConfig, method_cls: type[Method], num_images: int, extra_callbacks: list[L.Callback] = ()
+) -> L.Trainer:
     out = Path(run.output)
     multi = run.devices == "auto" or run.devices > 1 or run.num_nodes > 1
     strategy = DDPStrategy(find_unused_parameters=method_cls.find_unused_parameters, **ddp_buffer_sync(method_cls)) if multi else "auto"

@@ -50,15 +50,16 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
     """Replaces every BatchNorm layer (1d, 2d, 3d) by a GlobalBatchNorm sharing its parameters and buffers."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, (GlobalBatchNorm, nn.SyncBatchNorm)):
-        converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
-        if module.affine:
-            converted.weight, converted.bias = module.weight, module.bias
-        if module.track_running_stats:
-            converted.running_mean, converted.running_var = module.running_mean, module.running_var
-            converted.num_batches_tracked = module.num_batches_tracked
-        converted.training = module.training
-        return converted
-    for name, child in module.named_children():
-        module.add_module(name, convert_to_global_batchnorm(child))
-    return module
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm) or isinstance(module, (GlobalBatchNorm, nn.SyncBatchNorm)):
+        for name, child in module.named_children():
+            module.add_module(name, convert_to_global_batchnorm(child))
+        return module
+    bn = module
+    converted = GlobalBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+    if bn.affine:
+        converted.weight, converted.bias = bn.weight, bn.bias
+    if bn.track_running_stats:
+        converted.running_mean, converted.running_var = bn.running_mean, bn.running_var
+        converted.num_batches_tracked = bn.num_batches_tracked
+    converted.training = bn.training
+    return converted
