@@ -90,3 +90,22 @@ def test_every_method_runs_on_two_processes(method, fmnist_dir, tmp_path):
     run_driver(run_args(method, fmnist_dir, tmp_path, 2, 16, *extra))
     finals = list(tmp_path.rglob("last.ckpt"))
     assert finals and all(load_checkpoint(p)["global_step"] == 4 for p in finals)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["mae", "toy-queue-ema"])
+def test_two_processes_killed_and_resumed_end_bit_identical(method, fmnist_dir, tmp_path):
+    """Both ranks SIGKILLed before step 4 (checkpoint at 2), resumed on two processes: every rank's RNG
+    states, the queue and the data position come back; the end equals an uninterrupted 2-process run."""
+    from tests.test_resume_kill import assert_same_training_state, kill, wait_until
+    from tests.subprocess_runs import start_driver
+
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    run_driver(run_args(method, fmnist_dir, reference, 2, 16))
+    marker = tmp_path / "stalled"
+    proc = start_driver(run_args(method, fmnist_dir, killed, 2, 16), HYBRIDSSL_TEST_STALL_AT="4", HYBRIDSSL_TEST_STALL_MARKER=str(marker))
+    wait_until(proc, marker.exists)
+    kill(proc)
+    assert sorted(p.name for p in (killed / "checkpoints").glob("step*.ckpt")) == ["step0000002.ckpt"]
+    run_driver(run_args(method, fmnist_dir, killed, 2, 16, "--resume"))
+    assert_same_training_state(reference / "checkpoints" / "last.ckpt", killed / "checkpoints" / "last.ckpt")

@@ -78,8 +78,9 @@ def restore_rng_states(states: dict[str, torch.Tensor]) -> bool:
     random.setstate((py[0], tuple(py[1:]), gauss if has_gauss else None))
     keys, (pos, has_np_gauss) = states["numpy"][r, :-2], states["numpy"][r, -2:].tolist()
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_np_gauss, states["numpy_gauss"][r].item()))
-    torch.set_rng_state(states["torch"][r])
+    # a copy: torch.set_rng_state crashes on a view at a storage offset (measured: segfault on rank 1)
+    torch.set_rng_state(states["torch"][r].clone())
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state(states["cuda"][r])
+        torch.cuda.set_rng_state(states["cuda"][r].clone())
     return True
 
