@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests import extra_methods  # noqa: F401  (registers the test-only methods before collection)
+
 
 def toy_images(n: int, size: int = 28, channels: int = 1, num_classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Class c draws a bright bar at a class-specific row band on noise: learnable, cheap."""

@@ -81,12 +81,15 @@ def flags_to_layer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from hybridssl.config import resolve
     from hybridssl.engine.train import pretrain
 
     run = resolve(flags_to_layer(args), args.config)
     last = pretrain(run)
-    print(f"hybridssl: pretraining done; checkpoint {last}")
+    if rank_zero_only.rank == 0:
+        print(f"hybridssl: pretraining done; checkpoint {last}")
     return 0
 
 

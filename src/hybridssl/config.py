@@ -19,7 +19,8 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # unknown keys are errors; so are nan and inf, which no setting has a use for
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class OptimConfig(StrictModel):
@@ -61,6 +62,9 @@ class RunConfig(StrictModel):
     checkpoint_every_steps: PositiveInt | None = None
     checkpoint_every_epochs: PositiveInt = 1
     devices: PositiveInt | Literal["auto"] = 1
+    # DDP: every rank augments the whole global batch and keeps its rows, so N ranks draw exactly what
+    # one process draws (N x the augmentation work); false: each rank augments only its own rows
+    global_batch_views: bool = True
     num_nodes: PositiveInt = 1
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "auto"
     precision: Literal["auto", "32-true", "bf16-mixed"] = "auto"

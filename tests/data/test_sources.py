@@ -27,6 +27,7 @@ def test_fashion_mnist_search_order_and_error(tmp_path, monkeypatch, fmnist_dir)
     monkeypatch.setenv("HYBRIDSSL_DATA", str(fmnist_dir))
     assert len(load_dataset("fashion-mnist", "test")) == 128  # found through $HYBRIDSSL_DATA
     monkeypatch.delenv("HYBRIDSSL_DATA")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as err:
         load_dataset("fashion-mnist", "train", tmp_path / "empty")
     message = str(err.value)
@@ -73,8 +74,11 @@ def test_cifar_pickled_batches(tmp_path, name, train_n):
     images, labels = toy_images(20, size=32, channels=3)
     assert torch.equal(test.images[0], torch.from_numpy(images[0]).permute(2, 0, 1))
     assert test.labels.tolist() == labels.tolist()
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="missing does not exist"):
         load_dataset(name, "train", tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(name, "train", tmp_path / "empty")
 
 
 def test_stl10_binary(tmp_path):

@@ -39,3 +39,46 @@ def test_load_refuses_pickled_objects(tmp_path):
     torch.save({"hybridssl": Evil(), "state_dict": {}}, tmp_path / "evil.ckpt")
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "evil.ckpt")
+
+
+WRITER = """
+import sys, torch
+from hybridssl.engine.checkpoints import atomic_save
+path, step = sys.argv[1], int(sys.argv[2])
+while True:  # 20 MB per save: each write takes long enough to be interrupted
+    atomic_save({"step": step, "weights": torch.full((5_000_000,), float(step))}, path)
+    step += 1
+"""
+
+
+def test_kill_during_repeated_saves_leaves_a_loadable_checkpoint(tmp_path):
+    """SIGKILL a process that saves over the same file in a loop, half the time while a temporary
+    file is being written, half at a random moment; the target always loads whole."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    src = str(Path(__file__).parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    path, tmp_file = tmp_path / "c.ckpt", tmp_path / ".c.ckpt.tmp"
+    rng = random.Random(0)
+    last_step = -1
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(last_step + 1)], env=env)
+        deadline = time.monotonic() + 120
+        while not path.exists() or (attempt % 2 == 0 and not tmp_file.exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the writer died or stalled"
+            time.sleep(0.001)
+        if attempt % 2:
+            time.sleep(rng.uniform(0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["step"] >= last_step and torch.equal(ckpt["weights"], torch.full((5_000_000,), float(ckpt["step"])))
+        last_step = ckpt["step"]
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name != "c.ckpt"]
+        assert leftovers in ([], [".c.ckpt.tmp"]), leftovers

@@ -8,9 +8,12 @@ from hybridssl.engine.train import init_from_checkpoint
 from tests.methods.toy import build
 
 
+META = {"config": {"method": "toy", "model": "vit-pico"}, "encoder": {}, "data_info": {}}
+
+
 def save(tmp_path, method, name="init.ckpt"):
     path = tmp_path / name
-    torch.save({"hybridssl": {}, "state_dict": {f"method.{k}": v for k, v in method.state_dict().items()}}, path)
+    torch.save({"hybridssl": META, "state_dict": {f"method.{k}": v for k, v in method.state_dict().items()}}, path)
     return path
 
 
@@ -38,6 +41,6 @@ def test_an_encoder_that_does_not_fit_is_an_error(tmp_path):
     mae = build("mae")
     state = {f"method.{k}": v for k, v in mae.state_dict().items() if not k.startswith("encoder.blocks.1.")}
     path = tmp_path / "partial.ckpt"
-    torch.save({"hybridssl": {}, "state_dict": state}, path)
+    torch.save({"hybridssl": META, "state_dict": state}, path)
     with pytest.raises(CheckpointError, match="encoder.blocks.1.*missing"):
         init_from_checkpoint(build("simclr"), path)

@@ -4,7 +4,11 @@ Each epoch's order is a permutation drawn from (seed, epoch); global batch i is 
 [i*G, (i+1)*G) of it and rank r takes its r-th part, so N ranks with batch B see exactly what one
 process with batch N*B sees. The position inside the epoch counts *processed* batches (the engine
 calls `advance()` after each one), not fetched ones, so prefetching cannot shift a resumed run.
-Lightning saves `state_dict()` in every checkpoint and restores it on resume.
+The engine saves `state_dict()` in every checkpoint and restores it on resume (engine/callbacks.py).
+
+With `global_images`, each batch's "images" are those of the whole global batch, and "offset" says
+where this rank's rows start in it: the engine augments all of them with a seed shared by the ranks
+and keeps its rows, so the views of a sample do not depend on the number of ranks.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class InMemoryLoader:
         rank: int = 0,
         world_size: int = 1,
         device: torch.device | str | None = None,
+        global_images: bool = False,
     ) -> None:
         if len(images) < batch_size * world_size:
             raise ValueError(
@@ -35,17 +40,18 @@ class InMemoryLoader:
         missing = torch.full((len(images),), -1, dtype=torch.int64)
         self.labels = (labels if labels is not None else missing).to(self.images.device)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.global_images = global_images and world_size > 1
         self.epoch = 0
         self.consumed = 0
-
-    @property
-    def sampler(self) -> "InMemoryLoader":  # Lightning calls `loader.sampler.set_epoch(epoch)`
-        return self
 
     def __len__(self) -> int:
         return len(self.images) // (self.batch_size * self.world_size)
 
     def set_epoch(self, epoch: int) -> None:
+        """Jumps to the start of `epoch`. The engine never calls it: the loader counts its own epochs
+        (a new one starts when an iteration begins with the epoch used up), because Lightning's epoch
+        counter drifts across repeated resumes (measured: after three resumes it asked for epoch 1
+        during epoch 3). Without a `sampler` attribute, Lightning does not call it either."""
         if epoch != self.epoch:
             self.epoch, self.consumed = epoch, 0
 
@@ -58,16 +64,30 @@ class InMemoryLoader:
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         if self.consumed >= len(self):  # resumed from an end-of-epoch checkpoint
             self.epoch, self.consumed = self.epoch + 1, 0
-        order = self.epoch_order()[:, self.rank].to(self.images.device)
+        order = self.epoch_order().to(self.images.device)
+        offset = self.rank * self.batch_size if self.global_images else 0
         for i in range(self.consumed, len(self)):
-            ids = order[i]
-            yield {"images": self.images[ids], "ids": ids, "labels": self.labels[ids]}
+            ids = order[i, self.rank]
+            shown = order[i].flatten() if self.global_images else ids
+            yield {"images": self.images[shown], "ids": ids, "labels": self.labels[ids], "offset": offset}
+
+    @property
+    def position(self) -> int:
+        """Batches processed since training began: the index of the step that processes the next one."""
+        if self.consumed >= len(self):
+            return (self.epoch + 1) * len(self)
+        return self.epoch * len(self) + self.consumed
 
     def advance(self) -> None:
         self.consumed += 1
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed}
+        return {"epoch": self.epoch, "consumed": self.consumed, "global_batch": self.batch_size * self.world_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restores the position; saved with another global batch, the position in samples is kept
+        (rounded down to whole batches), so no sample of the epoch is skipped."""
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+        saved = int(state.get("global_batch", self.batch_size * self.world_size))
+        if saved != self.batch_size * self.world_size:
+            self.consumed = self.consumed * saved // (self.batch_size * self.world_size)

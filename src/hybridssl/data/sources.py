@@ -292,4 +292,7 @@ def load_dataset(name: str, split: str, data_dir: Path | str | None = None, **op
     """Load `split` ('train', 'test'; stl10 also 'unlabeled', 'train+unlabeled') of a named dataset."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if data_dir is not None and not Path(data_dir).exists() and not options.get("download"):
+        # a mistyped --data-dir must not fall back to another copy found elsewhere
+        raise DataError(f"data_dir: {data_dir} does not exist")
     return DATASETS[name](split, Path(data_dir) if data_dir else None, **options)

@@ -10,11 +10,34 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 
 class DataPosition(Callback):
-    """Counts processed batches in the loader; runs before ModelCheckpoint (Lightning orders it last),
-    so a checkpoint written at the end of a batch records that batch as consumed."""
+    """Owns the loader's position: advances it after each processed batch, saves it in every checkpoint
+    and puts it back before the first batch of a resumed run.
+
+    It advances before ModelCheckpoint runs (Lightning orders that callback last), so a checkpoint
+    written at the end of a batch records that batch as consumed. Lightning's own restore of a stateful
+    loader is not enough: it only applies when the loader is created after the checkpoint is read, and
+    with an epoch budget `estimated_stepping_batches` creates it before (measured: resuming in the middle
+    of epoch 1 replayed the epoch's first batches).
+    """
+
+    def __init__(self) -> None:
+        self.loader = None
+        self.restored: dict[str, int] | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.loader = trainer.train_dataloader
+        if self.restored is not None:
+            self.loader.load_state_dict(self.restored)
+            self.restored = None
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         trainer.train_dataloader.advance()
+
+    def state_dict(self) -> dict[str, int]:
+        return self.loader.state_dict() if self.loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.restored = dict(state_dict) or None
 
 
 class Throughput(Callback):

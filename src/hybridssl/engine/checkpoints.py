@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,14 @@ class CheckpointError(ValueError):
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
 
-    A kill at any moment leaves either the previous file or the new one, never a torn one.
+    A kill at any moment leaves either the previous file or the new one, never a torn one. The
+    temporary name is fixed per target (`.NAME.tmp`), so a kill during a save leaves at most one
+    stale temporary file, which the next save of that target overwrites. One writer per target:
+    only rank 0 saves, and a run folder holds one run (engine/train.py refuses a second one).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -43,18 +47,52 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         os.close(dir_fd)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Loads with weights_only=True: tensors and plain containers only, never arbitrary objects."""
+def temporary_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def load_failure(exc: Exception) -> str:
+    """torch's reasons in one short line; a refused Python object is named, never constructed."""
+    text = str(exc)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return f"it holds a Python object ({refused.group(1)}), which a weights-only load refuses"
+    first = re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}"
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Loads with weights_only=True: tensors and plain containers only, never arbitrary objects.
+    `mmap` reads tensors lazily (cheap when only the metadata is needed)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many types for foreign or torn files
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({load_failure(exc)})") from None
     if not isinstance(ckpt, dict) or "hybridssl" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a hybridssl checkpoint (no 'hybridssl' metadata)")
+    meta = ckpt["hybridssl"]
+    if not isinstance(meta, dict) or not {"config", "encoder", "data_info"} <= meta.keys():
+        raise CheckpointError(f"{path} is not a hybridssl checkpoint (incomplete 'hybridssl' metadata)")
     return ckpt
+
+
+def trained_with(ckpt: dict[str, Any]) -> str:
+    config = ckpt["hybridssl"]["config"]
+    return f"method {config.get('method')} / model {config.get('model')}"
+
+
+def check_fits(ckpt: dict[str, Any], own: dict[str, torch.Tensor], problem: str, prefix: str = "") -> None:
+    """Raises one CheckpointError line, `problem` followed by the first entry that does not fit, when
+    the checkpoint's entries named in `own` (keys without `prefix`) are missing or shaped differently."""
+    theirs = {k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    for key, value in own.items():
+        found = theirs.get(key)
+        if found is None or tuple(found.shape) != tuple(value.shape):
+            detail = "missing" if found is None else f"{tuple(found.shape)}, not {tuple(value.shape)}"
+            raise CheckpointError(f"{problem} ({key}: {detail})")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -83,9 +121,15 @@ def encoder_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 def load_encoder(path: str | Path) -> tuple[ViT, DataInfo, dict[str, Any]]:
     """The trained encoder of a checkpoint, its data info and the run config it was trained with."""
     ckpt = load_checkpoint(path)
-    encoder = ViT(encoder_config(ckpt))
+    try:
+        encoder = ViT(encoder_config(ckpt))
+        info = checkpoint_data_info(ckpt)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path}: its encoder settings are invalid ({exc})") from None
+    problem = f"checkpoint {path}: its weights do not fit its recorded encoder settings"
+    check_fits(ckpt, encoder.state_dict(), problem, ENCODER_PREFIX)
     encoder.load_state_dict(encoder_state(ckpt))
-    return encoder.eval(), checkpoint_data_info(ckpt), ckpt["hybridssl"]["config"]
+    return encoder.eval(), info, ckpt["hybridssl"]["config"]
 
 
 def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]:
@@ -110,11 +154,20 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]
 
 def load_method(path: str | Path):
     """The whole trained method (encoder, decoders, heads) of a checkpoint, in eval mode."""
-    from hybridssl.config import RunConfig
+    from pydantic import ValidationError
+
+    from hybridssl.config import ConfigError, RunConfig, format_validation_error
     from hybridssl.methods.base import build_method
 
     ckpt = load_checkpoint(path)
-    run = RunConfig.model_validate(ckpt["hybridssl"]["config"])
-    method = build_method(run, checkpoint_data_info(ckpt))
+    try:  # the config names only registered methods, models and datasets, or fails here
+        run = RunConfig.model_validate(ckpt["hybridssl"]["config"])
+        method = build_method(run, checkpoint_data_info(ckpt))
+    except ValidationError as exc:
+        raise CheckpointError(f"checkpoint {path}: its config is invalid ({format_validation_error(exc)})") from None
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path}: its config is invalid ({exc})") from None
+    problem = f"checkpoint {path}: its weights do not fit its recorded {trained_with(ckpt)}"
+    check_fits(ckpt, method.state_dict(), problem, "method.")
     method.load_state_dict({k.removeprefix("method."): v for k, v in ckpt["state_dict"].items()})
     return method.eval()

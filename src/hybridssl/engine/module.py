@@ -2,33 +2,50 @@
 
 from __future__ import annotations
 
-import random
+import zlib
 from dataclasses import asdict
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from hybridssl import __version__
 from hybridssl.config import RunConfig
 from hybridssl.data.sources import DataInfo
 from hybridssl.engine.optim import WarmupCosine
+from hybridssl.engine.randomness import gather_rng_states, restore_rng_states, seed_step, step_seed
 from hybridssl.methods.base import Batch, Method
+from hybridssl.nn.batch_random import shared_stream
+from hybridssl.nn.distributed import gather_no_grad
+
+MAX_LOSS_TERMS = 32
+
+__all__ = ["NonFiniteLossError", "PretrainModule", "seed_step"]
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message carries the step."""
+    """The loss (or the weights) became NaN or infinite; the message carries the step."""
 
 
-def seed_step(seed: int, rank: int, step: int) -> None:
-    """Every random draw of a step (views, masks, queue sampling) follows from (seed, rank, step),
-    so a resumed run replays exactly what the uninterrupted one would have drawn."""
-    value = ((seed * 1_000_003 + rank) * 1_000_033 + step) % (2**63 - 1)
-    torch.manual_seed(value)
-    random.seed(value)
-    np.random.seed(value % 2**32)
+def mean_over_ranks(losses: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The mean of each named value over the ranks (= its value on the global batch for per-sample
+    means over equal batches), with one small all-gather that every rank can decide on alone.
+
+    The row carries a checksum of the names: in a step where the ranks returned different names (a
+    monitoring value that only some ranks could compute, like NNCLR's `nn_acc` when a rank's batch
+    has no labels) the loss is still averaged and the other values are this rank's own."""
+    names = ["loss", *sorted(k for k in losses if k != "loss")]
+    if len(names) > MAX_LOSS_TERMS:
+        raise ValueError(f"a method may return at most {MAX_LOSS_TERMS} named losses, got {len(names)}")
+    row = torch.zeros(MAX_LOSS_TERMS + 1, device=losses["loss"].device)
+    row[: len(names)] = torch.stack([losses[k].detach().float() for k in names])
+    row[-1] = zlib.crc32(",".join(names).encode()) & 0xFFFFFF  # exact in float32
+    rows = gather_no_grad(row.unsqueeze(0))
+    if (rows[:, -1] == row[-1]).all():
+        return dict(zip(names, rows[:, : len(names)].mean(0)))
+    return {**{k: losses[k].detach().float() for k in names}, "loss": rows[:, 0].mean()}
 
 
 class PretrainModule(L.LightningModule):
@@ -42,17 +59,25 @@ class PretrainModule(L.LightningModule):
     def total_steps(self) -> int:
         return max(1, int(self.trainer.estimated_stepping_batches))
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        step_index = self.current_epoch * self.trainer.num_training_batches + batch_idx
-        seed_step(self.run.seed, self.global_rank, step_index)
-        views = self.method.views(batch["images"])
-        losses = self.method(Batch(views, batch["ids"], batch["labels"]))
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"the loss became {loss.item()} at step {self.global_step}")
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, on_epoch=False)
-        self.log("loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        return loss
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        # the loader's position, not Lightning's counters: it is what the checkpoint restores exactly
+        step = self.trainer.train_dataloader.position
+        seed = self.run.seed
+        ids = batch["ids"]
+        with shared_stream(step_seed(seed, None, step, purpose=1)):
+            # the views of the global batch: the same draws on every rank (unless each rank augments its own)
+            own_views = not self.run.global_batch_views and self.trainer.world_size > 1
+            seed_step(seed, self.global_rank if own_views else None, step)
+            first = batch.get("offset", 0)
+            views = [v[first : first + len(ids)] for v in self.method.views(batch["images"])]
+            seed_step(seed, self.global_rank, step)  # any other draw of the method: this rank's own
+            losses = self.method(Batch(views, ids, batch["labels"]))
+        means = mean_over_ranks(losses)
+        if not torch.isfinite(means["loss"]):
+            raise NonFiniteLossError(f"loss: the loss became {means['loss'].item()} at step {self.global_step + 1}")
+        self.log_dict({f"train/{k}": v for k, v in means.items()}, on_step=True, on_epoch=False)
+        self.log("loss", means["loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return losses["loss"]
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = self.run.optim
@@ -75,11 +100,29 @@ class PretrainModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         self.method.after_step(progress=min(1.0, (self.global_step + 1) / self.total_steps))
 
+    def non_finite_state(self) -> list[str]:
+        return [k for k, v in self.method.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adds the run's metadata and every rank's RNG states; refuses to save non-finite weights (a
+        finite loss can still end in an update that overflows), so every checkpoint is a good one.
+        Flushes the loggers too: after a kill, the logs reach at least the last checkpoint."""
+        bad = self.non_finite_state()
+        if bad:
+            raise NonFiniteLossError(f"loss: the weights became non-finite ({bad[0]}, ...) by step {self.global_step}")
+        for logger in self.loggers:
+            logger.save()
         checkpoint["hybridssl"] = {
             "version": __version__,
             "config": self.run.dump(),
             "data_info": asdict(self.info),
             "encoder": self.method.encoder.cfg.to_dict(),
             "finished": bool(self.trainer.fit_loop.done) if self._trainer is not None else False,
+            "rng": gather_rng_states(self.device),
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("hybridssl", {}).get("rng")
+        if states and not restore_rng_states(states):
+            saved, world = len(states["torch"]), self.trainer.world_size
+            rank_zero_warn(f"the checkpoint holds the RNG states of {saved} ranks, not {world}; not restored")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -13,17 +14,21 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
-from hybridssl.config import RunConfig, save_yaml
+from hybridssl.config import ConfigError, RunConfig, save_yaml
 from hybridssl.data.loader import InMemoryLoader
 from hybridssl.data.sources import PRETRAIN_SPLIT, DataError, ImageSet, data_info, load_dataset
 from hybridssl.engine.callbacks import DataPosition, FinalCheckpoint, ProgressBar, Throughput
-from hybridssl.engine.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
-from hybridssl.engine.module import PretrainModule, seed_step
+from hybridssl.engine.checkpoints import AtomicCheckpointIO, CheckpointError, check_fits, load_checkpoint, trained_with
+from hybridssl.engine.logs import preserve_metrics
+from hybridssl.engine.module import NonFiniteLossError, PretrainModule, seed_step
 from hybridssl.engine.monitor import KNNMonitor
 from hybridssl.methods.base import METHODS, Method, build_method, eval_pooling, is_recipe
+from hybridssl.nn.batchnorm import convert_to_global_batchnorm
+from hybridssl.nn.queue import FeatureQueue
 
 LAST = "last.ckpt"
 
@@ -31,13 +36,21 @@ LAST = "last.ckpt"
 class PretrainData(L.LightningDataModule):
     """Hands each rank its loader once the rank is known (after the processes are launched)."""
 
-    def __init__(self, images: ImageSet, batch_size: int, seed: int) -> None:
+    def __init__(self, images: ImageSet, batch_size: int, seed: int, global_images: bool = True) -> None:
         super().__init__()
-        self.images, self.batch_size, self.seed = images, batch_size, seed
+        self.images, self.batch_size, self.seed, self.global_images = images, batch_size, seed, global_images
 
     def train_dataloader(self) -> InMemoryLoader:
         t = self.trainer
-        return InMemoryLoader(self.images.images, self.images.labels, self.batch_size, self.seed, t.global_rank, t.world_size)
+        return InMemoryLoader(
+            self.images.images, self.images.labels, self.batch_size, self.seed, t.global_rank, t.world_size,
+            global_images=self.global_images,
+        )  # fmt: skip
+
+
+def global_batch(run: RunConfig) -> int:
+    devices = run.devices if isinstance(run.devices, int) else max(1, torch.cuda.device_count())
+    return run.batch_size * devices * run.num_nodes
 
 
 def load_training_images(run: RunConfig) -> ImageSet:
@@ -47,7 +60,7 @@ def load_training_images(run: RunConfig) -> ImageSet:
         image_size=run.image_size, channels=run.channels, strict=run.strict_data,
     )  # fmt: skip
     images = images.take(run.limit_train, seed=run.seed)
-    if len(images) < run.batch_size * run.num_nodes * (run.devices if isinstance(run.devices, int) else 1):
+    if len(images) < global_batch(run):
         raise DataError(
             f"batch_size: the {run.dataset} training set has {len(images)} images, fewer than one global batch "
             f"({run.batch_size} per device); lower --batch-size"
@@ -59,20 +72,109 @@ def checkpoint_dir(run: RunConfig) -> Path:
     return Path(run.output) / "checkpoints"
 
 
-def init_from_checkpoint(method: Method, path: Path) -> set[str]:
-    """Starts from another run's weights: the whole encoder, plus every other state-dict entry (heads,
-    queues) whose name and shape match; returns the names copied. Chains encoder-only (MAE -> head)
-    and encoder + head (head -> tuning) stages alike."""
-    state = {k.removeprefix("method."): v for k, v in load_checkpoint(path)["state_dict"].items()}
+def run_label(run: RunConfig) -> str:
+    return f"method {run.method} / model {run.model}"
+
+
+def init_from_checkpoint(method: Method, path: Path, run: RunConfig | None = None) -> set[str]:
+    """Starts from another run's weights (of any method): the whole encoder, which must fit, plus
+    every other state-dict entry (heads, queues) whose name and shape match; returns the names
+    copied. Chains encoder-only (MAE -> head) and encoder + head (head -> tuning) stages alike."""
+    ckpt = load_checkpoint(path)
+    encoder = {f"encoder.{k}": v for k, v in method.encoder.state_dict().items()}
+    this_run = f", this run is {run_label(run)}" if run is not None else ""
+    problem = f"init_from: checkpoint {path} was trained with {trained_with(ckpt)}{this_run}; its encoder does not fit"
+    check_fits(ckpt, encoder, problem, "method.")
+    state = {k.removeprefix("method."): v for k, v in ckpt["state_dict"].items()}
     own = method.state_dict()
-    for key in (k for k in own if k.startswith("encoder.")):
-        if key not in state or state[key].shape != own[key].shape:
-            found = "missing" if key not in state else f"{tuple(state[key].shape)}, not {tuple(own[key].shape)}"
-            raise CheckpointError(f"init_from: {path} holds no encoder that fits this model ({key}: {found})")
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     method.load_state_dict(matched, strict=False)
     method.after_init_from(set(matched))
     return set(matched)
+
+
+def seeded_method(run: RunConfig, info) -> Method:
+    """The method with weights drawn from `run.seed` (a draw no training step uses), then --init-from."""
+    seed_step(run.seed, 0, -1)
+    method = build_method(run, info)
+    if run.init_from:
+        init_from_checkpoint(method, run.init_from, run)
+    return method
+
+
+def check_queues(method: Method, run: RunConfig, num_images: int) -> None:
+    """Every feature queue must hold at least one global batch and at most the training set (larger,
+    it holds stale copies of every image, the query's own among its negatives)."""
+    field = "method_args.queue_size" if "queue_size" in type(method).Config.model_fields else "method_args"
+    for name, queue in method.named_modules():
+        if not isinstance(queue, FeatureQueue):
+            continue
+        if queue.size < global_batch(run):
+            raise ConfigError(
+                f"{field}: the queue `{name}` holds {queue.size} entries, fewer than one global batch ({global_batch(run)})"
+            )
+        if queue.size > num_images:
+            raise ConfigError(
+                f"{field}: the queue `{name}` holds {queue.size} entries, more than the {num_images} training images; "
+                "lower it (or train on more images)"
+            )
+
+
+def checkpoints_of(run: RunConfig) -> list[Path]:
+    """The run's checkpoints, newest first (atomic writes: each one is complete)."""
+    folder = checkpoint_dir(run)
+    found = [p for p in folder.glob("*.ckpt") if p.is_file()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name == LAST), reverse=True)
+
+
+def resume_checkpoint(run: RunConfig, method: Method) -> Path | None:
+    """With --resume: the newest checkpoint of the run folder, checked against this run; without it,
+    a folder that already holds a run is refused rather than mixed with a new one."""
+    found = checkpoints_of(run)
+    if not run.resume:
+        if found:
+            raise ConfigError(
+                f"output: {run.output} already holds a run ({found[0].relative_to(run.output)}); "
+                "continue it with --resume or choose another --output"
+            )
+        return None
+    if not found:
+        warnings.warn(f"--resume: no checkpoint in {checkpoint_dir(run)}; starting from scratch", stacklevel=2)
+        return None
+    path = found[0]
+    ckpt = load_checkpoint(path, mmap=True)
+    config = ckpt["hybridssl"]["config"]
+    problem = f"resume: checkpoint {path} was trained with {trained_with(ckpt)}, this run is {run_label(run)}"
+    if (config.get("method"), config.get("model")) != (run.method, run.model):
+        raise CheckpointError(problem)
+    check_fits(ckpt, method.state_dict(), f"{problem} with other settings", "method.")
+    return path
+
+
+class GlobalBatchNormSync(LayerSync):
+    """Lightning's layer-sync hook for devices torch's SyncBatchNorm refuses (CPU): nn/batchnorm.py."""
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        return convert_to_global_batchnorm(model)
+
+    def revert(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model  # GlobalBatchNorm is plain BatchNorm on one process
+
+
+def uses_cuda(run: RunConfig) -> bool:
+    return run.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+
+
+def steps_per_epoch(run: RunConfig, num_images: int) -> int:
+    """Optimizer steps per epoch (Lightning also steps at an epoch's end with accumulation pending)."""
+    return math.ceil(num_images // global_batch(run) / run.accumulate_grad_batches)
+
+
+def optimizer_steps(run: RunConfig, num_images: int) -> int:
+    """The run's budget in optimizer steps. The Trainer gets steps, never epochs: Lightning's epoch
+    counter drifts across repeated resumes, its step counter does not (the loader counts epochs)."""
+    budgets = [run.epochs * steps_per_epoch(run, num_images) if run.epochs else None, run.max_steps]
+    return min(b for b in budgets if b is not None)
 
 
 def ddp_buffer_sync(method_cls: type[Method]) -> dict[str, bool]:
@@ -83,21 +185,27 @@ def ddp_buffer_sync(method_cls: type[Method]) -> dict[str, bool]:
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
-def build_trainer(run: RunConfig, method_cls: type[Method], extra_callbacks: list[L.Callback] = ()) -> L.Trainer:
+def build_trainer(
+    run: RunConfig, method_cls: type[Method], num_images: int, extra_callbacks: list[L.Callback] = ()
+) -> L.Trainer:
     out = Path(run.output)
     multi = run.devices == "auto" or run.devices > 1 or run.num_nodes > 1
     strategy = DDPStrategy(find_unused_parameters=method_cls.find_unused_parameters, **ddp_buffer_sync(method_cls)) if multi else "auto"
-    on_cuda = run.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     precision = run.precision
     if precision == "auto":
-        precision = "bf16-mixed" if on_cuda else "32-true"
-    every_steps = run.checkpoint_every_steps
+        precision = "bf16-mixed" if uses_cuda(run) else "32-true"
+    # BatchNorm statistics of the global batch: torch's SyncBatchNorm on GPUs (DDP refuses it on CPU),
+    # nn/batchnorm.py's GlobalBatchNorm elsewhere
+    batchnorm_sync = [(TorchSyncBatchNorm() if uses_cuda(run) else GlobalBatchNormSync())] if multi else []
+    # epoch checkpoints too are taken after the epoch's last step, not at Lightning's epoch end: a run
+    # resumed from an epoch-end save ended its next epoch after one batch (measured)
+    every_steps = run.checkpoint_every_steps or run.checkpoint_every_epochs * steps_per_epoch(run, num_images)
     periodic = ModelCheckpoint(
         dirpath=checkpoint_dir(run),
         filename="step{step:07d}",
         auto_insert_metric_name=False,
         every_n_train_steps=every_steps,
-        every_n_epochs=None if every_steps else run.checkpoint_every_epochs,
+        every_n_epochs=None,
         save_top_k=-1,
         save_last=True,
     )
@@ -107,12 +215,11 @@ def build_trainer(run: RunConfig, method_cls: type[Method], extra_callbacks: lis
         num_nodes=run.num_nodes,
         strategy=strategy,
         precision=precision,
-        plugins=[AtomicCheckpointIO()],
-        max_epochs=run.epochs if run.epochs is not None else -1,
-        max_steps=run.max_steps or -1,
+        plugins=[AtomicCheckpointIO(), *batchnorm_sync],
+        max_epochs=-1,
+        max_steps=optimizer_steps(run, num_images),
         accumulate_grad_batches=run.accumulate_grad_batches,
         gradient_clip_val=run.optim.grad_clip,
-        sync_batchnorm=multi and on_cuda,  # SyncBatchNorm needs CUDA; CPU ranks keep their own BN statistics
         use_distributed_sampler=False,
         callbacks=[
             DataPosition(),
@@ -152,15 +259,6 @@ def pretrain(run: RunConfig) -> Path:
     return train_run(run)
 
 
-def seeded_method(run: RunConfig, info) -> Method:
-    """The method with weights drawn from `run.seed` (a draw no training step uses), then --init-from."""
-    seed_step(run.seed, 0, -1)
-    method = build_method(run, info)
-    if run.init_from:
-        init_from_checkpoint(method, run.init_from)
-    return method
-
-
 def train_run(run: RunConfig, images: ImageSet | None = None) -> Path:
     """One run: one method, one Trainer, one folder of checkpoints and logs."""
     images = images if images is not None else load_training_images(run)
@@ -168,15 +266,25 @@ def train_run(run: RunConfig, images: ImageSet | None = None) -> Path:
     method = seeded_method(run, info)
     if method.resolved:  # settings the method derived from the data or the model, recorded in config.yaml
         run = run.model_copy(update={"method_args": {**run.method_args, **method.resolved}})
+    check_queues(method, run, len(images))
+    resume_from = resume_checkpoint(run, method)
     monitor = []
     if run.knn_monitor_every_epochs:
         monitor = [KNNMonitor.for_run(run, images, info, eval_pooling(run.method, run.method_args))]
-    trainer = build_trainer(run, METHODS[run.method], monitor)
-    last = checkpoint_dir(run) / LAST
-    resume_from = last if run.resume and last.is_file() else None
     if rank_zero_only.rank == 0:
+        for stale in checkpoint_dir(run).glob(".*.tmp"):  # left by a kill during a save
+            stale.unlink(missing_ok=True)
+        if resume_from is not None:
+            preserve_metrics(Path(run.output))
         save_yaml(run.dump(), Path(run.output) / "config.yaml")
+    trainer = build_trainer(run, METHODS[run.method], len(images), monitor)
     if run.accelerator == "cpu" and trainer.world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
-    trainer.fit(PretrainModule(method, run, info), datamodule=PretrainData(images, run.batch_size, run.seed), ckpt_path=resume_from)
-    return last
+    data = PretrainData(images, run.batch_size, run.seed, run.global_batch_views)
+    try:
+        trainer.fit(PretrainModule(method, run, info), datamodule=data, ckpt_path=resume_from)
+    except NonFiniteLossError as exc:
+        kept = checkpoints_of(run)
+        where = f"the last good checkpoint is {kept[0]}" if kept else "no checkpoint was written"
+        raise NonFiniteLossError(f"{exc}; stopped, {where}") from None
+    return checkpoint_dir(run) / LAST

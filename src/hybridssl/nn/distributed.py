@@ -1,4 +1,4 @@
-"""All-gathers for contrastive losses and queues; identity when not distributed."""
+"""Collectives for contrastive losses, queues and BatchNorm statistics; identity when not distributed."""
 
 from __future__ import annotations
 
@@ -54,3 +54,25 @@ def gather_no_grad(x: Tensor) -> Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """Sum over ranks; the backward sums the incoming gradients too (d(sum of every rank's loss) /
+    d(this rank's input) reaches this rank through every rank's use of the sum)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum_with_grad(x: Tensor) -> Tensor:
+    """Sum of `x` over ranks (identity when not distributed), differentiable (BatchNorm statistics)."""
+    return x if world_size() == 1 else _AllReduceSumWithGrad.apply(x)

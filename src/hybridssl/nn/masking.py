@@ -2,7 +2,8 @@
 
 `mask` is B x N in original patch order with 1 = removed, 0 = kept. `ids_keep` lists the kept patch
 indices (B x Nv); `ids_restore` is the inverse of the shuffle "kept first, removed after", so a decoder
-can put [kept tokens, mask tokens] back into patch order with one gather.
+can put [kept tokens, mask tokens] back into patch order with one gather. The noise comes from
+`batch_random`, so a sample's mask does not depend on how the global batch is split across ranks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from hybridssl.nn.batch_random import batch_rand, batch_randint
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ def random_mask(batch: int, num_patches: int, ratio: float, device: torch.device
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
     num_keep = max(1, int(num_patches * (1 - ratio)))
-    noise = torch.rand(batch, num_patches, device=device)
+    noise = batch_rand(batch, num_patches, device=device)
     return _from_shuffle(torch.argsort(noise, dim=1), num_keep)
 
 
@@ -63,8 +66,8 @@ def block_mask(batch: int, grid_size: int, ratio: float, unit: int = 2, device: 
     units_side = grid_size // unit
     num_units = units_side**2
     keep_units = min(num_units, max(1, int(grid_size**2 / unit**2 * (1 - ratio))))
-    unit_rank = torch.argsort(torch.argsort(torch.rand(batch, num_units, device=device), dim=1), dim=1)
-    offset = torch.randint(0, grid_size % unit + 1, (batch, 2, 1, 1), device=device)  # window origin (row, col)
+    unit_rank = torch.argsort(torch.argsort(batch_rand(batch, num_units, device=device), dim=1), dim=1)
+    offset = batch_randint(grid_size % unit + 1, batch, 2, 1, 1, device=device)  # window origin (row, col)
     steps = torch.arange(grid_size, device=device)
     rows = steps.view(1, -1, 1) - offset[:, 0]  # B x G x 1, row inside the window
     cols = steps.view(1, 1, -1) - offset[:, 1]  # B x 1 x G

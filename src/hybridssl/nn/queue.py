@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybridssl.nn.batch_random import batch_randint
 from hybridssl.nn.distributed import gather_no_grad
 
 
@@ -56,7 +57,7 @@ class FeatureQueue(nn.Module):
             index = sims.argmax(dim=1)
         else:
             candidates = sims.topk(min(topk, self.size), dim=1).indices
-            pick = torch.randint(0, candidates.shape[1], (len(query), 1), device=query.device)
+            pick = batch_randint(candidates.shape[1], len(query), 1, device=query.device)
             index = candidates.gather(1, pick).squeeze(1)
         return self.features[index], index
 

@@ -14,17 +14,22 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from hybridssl.engine.logs import part_number
+
 Series = dict[str, list[tuple[int, float]]]
-SKIP = {"step", "epoch"}
+SKIP = frozenset({"step", "epoch"})
 
 
 def metric_files(run_dir: Path) -> list[Path]:
+    """Older parts first (by modification time, then part number: engine/logs.py), the current
+    metrics.csv last (any earlier one was renamed to a part before a resume)."""
     files = list((Path(run_dir) / "logs" / "csv").glob("metrics*.csv"))
-    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name != "metrics.csv", p.name))
+    return sorted(files, key=lambda p: (p.name == "metrics.csv", p.stat().st_mtime, part_number(p), p.name))
 
 
-def read_metrics(run_dir: Path) -> Series:
-    """{metric: [(step, value), ...] sorted by step}, deduplicated by step keeping the latest value."""
+def read_metrics(run_dir: Path, skip: frozenset[str] | set[str] = SKIP) -> Series:
+    """{metric: [(step, value), ...] sorted by step}, deduplicated by step keeping the latest value;
+    the columns in `skip` are left out."""
     values: dict[str, dict[int, float]] = {}
     for path in metric_files(run_dir):
         with open(path, newline="") as f:
@@ -34,7 +39,7 @@ def read_metrics(run_dir: Path) -> Series:
                 except ValueError:
                     continue
                 for key, raw in row.items():
-                    if key in SKIP or key is None or raw in (None, ""):
+                    if key in skip or key is None or raw in (None, ""):
                         continue
                     try:
                         value = float(raw)
