@@ -48,14 +48,16 @@ def main() -> None:
             last[c] = result
     print(f"<!-- {time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} CPUs, {last[configs[0]]['device']}); "
           f"command: python benchmarks/throughput.py {' '.join(sys.argv[1:])} -->")  # fmt: skip
-    print("| method | model | batch | tcmalloc | img/s (median of rounds) | all rounds | ms/step | peak MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | model | batch | tcmalloc | img/s (median) | rounds | ms/step | GFLOP/step | FLOP/s vs matmul peak | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for c in configs:
         r = last[c]
         med = statistics.median(samples[c])
         rounds = ", ".join(f"{s:.0f}" for s in samples[c])
+        utilization = r["flops_per_step"] * med / args.batch_size / r["matmul_peak_flops"]
         print(f"| {c[0]} | {c[1]} | {args.batch_size} | {'on' if c[2] else 'off'} | {med:.0f} | {rounds} | "
-              f"{1000 * args.batch_size / med:.0f} | {r['peak_memory_mb']:.0f} |")  # fmt: skip
+              f"{1000 * args.batch_size / med:.0f} | {r['flops_per_step'] / 1e9:.1f} | "
+              f"{100 * utilization:.0f}% of {r['matmul_peak_flops'] / 1e9:.0f} GFLOP/s | {r['peak_memory_mb']:.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -264,13 +264,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for key, value in args.overrides:
         flags.setdefault("method_args", {})[key.removeprefix("method_args.")] = value
     result = bench({k: v for k, v in flags.items() if v is not None}, steps=args.steps, warmup=args.warmup,
-                   dataset=args.dataset, device=args.device)  # fmt: skip
+                   dataset=args.dataset, device=args.device, compile=args.compile)  # fmt: skip
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"{result['method']} {result['model']} batch {result['batch_size']} on {result['device']}: "
-              f"{result['images_per_second']:.1f} img/s, {1000 * result['seconds_per_step']:.1f} ms/step, "
-              f"peak memory {result['peak_memory_mb']:.0f} MB")  # fmt: skip
+        return 0
+    r = result
+    print(f"{r['method']} {r['model']} batch {r['batch_size']} on {r['device']} ({r['precision']}): "
+          f"{r['images_per_second']:.1f} img/s, {1000 * r['seconds_per_step']:.1f} ms/step, peak memory {r['peak_memory_mb']:.0f} MB")
+    print(f"  {r['flops_per_step'] / 1e9:.1f} GFLOP/step -> {r['achieved_flops'] / 1e9:.1f} GFLOP/s = "
+          f"{100 * r['flops_utilization']:.0f}% of the measured matmul peak ({r['matmul_peak_flops'] / 1e9:.0f} GFLOP/s)")  # fmt: skip
     return 0
 
 
@@ -300,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--set", dest="overrides", type=set_arg, action="append", default=[], metavar="method_args.KEY=VALUE")
+    p.add_argument("--compile", action="store_true", help="torch.compile the method's forward")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p = sub.add_parser("demo", help="pretrain + evaluate on Fashion-MNIST on the CPU, then report")
     p.add_argument("--output", type=Path, default=Path("runs/demo"))

@@ -65,6 +65,7 @@ class RunConfig(StrictModel):
     # DDP: every rank augments the whole global batch and keeps its rows, so N ranks draw exactly what
     # one process draws (N x the augmentation work); false: each rank augments only its own rows
     global_batch_views: bool = True
+    compile: bool = False  # torch.compile the method's forward (measured 1.04x on CPU after ~40 s; BENCHMARKS.md)
     num_nodes: PositiveInt = 1
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "auto"
     precision: Literal["auto", "32-true", "bf16-mixed"] = "auto"

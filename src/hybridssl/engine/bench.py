@@ -1,5 +1,6 @@
 """`hybridssl bench`: time the full training step of a method (views, forward, backward, optimizer,
-EMA/queue work) on synthetic uint8 images, after warm-up, outside Lightning."""
+EMA/queue work) on synthetic uint8 images, after warm-up, outside Lightning; count its FLOPs and
+compare the achieved FLOP/s with the device's matmul peak measured in the same run."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import time
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from hybridssl.config import resolve
 from hybridssl.data.sources import STATS, DataInfo
-from hybridssl.engine.optim import param_groups
+from hybridssl.engine.optim import adamw
 from hybridssl.methods.base import Batch, build_method
 
 SIZES = {"fashion-mnist": (28, 1), "cifar10": (32, 3), "cifar100": (32, 3), "stl10": (96, 3)}
@@ -21,7 +23,7 @@ def synthetic_info(dataset: str, image_size: int | None, channels: int | None) -
     size, chans = SIZES.get(dataset, (64, 3))
     size, chans = image_size or size, channels or chans
     mean, std = STATS.get(dataset, ((0.5,) * chans, (0.25,) * chans))
-    return DataInfo(dataset, size, chans, mean, std, 10)
+    return DataInfo(dataset, size, chans, mean, std, 10, num_images=60_000)
 
 
 def sync(device: torch.device) -> None:
@@ -29,32 +31,51 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) -> float:
+    """Best FLOP/s of square matmuls (1024-4096) on `device`: the reference for the achieved rate."""
+    best = 0.0
+    for n in (1024, 2048, 4096):
+        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        sync(device)
+        start, count = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds / 3:
+            a @ b
+            count += 1
+        sync(device)
+        best = max(best, 2 * n**3 * count / (time.perf_counter() - start))
+    return best
+
+
 def bench(flags: dict[str, Any], steps: int = 10, warmup: int = 3, dataset: str = "fashion-mnist",
-          image_size: int | None = None, channels: int | None = None, device: str = "auto") -> dict[str, Any]:  # fmt: skip
-    """Images per second of `steps` timed training steps; the config fields of the step are returned too."""
+          image_size: int | None = None, channels: int | None = None, device: str = "auto",
+          compile: bool = False, peak: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Images per second of `steps` timed training steps, FLOP/s and the step's configuration."""
     run = resolve({"dataset": dataset, **flags})
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     info = synthetic_info(dataset, image_size, channels)
     torch.manual_seed(run.seed)
     method = build_method(run, info).to(dev).train()
-    opt_cfg = run.optim
-    groups = method.param_groups(opt_cfg.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=1e-4, betas=opt_cfg.betas, fused=True if dev.type == "cuda" else None)
+    forward = torch.compile(method.forward) if compile else method.forward
+    optimizer = adamw(method.param_groups(run.optim.weight_decay), 1e-4, run.optim.betas)
     batch = run.batch_size
     images = torch.randint(0, 256, (batch, info.channels, info.image_size, info.image_size), dtype=torch.uint8, device=dev)
     ids = torch.arange(batch, device=dev)
     labels = ids % 10
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    bf16 = dev.type == "cuda"
 
     def step() -> None:
-        with autocast:
-            loss = method(Batch(method.views(images), ids, labels))["loss"]
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = forward(Batch(method.views(images), ids, labels))["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         method.after_step(0.5)
 
     for _ in range(warmup):
+        step()
+    with FlopCounterMode(display=False) as counter:  # forward + backward; attention kernels are not counted
         step()
     sync(dev)
     if dev.type == "cuda":
@@ -63,14 +84,17 @@ def bench(flags: dict[str, Any], steps: int = 10, warmup: int = 3, dataset: str 
     for _ in range(steps):
         step()
     sync(dev)
-    seconds = time.perf_counter() - start
+    seconds = (time.perf_counter() - start) / steps
+    flops = counter.get_total_flops()
+    peak_flops = matmul_peak(dev, torch.bfloat16 if bf16 else torch.float32) if peak else None
     enc = method.encoder.cfg
     args = run.method_args
-    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    memory = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
-        "images_per_second": batch * steps / seconds,
-        "seconds_per_step": seconds / steps,
+        "images_per_second": batch / seconds,
+        "seconds_per_step": seconds,
         "method": run.method,
+        "model": run.model,
         "img_size": enc.image_size,
         "patch_size": enc.patch_size,
         "in_chans": enc.in_chans,
@@ -84,6 +108,11 @@ def bench(flags: dict[str, Any], steps: int = 10, warmup: int = 3, dataset: str 
         "batch_size": batch,
         "steps": steps,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "peak_memory_mb": round(peak / 2**20, 1),
-        "model": run.model,
+        "precision": "bf16-mixed" if bf16 else "fp32",
+        "compiled": compile,
+        "flops_per_step": flops,
+        "achieved_flops": flops / seconds,
+        "matmul_peak_flops": peak_flops,
+        "flops_utilization": flops / seconds / peak_flops if peak_flops else None,
+        "peak_memory_mb": round(memory / 2**20, 1),
     }

@@ -14,7 +14,7 @@ from torch import Tensor
 from hybridssl import __version__
 from hybridssl.config import RunConfig
 from hybridssl.data.sources import DataInfo
-from hybridssl.engine.optim import WarmupCosine
+from hybridssl.engine.optim import WarmupCosine, adamw
 from hybridssl.engine.randomness import gather_rng_states, restore_rng_states, seed_step, step_seed
 from hybridssl.methods.base import Batch, Method
 from hybridssl.nn.batch_random import shared_stream
@@ -54,6 +54,7 @@ class PretrainModule(L.LightningModule):
         self.method = method
         self.run = run
         self.info = info
+        self.forward_method = torch.compile(method.forward) if run.compile else method.forward
 
     @property
     def total_steps(self) -> int:
@@ -71,7 +72,7 @@ class PretrainModule(L.LightningModule):
             first = batch.get("offset", 0)
             views = [v[first : first + len(ids)] for v in self.method.views(batch["images"])]
             seed_step(seed, self.global_rank, step)  # any other draw of the method: this rank's own
-            losses = self.method(Batch(views, ids, batch["labels"]))
+            losses = self.forward_method(Batch(views, ids, batch["labels"]))
         means = mean_over_ranks(losses)
         if not torch.isfinite(means["loss"]):
             raise NonFiniteLossError(f"loss: the loss became {means['loss'].item()} at step {self.global_step + 1}")
@@ -87,8 +88,7 @@ class PretrainModule(L.LightningModule):
         groups = self.method.param_groups(opt.weight_decay)
         for group in groups:
             group["lr"] = lr * group["lr_scale"]
-        fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=opt.betas, fused=fused or None)
+        optimizer = adamw(groups, lr, opt.betas)
         total = self.total_steps
         steps_per_epoch = max(1, self.trainer.num_training_batches // self.run.accumulate_grad_batches)
         warmup = int(opt.warmup_epochs * steps_per_epoch) if opt.warmup_epochs is not None else int(opt.warmup_fraction * total)

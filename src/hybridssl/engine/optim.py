@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 TOKEN_NAMES = ("cls_token", "pos_embed", "mask_token")
@@ -73,3 +74,11 @@ class WarmupCosine:
             return (step + 1) / self.warmup_steps
         t = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
         return self.min_fraction + (1 - self.min_fraction) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def adamw(groups: list[dict[str, Any]], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (one kernel for all parameters: CUDA, and CPU since torch 2.4)."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError):  # a device or dtype without a fused kernel
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
