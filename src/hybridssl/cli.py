@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p = sub.add_parser("demo", help="pretrain + evaluate on Fashion-MNIST on the CPU, then report")
     p.add_argument("--output", type=Path, default=Path("runs/demo"))
-    p.add_argument("--quick", action="store_true", help="a one-minute smoke version")
+    p.add_argument("--quick", action="store_true", help="a two-minute smoke version")
     return parser
 
 
