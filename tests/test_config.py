@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from hybridssl.config import ConfigError, resolve
@@ -46,3 +48,23 @@ def test_yaml_errors(tmp_path):
         resolve({}, bad)
     with pytest.raises(ConfigError, match="not found"):
         resolve({}, tmp_path / "missing.yaml")
+
+
+SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_shipped_configs_resolve_to_the_method_defaults(path: Path) -> None:
+    """configs/ documents each method's defaults: a drifted default would make the files lie."""
+    from_file = resolve({}, path)
+    from_defaults = resolve({"method": from_file.method, "dataset": from_file.dataset, "model": from_file.model})
+    assert from_file.method_args == from_defaults.method_args
+    assert from_file.optim == from_defaults.optim
+
+
+def test_every_method_ships_a_config() -> None:
+    from hybridssl.compare import user_facing_methods
+    from hybridssl.methods import METHODS
+
+    built_in = {name for name in user_facing_methods() if METHODS[name].__module__.startswith("hybridssl.")}
+    assert {p.parent.name for p in SHIPPED_CONFIGS} == built_in
