@@ -30,6 +30,11 @@ class Batch:
     labels: Tensor  # -1 where unknown; for monitoring only, never in a loss
 
 
+# The MAE paper's optimizer (AdamW, betas 0.9/0.95, weight decay 0.05, base lr 1.5e-4 per 256), which
+# the masked hybrids follow as well.
+MAE_OPTIM: dict[str, Any] = {"base_lr": 1.5e-4, "weight_decay": 0.05, "betas": (0.9, 0.95), "warmup_fraction": 0.05}
+
+
 class MethodConfig(StrictModel):
     """Base class of each method's own settings (`method_args` in the run config)."""
 

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from hybridssl.data.views import simclr
 from hybridssl.losses import masked_mse, noise_mse, nt_xent
-from hybridssl.methods.base import Batch, Method, MethodConfig, register
+from hybridssl.methods.base import MAE_OPTIM, Batch, Method, MethodConfig, register
 from hybridssl.nn.decoders import pixel_decoder
 from hybridssl.nn.heads import mlp
 from hybridssl.nn.masking import Mask, random_mask
@@ -75,7 +75,7 @@ class CAN(Method):
     name = "can"
     Config = CANConfig
     eval_pooling = "mean_patch"  # the contrastive loss shapes the mean patch token
-    run_defaults = {"optim": {"base_lr": 2.5e-4, "weight_decay": 0.05, "betas": (0.9, 0.95), "warmup_fraction": 0.05}}
+    run_defaults = {"optim": {**MAE_OPTIM, "base_lr": 2.5e-4}}
 
     def __init__(self, cfg: CANConfig, encoder, info) -> None:
         super().__init__(cfg, encoder, info)

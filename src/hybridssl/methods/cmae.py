@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from hybridssl.config import ConfigError
 from hybridssl.data.views import PixelShiftPair
 from hybridssl.losses import info_nce, masked_mse
-from hybridssl.methods.base import Batch, Method, MethodConfig, register
+from hybridssl.methods.base import MAE_OPTIM, Batch, Method, MethodConfig, register
 from hybridssl.nn.decoders import TokenDecoder, pixel_decoder
 from hybridssl.nn.heads import mlp
 from hybridssl.nn.masking import Mask, block_mask, random_mask
@@ -66,7 +66,7 @@ class CMAE(Method):
     name = "cmae"
     Config = CMAEConfig
     eval_pooling = "mean_patch"  # the contrastive target is the mean patch token
-    run_defaults = {"optim": {"base_lr": 1.5e-4, "weight_decay": 0.05, "betas": (0.9, 0.95), "warmup_fraction": 0.05}}
+    run_defaults = {"optim": MAE_OPTIM}
 
     def __init__(self, cfg: CMAEConfig, encoder, info) -> None:
         super().__init__(cfg, encoder, info)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from hybridssl.config import ConfigError
 from hybridssl.data.views import strong_weak
 from hybridssl.losses import info_nce_queue, masked_l1
-from hybridssl.methods.base import Batch, Method, MethodConfig, register
+from hybridssl.methods.base import MAE_OPTIM, Batch, Method, MethodConfig, register
 from hybridssl.nn.decoders import pixel_decoder
 from hybridssl.nn.heads import mlp
 from hybridssl.nn.masking import Mask, no_mask, random_mask
@@ -64,7 +64,7 @@ class MACRL(Method):
     name = "macrl"
     Config = MACRLConfig
     eval_pooling = "mean_patch"  # the contrastive feature is the mean patch token
-    run_defaults = {"optim": {"base_lr": 1.5e-4, "weight_decay": 0.05, "betas": (0.9, 0.95), "warmup_fraction": 0.05}}
+    run_defaults = {"optim": MAE_OPTIM}
 
     def __init__(self, cfg: MACRLConfig, encoder, info) -> None:
         super().__init__(cfg, encoder, info)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from hybridssl.data.views import crop_flip
 from hybridssl.losses import masked_mse
-from hybridssl.methods.base import Batch, Method, MethodConfig, register
+from hybridssl.methods.base import MAE_OPTIM, Batch, Method, MethodConfig, register
 from hybridssl.nn.decoders import pixel_decoder
 from hybridssl.nn.masking import Mask, random_mask
 from hybridssl.nn.patches import pixel_target
@@ -34,7 +34,7 @@ class MAE(Method):
     name = "mae"
     Config = MAEConfig
     eval_pooling = "mean_patch"
-    run_defaults = {"optim": {"base_lr": 1.5e-4, "weight_decay": 0.05, "betas": (0.9, 0.95), "warmup_fraction": 0.05}}
+    run_defaults = {"optim": MAE_OPTIM}
 
     def __init__(self, cfg: MAEConfig, encoder, info) -> None:
         super().__init__(cfg, encoder, info)
