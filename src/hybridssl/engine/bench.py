@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,13 +49,9 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) 
     return best
 
 
-def bench(flags: dict[str, Any], steps: int = 10, warmup: int = 3, dataset: str = "fashion-mnist",
-          image_size: int | None = None, channels: int | None = None, device: str = "auto",
-          compile: bool = False, peak: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Images per second of `steps` timed training steps, FLOP/s and the step's configuration."""
-    run = resolve({"dataset": dataset, **flags})
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    info = synthetic_info(dataset, image_size, channels)
+def training_step(run, info: DataInfo, dev: torch.device, compile: bool = False) -> tuple[Callable[[], None], Any]:
+    """One full training step on a fixed synthetic batch (views, forward, backward, AdamW, EMA/queue
+    work), as a closure; bf16 autocast on CUDA as in training. Shared by `bench` and the profiler script."""
     torch.manual_seed(run.seed)
     method = build_method(run, info).to(dev).train()
     forward = torch.compile(method.forward) if compile else method.forward
@@ -63,15 +60,28 @@ def bench(flags: dict[str, Any], steps: int = 10, warmup: int = 3, dataset: str 
     images = torch.randint(0, 256, (batch, info.channels, info.image_size, info.image_size), dtype=torch.uint8, device=dev)
     ids = torch.arange(batch, device=dev)
     labels = ids % 10
-    bf16 = dev.type == "cuda"
 
     def step() -> None:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             loss = forward(Batch(method.views(images), ids, labels))["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         method.after_step(0.5)
+
+    return step, method
+
+
+def bench(flags: dict[str, Any], steps: int = 10, warmup: int = 3, dataset: str = "fashion-mnist",
+          image_size: int | None = None, channels: int | None = None, device: str = "auto",
+          compile: bool = False, peak: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Images per second of `steps` timed training steps, FLOP/s and the step's configuration."""
+    run = resolve({"dataset": dataset, **flags})
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    info = synthetic_info(dataset, image_size, channels)
+    step, method = training_step(run, info, dev, compile)
+    batch = run.batch_size
+    bf16 = dev.type == "cuda"
 
     for _ in range(warmup):
         step()
