@@ -58,7 +58,8 @@ def test_a_recipe_shares_the_epoch_budget_across_its_stages(fake_recipe, tmp_pat
 
 
 def two_methods() -> list[str]:
-    others = [m for m in user_facing_methods() if m != "mae"]
+    """mae (mean-patch pooling) and a CLS-pooled method when there is one, so the floors come at both poolings."""
+    others = sorted((m for m in user_facing_methods() if m != "mae"), key=lambda m: m != "simclr")
     return ["mae", others[0]] if others else []
 
 
@@ -82,7 +83,8 @@ def test_compare_runs_end_to_end_resumes_and_survives_a_failing_method(fmnist_di
     assert "1 of 2 methods failed (broken: ValueError: broken on purpose)" in capsys.readouterr().err
     doc = json.loads((out / "comparison.json").read_text())
     mae_row, broken_row = doc["tables"]["main"]["rows"]
-    assert mae_row[:2] == ["mae", "mean_patch"] and mae_row[3] != "–" and mae_row[4] == "–", "k-NN measured, linear not asked for"
+    assert doc["tables"]["main"]["columns"] == ["method", "pooling", "pretraining", "k-NN"], "only the protocols asked for"
+    assert mae_row[:2] == ["mae", "mean_patch"] and mae_row[3] != "–"
     assert broken_row[0] == "broken" and set(broken_row[1:]) == {"–"}
     assert doc["methods"]["mae"]["stages"] == [{"folder": ".", "method": "mae", "epochs": 1}]
     assert "--protocols knn" in doc["command"] and "broken did not complete" in (out / "comparison.md").read_text()
@@ -106,7 +108,10 @@ def test_compare_trains_and_evaluates_two_methods_and_resumes(fmnist_dir, tmp_pa
     doc = json.loads((out / "comparison.json").read_text())
     page = (out / "comparison.html").read_text()
     main_table = doc["tables"]["main"]
-    assert [row[0] for row in main_table["rows"]] == [*methods, "random init (floor; mae's ViT)", "raw pixels (floor)"]
+    poolings = sorted({row[1] for row in main_table["rows"][: len(methods)]})
+    floors = main_table["rows"][len(methods) :]
+    assert [row[0] for row in floors] == ["random init (floor; mae's ViT)"] * len(poolings) + ["raw pixels (floor)"]
+    assert [row[1] for row in floors] == [*poolings, "none"], "the untrained ViT at every pooling the methods use"
     assert main_table["columns"][3:] == ["k-NN", "linear", "fine-tune", "1% fine-tune", "1% linear", "cluster acc", "NMI"]
     for row in main_table["rows"][: len(methods)]:
         assert all(cell != "–" for cell in row), row  # every protocol measured for every method

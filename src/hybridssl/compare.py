@@ -110,7 +110,8 @@ def pretrain_flags(req: CompareRequest, method: str, epochs: int | None) -> dict
     return {
         "method": method, "dataset": req.dataset, "model": req.model, "batch_size": req.batch_size, "seed": req.seed,
         "limit_train": req.limit_train, "data_dir": req.data_dir, "download": req.download or None,
-        "accelerator": req.accelerator, "epochs": epochs, "max_steps": req.max_steps, "resume": True,
+        "accelerator": req.accelerator, "epochs": epochs, "max_steps": req.max_steps,
+        "resume": (req.output / method).exists(),  # continue an interrupted pretraining
         "output": req.output / method, "progress_bar": req.progress_bar,
     }  # fmt: skip
 
@@ -186,17 +187,32 @@ def pretrain_method(req: CompareRequest, method: str, state: State) -> dict[str,
     return record
 
 
-def evaluate_checkpoint(req: CompareRequest, checkpoint: Path, output: Path, kind: str, state: State, key: str) -> None:
+def evaluate_checkpoint(req: CompareRequest, checkpoint: Path, output: Path, kind: str, state: State, key: str,
+                        pooling: str | None = None) -> None:  # fmt: skip
     """The protocols not yet done for (checkpoint, encoder kind), on one set of features."""
     todo = [p for p in req.protocols if not (kind == "raw-pixels" and p == "finetune") and not state.done(f"{key}/{kind}/{p}")]
     if not todo:
         return
     log(f"{key}: {', '.join(todo)} ({kind})")
+    settings = {**req.eval, "pooling": pooling} if pooling else req.eval
     er = EvalRequest(checkpoint=checkpoint, dataset=req.dataset, protocol=todo[0], output=output, encoder_kind=kind,
-                     data_dir=req.data_dir, download=req.download, limit_train=req.limit_train, seed=req.seed, **req.eval)  # fmt: skip
+                     data_dir=req.data_dir, download=req.download, limit_train=req.limit_train, seed=req.seed, **settings)  # fmt: skip
     evaluate(er, todo)
     for protocol in todo:
         state.mark(f"{key}/{kind}/{protocol}")
+
+
+def evaluate_floors(req: CompareRequest, records: dict[str, dict[str, Any]], trained: list[str], state: State) -> None:
+    """Raw pixels once; the untrained ViT at every pooling the methods were evaluated with (a CLS
+    token at random init and a mean of patch tokens are different floors)."""
+    from hybridssl.report.comparison import read_rows
+
+    first = req.output / records[trained[0]]["checkpoint"]
+    poolings = sorted({r["pooling"] for m in trained for r in read_rows(req.output / m) if r.get("encoder") == "trained"})
+    for pooling in poolings or [None]:
+        key = f"floors@{pooling}" if pooling else "floors"
+        evaluate_checkpoint(req, first, req.output / "floors", "random-init", state, key, pooling)
+    evaluate_checkpoint(req, first, req.output / "floors", "raw-pixels", state, "floors")
 
 
 def compare(req: CompareRequest) -> dict[str, Path]:
@@ -224,9 +240,7 @@ def compare(req: CompareRequest) -> dict[str, Path]:
             records[method] = {**records.get(method, {}), "error": message}
     trained = [m for m in req.methods if "error" not in records[m]]
     if req.floors and trained:
-        first = req.output / records[trained[0]]["checkpoint"]
-        for kind in FLOORS:
-            evaluate_checkpoint(req, first, req.output / "floors", kind, state, "floors")
+        evaluate_floors(req, records, trained, state)
     paths = write_comparison(req, records)
     failed = {m: r["error"] for m, r in records.items() if "error" in r}
     if failed:

@@ -67,9 +67,12 @@ def entries(req, records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     if req.floors and req.methods:
         floor_rows = read_rows(req.output / "floors")
         first = next((m for m in req.methods if "error" not in records.get(m, {})), req.methods[0])
-        labels = {"random-init": f"random init (floor; {first}'s ViT)", "raw-pixels": "raw pixels (floor)"}
-        for kind, label in labels.items():
-            out.append({"name": label, "kind": kind, "rows": [r for r in floor_rows if r.get("encoder") == kind], "record": {}})
+        untrained = [r for r in floor_rows if r.get("encoder") == "random-init"]
+        for pooling in sorted({r["pooling"] for r in untrained}):
+            rows = [r for r in untrained if r["pooling"] == pooling]
+            out.append({"name": f"random init (floor; {first}'s ViT)", "kind": "random-init", "rows": rows, "record": {}})
+        raw = [r for r in floor_rows if r.get("encoder") == "raw-pixels"]
+        out.append({"name": "raw pixels (floor)", "kind": "raw-pixels", "rows": raw, "record": {}})
     return out
 
 
@@ -107,17 +110,19 @@ def budget_text(req, records: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def tables(all_entries: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[list[str]]]]:
-    main_head = ["method", "pooling", "pretraining"] + [name for name, _ in MAIN]
+    measured = [(name, pick) for name, pick in MAIN if any(pick(e["rows"]) is not None for e in all_entries)]
+    main_head = ["method", "pooling", "pretraining"] + [name for name, _ in measured]
     main = []
     for e in all_entries:
         main.append([e["name"], pooling_of(e), duration(e["record"].get("pretrain_seconds"))]
-                    + [cell_text(pick(e["rows"])) for _, pick in MAIN])  # fmt: skip
+                    + [cell_text(pick(e["rows"])) for _, pick in measured])  # fmt: skip
     low = lowshot_columns(all_entries)
     low_head = ["method"] + [f"{head} {subset}" for head, subset in low]
     lowshot = [[e["name"]] + [cell_text(latest(e["rows"], protocol="lowshot", head=h, subset=s)) for h, s in low] for e in all_entries]
     clu_head = ["method"] + [name for name, _ in CLUSTERING]
     clustering = [[e["name"]] + [cell_text(latest(e["rows"], protocol="clustering", metric=m)) for _, m in CLUSTERING] for e in all_entries]
-    return {"main": (main_head, main), "lowshot": (low_head, lowshot if low else []), "clustering": (clu_head, clustering)}
+    clustered = any(r.get("protocol") == "clustering" for e in all_entries for r in e["rows"])
+    return {"main": (main_head, main), "lowshot": (low_head, lowshot if low else []), "clustering": (clu_head, clustering if clustered else [])}
 
 
 def duration(seconds: float | None) -> str:
@@ -141,7 +146,7 @@ def protocol_text(req, all_entries: list[dict[str, Any]]) -> str:
     limit = req.eval.get("limit_test")
     test = f"{limit} images of the {req.dataset} test split" if limit else f"the {req.dataset} test split"
     return (f"Evaluation: {', '.join(req.protocols)} on {test}, each method at its own pooling; "
-            f"k-NN column at k = {knn_k(all_entries)}; low-shot cells are mean ± std over {', '.join(map(str, seeds)) or '–'} seeds. "
+            f"k-NN column at k = {knn_k(all_entries)}; " + (f"low-shot cells are mean ± std over {', '.join(map(str, seeds))} seeds. " if seeds else "") +
             "Every setting of every number is in the methods' results.jsonl and in comparison.json.")  # fmt: skip
 
 
@@ -154,11 +159,12 @@ def write_comparison(req, records: dict[str, dict[str, Any]]) -> dict[str, Path]
     title = f"hybridssl comparison on {req.dataset}, {req.model}"
     header = [f"Command: `{req.command()}`", *budget_text(req, records), protocol_text(req, all_entries),
               f"Machine: {machine()}; generated {time.strftime('%Y-%m-%d %H:%M')}."]  # fmt: skip
-    md = [f"# {title}", "", *[f"{line}\n" for line in header], "Test top-1 (%); clustering in % (silhouette in [-1, 1]).", "",
+    md = [f"# {title}", "", *[f"{line}\n" for line in header], "Test top-1 (%)" + ("; clustering in % (silhouette in [-1, 1])." if built["clustering"][1] else "."), "",
           markdown_table(*built["main"]), ""]  # fmt: skip
     if built["lowshot"][1]:
         md += ["## Low-shot (test top-1 %, mean ± std over seeds)", "", markdown_table(*built["lowshot"]), ""]
-    md += ["## Clustering of frozen test features (k-means, k = classes)", "", markdown_table(*built["clustering"]), ""]
+    if built["clustering"][1]:
+        md += ["## Clustering of frozen test features (k-means, k = classes)", "", markdown_table(*built["clustering"]), ""]
     paths = {"md": req.output / "comparison.md", "json": req.output / "comparison.json", "html": req.output / "comparison.html"}
     write_text(paths["md"], "\n".join(md))
 
@@ -176,7 +182,8 @@ def write_comparison(req, records: dict[str, dict[str, Any]]) -> dict[str, Path]
     body += [H.tag("h2", "results"), H.table(*built["main"])]
     if built["lowshot"][1]:
         body += [H.tag("h2", "low-shot"), H.table(*built["lowshot"])]
-    body += [H.tag("h2", "clustering"), H.table(*built["clustering"])]
+    if built["clustering"][1]:
+        body += [H.tag("h2", "clustering"), H.table(*built["clustering"])]
     images, options = TestImages(ReportOptions(data_dir=req.data_dir)), ReportOptions(data_dir=req.data_dir)
     for method in req.methods:
         body.append(H.tag("h2", f"method {method}"))
