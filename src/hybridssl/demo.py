@@ -2,7 +2,7 @@
 
 MAE-CT is the demo because it is the project in one command: MAE pretraining (stage 1), an NNCLR
 head on the frozen encoder (stage 2) and contrastive tuning of the upper blocks (stage 3). Budget:
-about 9 minutes on 2 CPU cores (`--quick`: about two), on a seeded 30k-image half of the training
+about 8 minutes on 2 CPU cores (`--quick`: about two), on a seeded 30k-image half of the training
 set. Everything lands in one folder: the three stage runs, results.jsonl, reconstructions.png (from
 the stage-1 MAE, the only stage with a pixel decoder), report.html and a printed table that puts the
 tuned encoder next to the MAE it started from, the same ViT at random init and raw pixels.
