@@ -33,6 +33,8 @@ class Batch:
 # The MAE paper's optimizer (AdamW, betas 0.9/0.95, weight decay 0.05, base lr 1.5e-4 per 256), which
 # the masked hybrids follow as well.
 MAE_OPTIM: dict[str, Any] = {"base_lr": 1.5e-4, "weight_decay": 0.05, "betas": (0.9, 0.95), "warmup_fraction": 0.05}
+# MoCo v3's ViT recipe (AdamW, wd 0.1, base lr 1.5e-4 per 256), which the contrastive baselines share.
+MOCOV3_VIT_OPTIM: dict[str, Any] = {"base_lr": 1.5e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), "warmup_fraction": 0.1}
 
 
 class MethodConfig(StrictModel):
@@ -74,6 +76,11 @@ class Method(nn.Module):
     def momentum_pairs(self) -> list[tuple[EMA, nn.Module]]:
         """(EMA copy, the module it follows) for every momentum branch of the method."""
         return []
+
+    def update_momentum(self, momentum: float) -> None:
+        """One EMA step of every momentum branch (called from `after_step` with the scheduled value)."""
+        for ema, source in self.momentum_pairs():
+            ema.update(source, momentum)
 
     def after_init_from(self, loaded: set[str]) -> None:
         """Called after `--init-from` copied the state-dict entries named in `loaded`: EMA copies the

@@ -120,5 +120,4 @@ class MACRL(Method):
 
     def after_step(self, progress: float) -> None:
         m = momentum_at(progress, self.cfg.momentum, self.cfg.momentum_end, self.cfg.momentum_schedule)
-        for ema, source in self.momentum_pairs():
-            ema.update(source, m)
+        self.update_momentum(m)

@@ -58,11 +58,10 @@ def mae_ct_views(cfg: MAECTHeadConfig, info):
 MAE_CT_OPTIM = {"base_lr": 1e-4, "betas": (0.9, 0.95), "warmup_fraction": 0.2}
 
 
-@register
-class MAECTHead(NNCLR):
-    name = "mae-ct-head"
-    Config = MAECTHeadConfig
-    run_defaults = {"optim": {**MAE_CT_OPTIM, "weight_decay": 1e-5}}
+class MAECTStage(NNCLR):
+    """What stages 2 and 3 share: NNCLR on two crop+flip (or BYOL) views, mean-patch features, the
+    paper's queue size for scaling top-k, and lr scaled by both views."""
+
     lr_views = 2
     eval_pooling = "mean_patch"
     paper_queue_size = 65536
@@ -70,22 +69,28 @@ class MAECTHead(NNCLR):
     def __init__(self, cfg: MAECTHeadConfig, encoder: ViT, info) -> None:
         super().__init__(cfg, encoder, info)
         self.views = mae_ct_views(cfg, info)
+
+
+@register
+class MAECTHead(MAECTStage):
+    name = "mae-ct-head"
+    Config = MAECTHeadConfig
+    run_defaults = {"optim": {**MAE_CT_OPTIM, "weight_decay": 1e-5}}
+
+    def __init__(self, cfg: MAECTHeadConfig, encoder: ViT, info) -> None:
+        super().__init__(cfg, encoder, info)
         encoder.freeze_lower(encoder.cfg.depth)  # the whole encoder, in eval mode
         encoder.norm.requires_grad_(False)
 
 
 @register
-class MAECTTune(NNCLR):
+class MAECTTune(MAECTStage):
     name = "mae-ct-tune"
     Config = MAECTTuneConfig
     run_defaults = {"optim": {**MAE_CT_OPTIM, "weight_decay": 0.05}}
-    lr_views = 2
-    eval_pooling = "mean_patch"
-    paper_queue_size = 65536
 
     def __init__(self, cfg: MAECTTuneConfig, encoder: ViT, info) -> None:
         super().__init__(cfg, encoder, info)
-        self.views = mae_ct_views(cfg, info)
         depth = encoder.cfg.depth
         frozen = depth // 2 if cfg.frozen_blocks is None else cfg.frozen_blocks
         if frozen > depth:
@@ -105,7 +110,7 @@ class MAECTTune(NNCLR):
         return [(self.target_projector, self.projector)]  # from stage 2: starts as a copy of its projector
 
     def after_step(self, progress: float) -> None:
-        self.target_projector.update(self.projector, self.cfg.target_momentum)
+        self.update_momentum(self.cfg.target_momentum)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         named = list(self.named_parameters())

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from hybridssl.data.views import byol_asymmetric
 from hybridssl.losses import info_nce
-from hybridssl.methods.base import Batch, Method, MethodConfig, register
+from hybridssl.methods.base import MOCOV3_VIT_OPTIM, Batch, Method, MethodConfig, register
 from hybridssl.nn.heads import head_width, mlp
 from hybridssl.nn.momentum import EMA, momentum_at
 from hybridssl.nn.vit import Pooling, ViT, pool
@@ -55,9 +55,7 @@ def init_like_mocov3(encoder: ViT) -> None:
 class MoCoV3(Method):
     name = "mocov3"
     Config = MoCoV3Config
-    run_defaults = {
-        "optim": {"base_lr": 1.5e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), "warmup_fraction": 40 / 300}
-    }
+    run_defaults = {"optim": {**MOCOV3_VIT_OPTIM, "warmup_fraction": 40 / 300}}
 
     def __init__(self, cfg: MoCoV3Config, encoder: ViT, info) -> None:
         super().__init__(cfg, encoder, info)
@@ -88,5 +86,4 @@ class MoCoV3(Method):
 
     def after_step(self, progress: float) -> None:
         m = momentum_at(progress, self.cfg.momentum, self.cfg.momentum_end, "cosine")
-        for ema, source in self.momentum_pairs():
-            ema.update(source, m)
+        self.update_momentum(m)

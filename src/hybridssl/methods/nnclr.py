@@ -29,8 +29,7 @@ from torch import Tensor
 from hybridssl.config import ConfigError
 from hybridssl.data.views import byol_asymmetric
 from hybridssl.losses import nnclr
-from hybridssl.methods.base import Batch, Method, MethodConfig, register
-from hybridssl.nn.distributed import world_size
+from hybridssl.methods.base import MOCOV3_VIT_OPTIM, Batch, Method, MethodConfig, register
 from hybridssl.nn.heads import head_width, mlp
 from hybridssl.nn.queue import FeatureQueue
 from hybridssl.nn.vit import Pooling, pool
@@ -63,7 +62,7 @@ def queue_length(requested: int | None, num_images: int | None, paper_size: int)
 class NNCLR(Method):
     name = "nnclr"
     Config = NNCLRConfig
-    run_defaults = {"optim": {"base_lr": 1.5e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), "warmup_fraction": 0.1}}
+    run_defaults = {"optim": MOCOV3_VIT_OPTIM}
     broadcast_buffers = False  # the queue is written from gathered batches: identical on every rank
     paper_queue_size: ClassVar[int] = 98304
 
@@ -85,8 +84,6 @@ class NNCLR(Method):
         return projections
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
-        if len(batch.ids) * world_size() > self.queue.size:
-            raise ConfigError(f"method_args.queue_size: {self.queue.size} is smaller than one global batch")
         features = pool(self.encoder(torch.cat(batch.views)), self.cfg.pooling).chunk(2)
         z = [self.projector(h) for h in features]
         p = [self.predictor(x) for x in z]

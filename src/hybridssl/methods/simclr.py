@@ -18,7 +18,7 @@ from torch import Tensor
 
 from hybridssl.data.views import simclr
 from hybridssl.losses import nt_xent
-from hybridssl.methods.base import Batch, Method, MethodConfig, register
+from hybridssl.methods.base import MOCOV3_VIT_OPTIM, Batch, Method, MethodConfig, register
 from hybridssl.nn.heads import head_width, mlp
 from hybridssl.nn.vit import Pooling, pool
 
@@ -35,7 +35,7 @@ class SimCLRConfig(MethodConfig):
 class SimCLR(Method):
     name = "simclr"
     Config = SimCLRConfig
-    run_defaults = {"optim": {"base_lr": 1.5e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), "warmup_fraction": 0.1}}
+    run_defaults = {"optim": MOCOV3_VIT_OPTIM}
 
     def __init__(self, cfg: SimCLRConfig, encoder, info) -> None:
         super().__init__(cfg, encoder, info)
