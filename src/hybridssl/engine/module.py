@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import asdict
 from typing import Any
@@ -18,7 +19,7 @@ from hybridssl.engine.optim import WarmupCosine, adamw
 from hybridssl.engine.randomness import gather_rng_states, restore_rng_states, seed_step, step_seed
 from hybridssl.methods.base import Batch, Method
 from hybridssl.nn.batch_random import shared_stream
-from hybridssl.nn.distributed import gather_no_grad
+from hybridssl.nn.distributed import gather_no_grad, world_size
 
 MAX_LOSS_TERMS = 32
 
@@ -39,6 +40,8 @@ def mean_over_ranks(losses: dict[str, Tensor]) -> dict[str, Tensor]:
     names = ["loss", *sorted(k for k in losses if k != "loss")]
     if len(names) > MAX_LOSS_TERMS:
         raise ValueError(f"a method may return at most {MAX_LOSS_TERMS} named losses, got {len(names)}")
+    if world_size() == 1:  # nothing to gather: no extra allocation or host sync in the step
+        return {k: losses[k].detach().float() for k in names}
     row = torch.zeros(MAX_LOSS_TERMS + 1, device=losses["loss"].device)
     row[: len(names)] = torch.stack([losses[k].detach().float() for k in names])
     row[-1] = zlib.crc32(",".join(names).encode()) & 0xFFFFFF  # exact in float32
@@ -90,8 +93,11 @@ class PretrainModule(L.LightningModule):
             group["lr"] = lr * group["lr_scale"]
         optimizer = adamw(groups, lr, opt.betas)
         total = self.total_steps
-        steps_per_epoch = max(1, self.trainer.num_training_batches // self.run.accumulate_grad_batches)
-        warmup = int(opt.warmup_epochs * steps_per_epoch) if opt.warmup_epochs is not None else int(opt.warmup_fraction * total)
+        if opt.warmup_epochs is not None:
+            # rounded up as train.steps_per_epoch does: Lightning also steps at an epoch's end with accumulation pending
+            warmup = int(opt.warmup_epochs * max(1, math.ceil(self.trainer.num_training_batches / self.run.accumulate_grad_batches)))
+        else:
+            warmup = int(opt.warmup_fraction * total)
         schedule = WarmupCosine(total, min(warmup, total), opt.min_lr_fraction)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
