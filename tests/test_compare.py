@@ -8,7 +8,8 @@ import pytest
 
 from hybridssl.cli import main
 from hybridssl.compare import CompareRequest, budget_split, parse_methods, user_facing_methods
-from hybridssl.methods import METHODS, MethodConfig
+from hybridssl.methods import METHODS
+from hybridssl.methods.base import Recipe
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,10 @@ class FakeStage:
     epochs: int | None
 
 
-class FakeRecipe:
+class FakeRecipe(Recipe):
     """A two-stage recipe: MAE for the run's epochs, then a tuning stage of max(5, epochs / 10) epochs."""
 
     name = "fake-recipe"
-    Config = MethodConfig
-    run_defaults: dict = {}
 
     @classmethod
     def stages(cls, run):
@@ -97,8 +96,6 @@ def test_compare_runs_end_to_end_resumes_and_survives_a_failing_method(fmnist_di
 @pytest.mark.slow
 def test_compare_trains_and_evaluates_two_methods_and_resumes(fmnist_dir, tmp_path, capsys):
     methods = two_methods()
-    if len(methods) < 2:
-        pytest.skip("compare needs two registered methods; only mae is registered in this checkout")
     out = tmp_path / "cmp"
     args = ["compare", "--methods", ",".join(methods), "--data-dir", str(fmnist_dir), "--budget-epochs", "1", "--max-steps", "2",
             "--batch-size", "32", "--limit-train", "128", "--limit-test", "32", "--eval-epochs", "1", "--seeds", "2",

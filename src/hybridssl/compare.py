@@ -79,10 +79,11 @@ def user_facing_methods() -> list[str]:
     previous stage's checkpoint, e.g. a contrastive-tuning stage)."""
     from hybridssl.config import RunConfig
     from hybridssl.methods import METHODS
+    from hybridssl.methods.base import is_recipe
 
     later_stages: set[str] = set()
     for name, cls in METHODS.items():
-        if callable(getattr(cls, "stages", None)):
+        if is_recipe(name):
             try:
                 stages = cls.stages(RunConfig.model_validate({"method": name, "epochs": 100}))
             except Exception:  # a recipe that needs more settings to list its stages
@@ -119,10 +120,10 @@ def pretrain_flags(req: CompareRequest, method: str, epochs: int | None) -> dict
 def stage_list(method: str, run) -> list[dict[str, Any]]:
     """[{folder, method, epochs}] of a recipe's stages, or one entry for a single-stage method."""
     from hybridssl.methods import METHODS
+    from hybridssl.methods.base import is_recipe
 
-    cls = METHODS[method]
-    if callable(getattr(cls, "stages", None)):
-        return [{"folder": s.folder, "method": s.method, "epochs": s.epochs} for s in cls.stages(run)]
+    if is_recipe(method):
+        return [{"folder": s.folder, "method": s.method, "epochs": s.epochs} for s in METHODS[method].stages(run)]
     return [{"folder": ".", "method": method, "epochs": run.epochs}]
 
 
@@ -151,10 +152,9 @@ class State:
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"pretrained": {}, "evaluated": []}
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        tmp.replace(self.path)
+        from hybridssl.config import atomic_write_text
+
+        atomic_write_text(self.path, json.dumps(self.data, indent=1))
 
     def done(self, key: str) -> bool:
         return key in self.data["evaluated"]
@@ -205,10 +205,10 @@ def evaluate_checkpoint(req: CompareRequest, checkpoint: Path, output: Path, kin
 def evaluate_floors(req: CompareRequest, records: dict[str, dict[str, Any]], trained: list[str], state: State) -> None:
     """Raw pixels once; the untrained ViT at every pooling the methods were evaluated with (a CLS
     token at random init and a mean of patch tokens are different floors)."""
-    from hybridssl.report.comparison import read_rows
+    from hybridssl.evaluation.results import read_results
 
     first = req.output / records[trained[0]]["checkpoint"]
-    poolings = sorted({r["pooling"] for m in trained for r in read_rows(req.output / m) if r.get("encoder") == "trained"})
+    poolings = sorted({r["pooling"] for m in trained for r in read_results(req.output / m) if r.get("encoder") == "trained"})
     for pooling in poolings or [None]:
         key = f"floors@{pooling}" if pooling else "floors"
         evaluate_checkpoint(req, first, req.output / "floors", "random-init", state, key, pooling)

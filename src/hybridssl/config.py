@@ -189,8 +189,13 @@ def validate_method_args(method: str, args: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(format_validation_error(exc, prefix="method_args.")) from None
 
 
-def save_yaml(data: dict[str, Any], path: Path) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes a temporary file beside `path`, then renames it: a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def save_yaml(data: dict[str, Any], path: Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

@@ -19,6 +19,7 @@ from hybridssl.data.sources import load_dataset
 from hybridssl.engine.checkpoints import load_method
 from hybridssl.engine.train import pretrain
 from hybridssl.evaluation.run import EvalRequest, evaluate
+from hybridssl.methods import METHODS
 from hybridssl.report.figures import reconstruction_grid
 from hybridssl.report.run_report import write_report
 
@@ -39,8 +40,10 @@ def run_demo(output: Path, quick: bool = False) -> None:
         "epochs": budget.get("epochs"), "max_steps": budget.get("max_steps"),
         "method_args": {"head_epochs": budget["head_epochs"], "tune_epochs": budget["tune_epochs"]},
     }  # fmt: skip
-    tuned = pretrain(resolve(flags))
-    mae_start = output / "pretrain" / "stage1-mae" / "checkpoints" / tuned.name
+    run = resolve(flags)
+    tuned = pretrain(run)
+    mae_stage = METHODS[DEMO_METHOD].stages(run)[0]
+    mae_start = tuned.parents[2] / mae_stage.folder / tuned.parent.name / tuned.name  # the same layout, stage 1's folder
     pretrain_seconds = time.perf_counter() - start
 
     encoders = {"MAE-CT encoder": (tuned, "trained"), "its MAE start (stage 1)": (mae_start, "trained"),

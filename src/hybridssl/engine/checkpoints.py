@@ -145,7 +145,7 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]
     state = {k: v.contiguous() for k, v in encoder_state(ckpt).items()}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
+    tmp = temporary_path(output)
     metadata = {"timm_kwargs": json.dumps(kwargs), "hybridssl_method": ckpt["hybridssl"]["config"]["method"]}
     save_file(state, str(tmp), metadata=metadata)
     tmp.replace(output)

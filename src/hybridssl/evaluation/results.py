@@ -34,6 +34,7 @@ def append_result(output_dir: str | Path, record: dict[str, Any]) -> dict[str, A
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a results file, or of every results file under a folder; none if it does not exist."""
     path = Path(path)
-    files = sorted(path.rglob(RESULTS)) if path.is_dir() else [path]
+    files = sorted(path.rglob(RESULTS)) if path.is_dir() else [path] if path.is_file() else []
     return [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]

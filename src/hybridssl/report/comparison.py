@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hybridssl.evaluation.results import RESULTS, machine
+from hybridssl.config import atomic_write_text
+from hybridssl.evaluation.results import machine, read_results
 
 Row = dict[str, Any]
 Cell = Row | None
@@ -53,19 +54,14 @@ def cell_text(cell: Cell) -> str:
     return text + (f" ± {cell['std']:.2f}" if "std" in cell else "")
 
 
-def read_rows(folder: Path) -> list[Row]:
-    path = folder / RESULTS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def entries(req, records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per table row: the methods, then the floors."""
     out = []
     for method in req.methods:
-        rows = [r for r in read_rows(req.output / method) if r.get("encoder") == "trained"]
+        rows = [r for r in read_results(req.output / method) if r.get("encoder") == "trained"]
         out.append({"name": method, "kind": "method", "rows": rows, "record": records.get(method, {})})
     if req.floors and req.methods:
-        floor_rows = read_rows(req.output / "floors")
+        floor_rows = read_results(req.output / "floors")
         first = next((m for m in req.methods if "error" not in records.get(m, {})), req.methods[0])
         untrained = [r for r in floor_rows if r.get("encoder") == "random-init"]
         for pooling in sorted({r["pooling"] for r in untrained}):
@@ -145,8 +141,9 @@ def protocol_text(req, all_entries: list[dict[str, Any]]) -> str:
     seeds = sorted({len(r.get("per_seed", [])) for e in all_entries for r in e["rows"] if r.get("protocol") == "lowshot"})
     limit = req.eval.get("limit_test")
     test = f"{limit} images of the {req.dataset} test split" if limit else f"the {req.dataset} test split"
+    lowshot = f"low-shot cells are mean ± std over {', '.join(map(str, seeds))} seeds. " if seeds else ""
     return (f"Evaluation: {', '.join(req.protocols)} on {test}, each method at its own pooling; "
-            f"k-NN column at k = {knn_k(all_entries)}; " + (f"low-shot cells are mean ± std over {', '.join(map(str, seeds))} seeds. " if seeds else "") +
+            f"k-NN column at k = {knn_k(all_entries)}; {lowshot}"
             "Every setting of every number is in the methods' results.jsonl and in comparison.json.")  # fmt: skip
 
 
@@ -166,7 +163,7 @@ def write_comparison(req, records: dict[str, dict[str, Any]]) -> dict[str, Path]
     if built["clustering"][1]:
         md += ["## Clustering of frozen test features (k-means, k = classes)", "", markdown_table(*built["clustering"]), ""]
     paths = {"md": req.output / "comparison.md", "json": req.output / "comparison.json", "html": req.output / "comparison.html"}
-    write_text(paths["md"], "\n".join(md))
+    atomic_write_text(paths["md"], "\n".join(md))
 
     document = {
         "command": req.command(), "dataset": req.dataset, "model": req.model, "budget_epochs": req.budget_epochs,
@@ -175,7 +172,7 @@ def write_comparison(req, records: dict[str, dict[str, Any]]) -> dict[str, Path]
         "notes": header[1:], "tables": {name: {"columns": head, "rows": rows} for name, (head, rows) in built.items()},
         "methods": {e["name"]: {"kind": e["kind"], **e["record"], "results": e["rows"]} for e in all_entries},
     }  # fmt: skip
-    write_text(paths["json"], json.dumps(document, indent=1, default=str))
+    atomic_write_text(paths["json"], json.dumps(document, indent=1, default=str))
 
     body: list[Any] = [H.tag("h1", title), H.tag("p", ["Command: ", H.tag("code", req.command())], class_="meta")]
     body += [H.tag("p", line, class_="meta") for line in header[1:]]
@@ -190,11 +187,5 @@ def write_comparison(req, records: dict[str, dict[str, Any]]) -> dict[str, Path]
         stages = find_stages(req.output / method)
         for stage in stages:
             body += stage_section(stage, req.output / method, images, options, level="h3", stages=stages)
-    write_text(paths["html"], H.page(title, body))
+    atomic_write_text(paths["html"], H.page(title, body))
     return paths
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

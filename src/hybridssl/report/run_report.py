@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from hybridssl import __version__
+from hybridssl.config import atomic_write_text
 from hybridssl.report import html as H
 from hybridssl.report.curves import curves_png, read_metrics
 
@@ -233,8 +234,6 @@ def write_report(run_dir: Path, output: Path | None = None, options: ReportOptio
     for stage in stages:
         body += stage_section(stage, run_dir, images, options, stages=stages)
     output = output or run_dir / "report.html"
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(H.page(f"hybridssl report: {run_dir.resolve().name}", body), encoding="utf-8")
-    tmp.replace(output)
+    atomic_write_text(output, H.page(f"hybridssl report: {run_dir.resolve().name}", body))
     return output
 
