@@ -3,7 +3,7 @@ import statistics
 import pytest
 import torch
 
-from hybridssl.evaluation.lowshot import LowshotSettings, run_lowshot
+from hybridssl.evaluation.lowshot import LowshotSettings, lowshot_trials
 
 LABELS = torch.arange(4).repeat(25)  # 4 classes x 25
 
@@ -18,7 +18,7 @@ def test_every_head_sees_the_same_seeded_subsets_and_mean_std_are_over_seeds():
         return train
 
     settings = LowshotSettings(subsets=["10%", "2"], seeds=3)
-    results = run_lowshot(LABELS, settings, {"linear": fake("linear"), "finetune": fake("finetune")}, base_seed=10)
+    results = lowshot_trials(LABELS, settings, {"linear": fake("linear"), "finetune": fake("finetune")}, base_seed=10)
     assert [(r.head, r.subset, r.labelled) for r in results] == [
         ("linear", "10%", 12), ("finetune", "10%", 12), ("linear", "2/class", 8), ("finetune", "2/class", 8)
     ]  # fmt: skip
@@ -42,4 +42,4 @@ def test_settings_validate_subset_names():
 
 def test_a_subset_larger_than_a_class_names_the_flag():
     with pytest.raises(ValueError, match="lowshot-subsets"):
-        run_lowshot(LABELS, LowshotSettings(subsets=["30"], seeds=1), {"linear": lambda idx, seed: 0.0})
+        lowshot_trials(LABELS, LowshotSettings(subsets=["30"], seeds=1), {"linear": lambda idx, seed: 0.0})

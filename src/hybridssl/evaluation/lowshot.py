@@ -62,7 +62,7 @@ class LowshotResult:
 Trainer = Callable[[Tensor, int], float]  # (subset indices, seed) -> test top-1
 
 
-def run_lowshot(train_labels: Tensor, settings: LowshotSettings, heads: dict[str, Trainer], base_seed: int = 0) -> list[LowshotResult]:
+def lowshot_trials(train_labels: Tensor, settings: LowshotSettings, heads: dict[str, Trainer], base_seed: int = 0) -> list[LowshotResult]:
     results: list[LowshotResult] = []
     for spec in settings.specs:
         seeds = [base_seed + i for i in range(settings.seeds)]

@@ -28,7 +28,7 @@ from hybridssl.evaluation.features import encoder_features, pixel_features
 from hybridssl.evaluation.finetune import FinetuneSettings, finetune
 from hybridssl.evaluation.knn import knn_accuracy
 from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_probe_sweep, train_linear_probe
-from hybridssl.evaluation.lowshot import LowshotSettings, run_lowshot
+from hybridssl.evaluation.lowshot import LowshotSettings, lowshot_trials
 from hybridssl.evaluation.results import append_result
 from hybridssl.nn.vit import ViT, Pooling
 
@@ -52,15 +52,6 @@ class EvalRequest:
     seed: int = 0
     download: bool = False
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per protocol: {"finetune": {"layer_decay": 0.65}}
-
-
-@dataclass
-class Features:
-    train: Tensor
-    train_labels: Tensor
-    test: Tensor
-    test_labels: Tensor
-    pooling: str
 
 
 class KnnSettings(StrictModel):
@@ -167,9 +158,6 @@ class EvalContext:
     def test_features(self) -> Tensor:
         return self._features(self.test.images)
 
-    def features(self) -> Features:
-        return Features(self.train_features, self.train.labels, self.test_features, self.test.labels, self.pooling)
-
     def finetune(self, settings: FinetuneSettings, train_idx: Tensor | None = None, seed: int | None = None):
         images, labels = self.train.images, self.train.labels
         if train_idx is not None:
@@ -230,8 +218,6 @@ def run_clustering(ctx: EvalContext, s: ClusteringSettings) -> list[Row]:
 
 
 def run_lowshot(ctx: EvalContext, s: LowshotSettings, probe: ProbeSettings, tune: FinetuneSettings) -> list[Row]:
-    from hybridssl.evaluation.lowshot import run_lowshot as lowshot
-
     probe = probe.model_copy(update={"base_lr": s.probe_base_lr})
     train_f, test_f = ctx.train_features, ctx.test_features
 
@@ -249,7 +235,7 @@ def run_lowshot(ctx: EvalContext, s: LowshotSettings, probe: ProbeSettings, tune
         "finetune": finetune_record(tune),
     }
     rows = []
-    for r in lowshot(ctx.train.labels, s, chosen, ctx.req.seed):
+    for r in lowshot_trials(ctx.train.labels, s, chosen, ctx.req.seed):
         record = {**s.to_dict(), "head_settings": head_settings[r.head], "std_over_seeds": "sample standard deviation (n - 1)"}
         rows.append({"settings": record, "head": r.head, "subset": r.subset, "labelled": r.labelled, "metric": "top1",
                      "value": r.mean, "std": r.std, "seeds": r.seeds, "per_seed": r.per_seed})  # fmt: skip
@@ -280,11 +266,6 @@ def protocols_for(req: EvalRequest, names: Sequence[str] | None = None) -> list[
         else:
             chosen.append(name)
     return list(dict.fromkeys(chosen))
-
-
-def compute_features(req: EvalRequest) -> tuple[Features, dict[str, Any]]:
-    ctx = EvalContext(req)
-    return ctx.features(), ctx.config
 
 
 def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[dict[str, Any]]:
