@@ -21,7 +21,6 @@ import torch
 
 from hybridssl.cli import main
 from hybridssl.engine.checkpoints import load_checkpoint
-from hybridssl.methods import METHODS
 from hybridssl.report.curves import read_metrics
 from tests.subprocess_runs import run_driver, start_driver, threads
 
@@ -118,7 +117,7 @@ def test_mae_killed_three_times_resumes_bit_identical(fmnist_dir, tmp_path):
 
 
 QUEUE = ["--set", "method_args.queue_size=48"]
-# name -> extra flags; the real methods are slow tests, skipped where they are not registered yet
+# name -> extra flags; the real methods are slow tests
 QUEUE_EMA_METHODS = {"toy-queue-ema": [], "mae-ct-tune": QUEUE, "macrl": QUEUE, "mae-ct": QUEUE, "nnclr": QUEUE, "mocov3": []}
 
 
@@ -126,8 +125,6 @@ QUEUE_EMA_METHODS = {"toy-queue-ema": [], "mae-ct-tune": QUEUE, "macrl": QUEUE, 
 def test_queue_and_ema_method_killed_resumes_bit_identical(method, fmnist_dir, tmp_path):
     """`toy-queue-ema` (tests/extra_methods.py: EMA, queue, pointer, random mask and top-k pick) runs by
     default. A recipe (`mae-ct`: one run per stage) is compared stage by stage."""
-    if method not in METHODS:
-        pytest.skip(f"method {method!r} is not registered on this branch")
     # checkpoints at 3, 6, 9; killed before step 8 (step 7 trained and lost); resumed across the epoch end at 8
     reference, killed = kill_and_resume(method, fmnist_dir, tmp_path, ["--max-steps", "10", *QUEUE_EMA_METHODS[method]], every=3, stalls=[8])
     finals = sorted(p.relative_to(reference) for p in reference.rglob("last.ckpt"))
