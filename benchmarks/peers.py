@@ -2,7 +2,9 @@
 
 The peer lives in its own virtualenv (default ~/.cache/hybridssl/peer-venv, created on first use with
 torch 2.14.1 / torchvision 0.29.1 / lightly / timm); it is never a dependency of hybridssl. Rounds
-alternate ours and the peer so machine noise hits both alike; the median ratio is reported.
+alternate ours and the peer so machine noise hits both alike; the median ratio is reported. Each side
+runs as a user gets it: ours through the CLI, which preloads tcmalloc when installed; the peer with
+the default allocator.
 
     python benchmarks/peers.py --model vit-tiny --batch-size 256 --rounds 3
 """
@@ -12,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from throughput import header, run_bench  # benchmarks/ is on sys.path when this script runs
 
 HERE = Path(__file__).resolve().parent
 CONFIG_KEYS = ["img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_dim",
@@ -34,13 +36,6 @@ def peer_python(venv: Path) -> Path:
         subprocess.run([*pip, "torch==2.14.1", "torchvision==0.29.1"], check=True)
         subprocess.run([*pip, "lightly", "timm"], check=True)
     return python
-
-
-def ours(model: str, batch: int, steps: int) -> dict:
-    cmd = [sys.executable, "-m", "hybridssl", "bench", "--method", "mae", "--model", model,
-           "--batch-size", str(batch), "--steps", str(steps), "--json"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
 
 
 def peer(python: Path, config: dict) -> dict:
@@ -60,14 +55,13 @@ def main() -> None:
     python = peer_python(args.venv)
     rows = []
     for _ in range(args.rounds):
-        mine = ours(args.model, args.batch_size, args.steps)
+        mine = run_bench("mae", args.model, args.batch_size, args.steps, tcmalloc=True, extra=[])
         config = {k: mine[k] for k in CONFIG_KEYS} | {"steps": args.steps}
         theirs = peer(python, config)
         rows.append((mine["images_per_second"], theirs["images_per_second"], mine))
     ratios = [a / b for a, b, _ in rows]
     mine = rows[-1][2]
-    print(f"<!-- {time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} CPUs, {mine['device']}); "
-          f"command: python benchmarks/peers.py {' '.join(sys.argv[1:])} -->")  # fmt: skip
+    print(header("peers.py", mine["device"]))
     print("| config | hybridssl img/s | lightly img/s | ratio (median) | rounds | hybridssl FLOP/s vs matmul peak |")
     print("|---|---|---|---|---|---|")
     cfg = f"MAE {args.model} ({mine['embed_dim']}/{mine['depth']}/{mine['num_heads']}, dec {mine['decoder_dim']}x{mine['decoder_depth']}), batch {args.batch_size}, mask {mine['mask_ratio']}"

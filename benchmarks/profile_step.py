@@ -14,7 +14,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from hybridssl.config import resolve
-from hybridssl.engine.bench import synthetic_info, training_step
+from hybridssl.engine.bench import sync, synthetic_info, training_step
+from throughput import header  # benchmarks/ is on sys.path when this script runs
 
 
 def main() -> None:
@@ -31,9 +32,12 @@ def main() -> None:
     step, _ = training_step(run, synthetic_info(args.dataset, None, None), dev)
     for _ in range(3):
         step()
+    sync(dev)
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
+    sync(dev)
+    print(header("profile_step.py", str(dev)))
     print(f"{args.method} {args.model} batch {args.batch_size}: {args.steps * args.batch_size / (time.perf_counter() - start):.0f} img/s unprofiled")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=activities) as prof:

@@ -27,6 +27,12 @@ def run_bench(method: str, model: str, batch: int, steps: int, tcmalloc: bool, e
     return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
 
 
+def header(script: str, device: str) -> str:
+    """The HTML comment above each table: date, machine and the exact command."""
+    return (f"<!-- {time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} CPUs, {device}); "
+            f"command: python benchmarks/{script} {' '.join(sys.argv[1:])} -->")  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--methods", default="mae")
@@ -46,8 +52,7 @@ def main() -> None:
             result = run_bench(c[0], c[1], args.batch_size, args.steps, c[2], args.extra.split())
             samples[c].append(result["images_per_second"])
             last[c] = result
-    print(f"<!-- {time.strftime('%Y-%m-%d')} on {platform.node()} ({os.cpu_count()} CPUs, {last[configs[0]]['device']}); "
-          f"command: python benchmarks/throughput.py {' '.join(sys.argv[1:])} -->")  # fmt: skip
+    print(header("throughput.py", last[configs[0]]["device"]))
     print("| method | model | batch | tcmalloc | img/s (median) | rounds | ms/step | GFLOP/step | FLOP/s vs matmul peak | peak MB |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for c in configs:
