@@ -55,7 +55,7 @@ def test_export_loads_in_timm_with_the_same_features(mae_run, tmp_path, capsys):
     out, _ = mae_run
     path = tmp_path / "encoder.safetensors"
     assert main(["export", "--checkpoint", str(out / "checkpoints" / "last.ckpt"), "--output", str(path)]) == 0
-    encoder, _, _ = load_encoder(out / "checkpoints" / "last.ckpt")
+    encoder, *_ = load_encoder(out / "checkpoints" / "last.ckpt")
     kwargs = encoder.cfg.timm_kwargs()
     model = timm.create_model("vit_base_patch16_224", pretrained=False, checkpoint_path=str(path), **kwargs).eval()
     x = torch.randn(3, 1, 28, 28)

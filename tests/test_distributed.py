@@ -1,6 +1,5 @@
 """Two CPU processes (gloo): gathered negatives and the queue match one process on the global batch."""
 
-import os
 
 import pytest
 import torch

@@ -81,13 +81,15 @@ def flags_to_layer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from hybridssl.config import resolve
+
+    run_config = resolve(flags_to_layer(args), args.config)  # before the heavy imports: errors come at once
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from hybridssl.config import resolve
-    from hybridssl.engine.train import pretrain
+    from hybridssl.engine.stages import pretrain
+    from hybridssl.evaluation.monitor import monitor_callbacks
 
-    run = resolve(flags_to_layer(args), args.config)
-    last = pretrain(run)
+    last = pretrain(run_config, monitor_callbacks)
     if rank_zero_only.rank == 0:
         print(f"hybridssl: pretraining done; checkpoint {last}")
     return 0
@@ -166,14 +168,12 @@ def eval_request_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from hybridssl.engine.checkpoints import load_checkpoint
-    from hybridssl.evaluation.run import EvalRequest, describe, evaluate
-
     if args.random_init and args.raw_pixels:
         raise UsageError("--random-init and --raw-pixels exclude each other")
-    dataset = args.dataset or load_checkpoint(args.checkpoint)["hybridssl"]["config"]["dataset"]
+    from hybridssl.evaluation.run import EvalRequest, describe, evaluate
+
     kind = "random-init" if args.random_init else "raw-pixels" if args.raw_pixels else "trained"
-    req = EvalRequest(checkpoint=args.checkpoint, dataset=dataset, protocol=args.protocol, output=args.output,
+    req = EvalRequest(checkpoint=args.checkpoint, dataset=args.dataset, protocol=args.protocol, output=args.output,
                       encoder_kind=kind, **eval_request_args(args))  # fmt: skip
     for r in evaluate(req):
         print(describe(r))
@@ -338,15 +338,12 @@ def preload_tcmalloc() -> None:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         preload_tcmalloc()
-    from hybridssl.config import ConfigError
-    from hybridssl.data.sources import DataError
-    from hybridssl.engine.checkpoints import CheckpointError
-    from hybridssl.engine.module import NonFiniteLossError
+    from hybridssl.errors import USER_ERRORS
 
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
-    except (UsageError, ConfigError, DataError, CheckpointError, NonFiniteLossError) as exc:
+    except (UsageError, *USER_ERRORS) as exc:
         print(f"hybridssl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

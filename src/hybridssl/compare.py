@@ -75,21 +75,19 @@ class CompareRequest:
 
 def user_facing_methods() -> list[str]:
     """Registered methods a user trains on their own, in registry order. Left out: methods marked
-    `stage_only`, and methods that only appear as a later stage of a recipe (they start from the
-    previous stage's checkpoint, e.g. a contrastive-tuning stage)."""
+    that only appear as a later stage of a recipe (they start from the previous stage's checkpoint,
+    e.g. a contrastive-tuning stage)."""
     from hybridssl.config import RunConfig
     from hybridssl.methods import METHODS
-    from hybridssl.methods.base import is_recipe
 
     later_stages: set[str] = set()
     for name, cls in METHODS.items():
-        if is_recipe(name):
-            try:
-                stages = cls.stages(RunConfig.model_validate({"method": name, "epochs": 100}))
-            except Exception:  # a recipe that needs more settings to list its stages
-                continue
-            later_stages |= {s.method for s in stages[1:]} - {name}
-    return [n for n, cls in METHODS.items() if not getattr(cls, "stage_only", False) and n not in later_stages]
+        try:
+            stages = cls.stages(RunConfig.model_validate({"method": name, "epochs": 100}))
+        except Exception:  # a recipe that needs more settings to list its stages
+            continue
+        later_stages |= {s.method for s in stages[1:]} - {name}
+    return [n for n in METHODS if n not in later_stages]
 
 
 def parse_methods(text: str) -> list[str]:
@@ -117,23 +115,20 @@ def pretrain_flags(req: CompareRequest, method: str, epochs: int | None) -> dict
     }  # fmt: skip
 
 
-def stage_list(method: str, run) -> list[dict[str, Any]]:
-    """[{folder, method, epochs}] of a recipe's stages, or one entry for a single-stage method."""
+def stage_list(method: str, run_config) -> list[dict[str, Any]]:
+    """[{folder, method, epochs}] of the method's stages ("." for a one-stage method's own folder)."""
     from hybridssl.methods import METHODS
-    from hybridssl.methods.base import is_recipe
 
-    if is_recipe(method):
-        return [{"folder": s.folder, "method": s.method, "epochs": s.epochs} for s in METHODS[method].stages(run)]
-    return [{"folder": ".", "method": method, "epochs": run.epochs}]
+    return [{"folder": s.folder or ".", "method": s.method, "epochs": s.epochs} for s in METHODS[method].stages(run_config)]
 
 
 def budget_split(req: CompareRequest, method: str):
     """The run config whose stages' epochs add up to at most the budget (see the module docstring)."""
     from hybridssl.config import resolve
 
-    run = resolve(pretrain_flags(req, method, req.budget_epochs))
+    run_config = resolve(pretrain_flags(req, method, req.budget_epochs))
     if req.budget_epochs is None:
-        return run, stage_list(method, run), None
+        return run_config, stage_list(method, run_config), None
     for epochs in range(req.budget_epochs, 0, -1):
         candidate = resolve(pretrain_flags(req, method, epochs))
         stages = stage_list(method, candidate)
@@ -152,7 +147,7 @@ class State:
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"pretrained": {}, "evaluated": []}
 
     def save(self) -> None:
-        from hybridssl.config import atomic_write_text
+        from hybridssl.files import atomic_write_text
 
         atomic_write_text(self.path, json.dumps(self.data, indent=1))
 
@@ -169,19 +164,20 @@ def log(message: str) -> None:
 
 
 def pretrain_method(req: CompareRequest, method: str, state: State) -> dict[str, Any]:
-    from hybridssl.engine.train import pretrain
+    from hybridssl.engine.stages import pretrain
+    from hybridssl.evaluation.monitor import monitor_callbacks
 
     record = state.data["pretrained"].get(method)
     if record and (req.output / record["checkpoint"]).is_file():
         log(f"{method}: pretrained already ({req.output / record['checkpoint']})")
         return record
-    run, stages, note = budget_split(req, method)
+    run_config, stages, note = budget_split(req, method)
     log(f"{method}: pretraining " + ", ".join(f"{s['folder']} ({s['method']}) {s['epochs']} epochs" for s in stages)
         + (f", at most {req.max_steps} steps each" if req.max_steps else ""))  # fmt: skip
     start = time.perf_counter()
-    checkpoint = pretrain(run)
+    checkpoint = pretrain(run_config, monitor_callbacks)
     record = {"checkpoint": str(Path(checkpoint).relative_to(req.output)), "pretrain_seconds": round(time.perf_counter() - start, 1),
-              "stages": stages, "epochs": run.epochs, "max_steps": run.max_steps, "budget_note": note}  # fmt: skip
+              "stages": stages, "epochs": run_config.epochs, "max_steps": run_config.max_steps, "budget_note": note}  # fmt: skip
     state.data["pretrained"][method] = record
     state.save()
     return record

@@ -10,34 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
-from pydantic import field_validator, model_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError, ValidationInfo, field_validator
+from pydantic import model_validator
 
-
-class ConfigError(ValueError):
-    """An invalid setting; the message names the field."""
-
-
-class StrictModel(BaseModel):
-    # unknown keys are errors; so are nan and inf, which no setting has a use for
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
-
-
-class OptimConfig(StrictModel):
-    base_lr: PositiveFloat = 1.5e-4  # for a batch of 256; the engine scales by the effective batch
-    weight_decay: float = Field(0.05, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_fraction: float = Field(0.05, ge=0, lt=1)  # of all optimizer steps
-    warmup_epochs: float | None = Field(None, ge=0)  # overrides warmup_fraction when set
-    min_lr_fraction: float = Field(0.0, ge=0, le=1)  # cosine ends at base_lr x this
-    grad_clip: PositiveFloat | None = None
-
-    @field_validator("betas")
-    @classmethod
-    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in v):
-            raise ValueError("both betas must be in [0, 1)")
-        return v
+from hybridssl.settings import ConfigError, OptimConfig, StrictModel, deep_merge, format_validation_error, validated
 
 
 class RunConfig(StrictModel):
@@ -78,31 +54,15 @@ class RunConfig(StrictModel):
     knn_monitor_samples: PositiveInt = 5000  # labelled training images in the k-NN bank (and test queries)
     knn_monitor_k: PositiveInt = 20
 
-    @field_validator("method")
+    @field_validator("method", "dataset", "model")
     @classmethod
-    def _known_method(cls, v: str) -> str:
-        from hybridssl.methods import METHODS
-
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r}; choose one of {', '.join(sorted(METHODS))}")
-        return v
-
-    @field_validator("dataset")
-    @classmethod
-    def _known_dataset(cls, v: str) -> str:
-        from hybridssl.data.sources import DATASETS
-
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; choose one of {', '.join(DATASETS)}")
-        return v
-
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        from hybridssl.nn.vit import PRESETS
-
-        if v not in PRESETS:
-            raise ValueError(f"unknown model {v!r}; choose one of {', '.join(PRESETS)}")
+    def _known_name(cls, v: str, info: ValidationInfo) -> str:
+        """Registry names are checked in the second pass only: the registries import torch (see resolve)."""
+        if info.context and info.context.get("names") is False:
+            return v
+        known = registry(info.field_name)
+        if v not in known:
+            raise ValueError(f"unknown {info.field_name} {v!r}; choose one of {', '.join(known)}")
         return v
 
     @model_validator(mode="after")
@@ -115,30 +75,6 @@ class RunConfig(StrictModel):
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
-
-
-def format_validation_error(error: ValidationError, prefix: str = "") -> str:
-    parts = []
-    for e in error.errors():
-        field = prefix + ".".join(str(x) for x in e["loc"]) if e["loc"] else prefix.rstrip(".") or "config"
-        message = e["msg"].removeprefix("Value error, ")
-        value = e.get("input")
-        hidden = e["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) or repr(value) in message
-        shown = "" if hidden else f" (got {value!r})"
-        if e["type"] == "extra_forbidden":
-            message = "unknown setting"
-        parts.append(f"{field}: {message}{shown}")
-    return "; ".join(parts)
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _normalize_keys(d: dict[str, Any]) -> dict[str, Any]:
@@ -160,42 +96,47 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return _normalize_keys(data)
 
 
-def resolve(flags: dict[str, Any], config_file: Path | None = None) -> RunConfig:
-    """Builds the validated run config from a YAML file and CLI flags (None = not given)."""
-    from hybridssl.methods import METHODS
+def registry(field: str) -> list[str]:
+    """The names `method`, `dataset` or `model` may take."""
+    if field == "method":
+        from hybridssl.methods import METHODS
 
+        return sorted(METHODS)
+    if field == "dataset":
+        from hybridssl.data.sources import DATASETS
+
+        return list(DATASETS)
+    from hybridssl.nn.vit import PRESETS
+
+    return list(PRESETS)
+
+
+def resolve(flags: dict[str, Any], config_file: Path | None = None) -> RunConfig:
+    """Builds the validated run config from a YAML file and CLI flags (None = not given).
+
+    Two passes: the file and flags alone first, without the registries (an out-of-range number fails
+    in well under a second, before torch is imported); then with the method's defaults and every name
+    checked against its registry."""
     file_layer = read_yaml(config_file) if config_file else {}
     flag_layer = _normalize_keys({k: v for k, v in flags.items() if v is not None})
-    method = flag_layer.get("method", file_layer.get("method"))
-    if method is None:
+    given = deep_merge(file_layer, flag_layer)
+    if given.get("method") is None:
         raise ConfigError("method: required (--method NAME or `method:` in the config file)")
-    defaults = METHODS[method].run_defaults if method in METHODS else {}
-    merged = deep_merge(deep_merge(defaults, file_layer), flag_layer)
     try:
-        run = RunConfig.model_validate(merged)
+        RunConfig.model_validate(given, context={"names": False})
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
-    run.method_args = validate_method_args(run.method, run.method_args)
-    return run
+    from hybridssl.methods import METHODS
+
+    method = given["method"]
+    defaults = METHODS[method].run_defaults if method in METHODS else {}
+    run_config = validated(RunConfig, deep_merge(defaults, given))
+    run_config.method_args = validate_method_args(run_config.method, run_config.method_args)
+    return run_config
 
 
 def validate_method_args(method: str, args: dict[str, Any]) -> dict[str, Any]:
     """Checks the method's own settings and fills in its defaults, so the saved config shows all."""
     from hybridssl.methods import METHODS
 
-    try:
-        return METHODS[method].Config.model_validate(args).model_dump(mode="json")
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, prefix="method_args.")) from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes a temporary file beside `path`, then renames it: a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def save_yaml(data: dict[str, Any], path: Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    return validated(METHODS[method].Config, args, prefix="method_args.").model_dump(mode="json")

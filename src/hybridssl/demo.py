@@ -17,7 +17,8 @@ from pathlib import Path
 from hybridssl.config import resolve
 from hybridssl.data.sources import load_dataset
 from hybridssl.engine.checkpoints import load_method
-from hybridssl.engine.train import pretrain
+from hybridssl.engine.stages import pretrain
+from hybridssl.evaluation.monitor import monitor_callbacks
 from hybridssl.evaluation.run import EvalRequest, evaluate
 from hybridssl.methods import METHODS
 from hybridssl.report.figures import reconstruction_grid
@@ -40,9 +41,9 @@ def run_demo(output: Path, quick: bool = False) -> None:
         "epochs": budget.get("epochs"), "max_steps": budget.get("max_steps"),
         "method_args": {"head_epochs": budget["head_epochs"], "tune_epochs": budget["tune_epochs"]},
     }  # fmt: skip
-    run = resolve(flags)
-    tuned = pretrain(run)
-    mae_stage = METHODS[DEMO_METHOD].stages(run)[0]
+    run_config = resolve(flags)
+    tuned = pretrain(run_config, monitor_callbacks)
+    mae_stage = METHODS[DEMO_METHOD].stages(run_config)[0]
     mae_start = tuned.parents[2] / mae_stage.folder / tuned.parent.name / tuned.name  # the same layout, stage 1's folder
     pretrain_seconds = time.perf_counter() - start
 

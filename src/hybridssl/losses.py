@@ -27,7 +27,7 @@ def fp32(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 
 def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """MAE loss: per-patch MSE averaged over all removed patches of the batch (methods.md 1c).
+    """MAE loss: per-patch MSE averaged over all removed patches of the batch (docs/methods.md 1c).
 
     pred, target: B x N x P; mask: B x N with 1 = removed (the patches the loss is computed on).
     """
@@ -42,7 +42,7 @@ def masked_l1(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
 
 def noise_mse(pred: Tensor, noise: Tensor, mask: Tensor, normalize: bool = True) -> Tensor:
-    """CAN's denoising loss (methods.md 4c): per-patch MSE between the prediction and the noise that
+    """CAN's denoising loss (docs/methods.md 4c): per-patch MSE between the prediction and the noise that
     was added to the input, averaged over the *visible* patches (mask 0; the removed ones carry the
     reconstruction loss instead).
 
@@ -56,7 +56,7 @@ def noise_mse(pred: Tensor, noise: Tensor, mask: Tensor, normalize: bool = True)
 
 @fp32
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
-    """SimCLR's NT-Xent over the 2G views of the global batch (methods.md 6.3c).
+    """SimCLR's NT-Xent over the 2G views of the global batch (docs/methods.md 6.3c).
 
     Each local view is an anchor; its positive is the other view of the same image; every other view
     of every rank is a negative (gathered with gradient). The anchor itself is excluded.
@@ -100,7 +100,7 @@ def info_nce_queue(query: Tensor, key: Tensor, negatives: Tensor, temperature: f
 
 @fp32
 def nnclr(prediction: Tensor, neighbour: Tensor, temperature: float) -> Tensor:
-    """One direction of the NNCLR / MAE-CT loss (methods.md 2c).
+    """One direction of the NNCLR / MAE-CT loss (docs/methods.md 2c).
 
     Rows are the (no-gradient) neighbours of one view, columns the predictions of the other view for
     every image of the global batch (gathered with gradient); the target of row i is image i.

@@ -1,9 +1,8 @@
-import math
 
 import pytest
-import torch
 
-from hybridssl.engine.optim import WarmupCosine, layer_decay, param_groups
+from hybridssl.engine.optim import WarmupCosine
+from hybridssl.nn.param_groups import layer_decay, param_groups
 from hybridssl.nn.decoders import pixel_decoder
 from hybridssl.nn.vit import ViT, vit_config
 
@@ -37,7 +36,7 @@ def test_layer_decay_exponents_as_mae_ct_codes_them():
     assert scale("encoder.blocks.11.mlp.fc1.weight") == pytest.approx(0.65)  # the top block is discounted
     assert scale("encoder.norm.weight") == 1.0 and scale("head.layer.weight") == 1.0
     trainable = [round(scale(f"encoder.blocks.{b}.x"), 3) for b in range(6, 12)]
-    assert trainable == [0.075, 0.116, 0.179, 0.275, 0.423, 0.65]  # methods.md 2d, ViT-B
+    assert trainable == [0.075, 0.116, 0.179, 0.275, 0.423, 0.65]  # docs/methods.md 2d, ViT-B
 
 
 def test_warmup_then_cosine():

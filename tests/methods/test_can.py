@@ -116,3 +116,11 @@ def test_projector_batchnorm_statistics_are_per_view():
     step(method, b)
     assert [args[0].shape[0] for args, _ in calls.calls] == [8, 8], "one projector call per view"
     assert F.normalize(calls.calls[0][1], dim=1).shape == (8, 128)
+
+
+def test_the_old_spelling_colour_strength_still_works_with_a_warning():
+    from hybridssl.methods import METHODS
+
+    with pytest.warns(FutureWarning, match="'colour_strength' is now called 'color_strength'"):
+        cfg = METHODS["can"].Config.model_validate({"colour_strength": 0.5})
+    assert cfg.color_strength == 0.5 and "colour_strength" not in cfg.model_dump()

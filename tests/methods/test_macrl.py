@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from hybridssl.config import ConfigError
-from hybridssl.data.sources import DataInfo
 from hybridssl.nn.patches import pixel_target
-from tests.methods.toy import INFO, Capture, batch, build
+from tests.methods.toy import Capture, batch, build
 
 
 def removed_mask(ids_keep, n=49):
@@ -110,8 +109,13 @@ def test_ema_follows_a_cosine_schedule_after_each_step():
 
 
 def test_queue_larger_than_the_dataset_is_a_config_error():
+    """One check for every queue of every method, in the engine, before training."""
+    from hybridssl.config import resolve
+    from hybridssl.engine.train import check_queues
+
+    run = resolve({"method": "macrl", "batch_size": 32})
     with pytest.raises(ConfigError, match="method_args.queue_size: 4096 exceeds the 512 training images"):
-        build("macrl")
-    assert build("macrl", queue_size=512).queue.size == 512
-    unknown = DataInfo(**{**INFO.__dict__, "num_images": None})
-    assert build("macrl", info=unknown).queue.size == 4096
+        check_queues(build("macrl"), run, 512)
+    check_queues(build("macrl", queue_size=512), run, 512)
+    with pytest.raises(ConfigError, match="fewer than one global batch"):
+        check_queues(build("macrl", queue_size=16), run, 512)

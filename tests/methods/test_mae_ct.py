@@ -55,7 +55,7 @@ def test_tune_stage_freezes_stem_cls_and_lower_half_in_eval_mode():
     m = build("mae-ct-tune")
     trainable = {n for n, p in m.encoder.named_parameters() if p.requires_grad}
     upper = {n for n, _ in m.encoder.named_parameters() if n.startswith(tuple(f"blocks.{b}." for b in range(HALF, DEPTH)))}
-    assert trainable == upper | {"norm.weight", "norm.bias"}  # methods.md Appendix C
+    assert trainable == upper | {"norm.weight", "norm.bias"}  # docs/methods.md Appendix C
     m.train()
     assert [b.training for b in m.encoder.blocks] == [False] * HALF + [True] * HALF
     assert not m.encoder.patch_embed.training

@@ -21,8 +21,11 @@ def test_loss_near_log_batch_at_init_and_monitoring_entry():
 def test_queue_sized_against_the_dataset():
     assert build("nnclr").queue.size == 512 // 4  # min(98304, N / 4)
     assert build("nnclr", queue_size=300).queue.size == 300
+    from hybridssl.config import resolve
+    from hybridssl.engine.train import check_queues
+
     with pytest.raises(ConfigError, match="method_args.queue_size: 600 exceeds the 512 training images"):
-        build("nnclr", queue_size=600)
+        check_queues(build("nnclr", queue_size=600), resolve({"method": "nnclr", "batch_size": 32}), 512)
     m = build("nnclr", queue_size=8)  # the run refuses this before training (engine check_queues); the queue itself too
     with pytest.raises(ValueError, match="a global batch of 16 does not fit a queue of 8"):
         m(batch(m, 16))

@@ -67,6 +67,7 @@ def test_report_of_a_multi_stage_folder_and_the_cli(tiny_mae_run, fmnist_dir, tm
     for stage in ("stage1-mae", "stage2-head"):
         shutil.copytree(tiny_mae_run, tmp_path / stage, ignore=shutil.ignore_patterns("report.html"))
     shutil.copy(tiny_mae_run / "config.yaml", tmp_path / "config.yaml")  # the recipe's own config, as MAE-CT writes it
+    (tmp_path / "stages.yaml").write_text("stages: []\n")  # and the list of its stages
     assert main(["report", str(tmp_path), "--data-dir", str(fmnist_dir), "--embedding-samples", "40", "--no-pictures"]) == 0
     page = (tmp_path / "report.html").read_text()
     assert "stage stage1-mae" in page and "stage stage2-head" in page

@@ -19,9 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-
-class DataError(ValueError):
-    """Missing, unreadable or inconsistent data; the message says what and where."""
+from hybridssl.errors import DataError
 
 
 @dataclass

@@ -123,12 +123,12 @@ def strong_weak(info: DataInfo, weak_scale: tuple[float, float] = (0.2, 1.0), cl
 
 
 def default_max_shift(image_size: int) -> int:
-    """CMAE's pixel shift scaled to the image: 31 px at 224 (methods.md A4), 4 px at 28-32, 9 at 64."""
+    """CMAE's pixel shift scaled to the image: 31 px at 224 (docs/methods.md A4), 4 px at 28-32, 9 at 64."""
     return round(image_size * 31 / 224)
 
 
 class PixelShiftPair(Views):
-    """CMAE's view pair (methods.md A4): one master crop of side S + s_max + 1 (the official code
+    """CMAE's view pair (docs/methods.md A4): one master crop of side S + s_max + 1 (the official code
     requires s_max + S < master side); the online view is its S x S corner at (0, 0), the target view
     the S x S window at a per-sample offset (dy, dx), each uniform in {0..s_max}, followed by colour
     augmentation on the target only (jitter (0.4, 0.4, 0.4, 0.1) p 0.8, greyscale p 0.2, blur p 0.5,

@@ -15,7 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from hybridssl.config import resolve
 from hybridssl.data.sources import STATS, DataInfo
 from hybridssl.engine.optim import adamw
-from hybridssl.methods.base import Batch, build_method
+from hybridssl.engine.module import method_batch
+from hybridssl.methods.base import build_method
 
 SIZES = {"fashion-mnist": (28, 1), "cifar10": (32, 3), "cifar100": (32, 3), "stl10": (96, 3)}
 
@@ -49,21 +50,21 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, seconds: float = 1.0) 
     return best
 
 
-def training_step(run, info: DataInfo, dev: torch.device, compile: bool = False) -> tuple[Callable[[], None], Any]:
+def training_step(run_config, info: DataInfo, dev: torch.device, compile: bool = False) -> tuple[Callable[[], None], Any]:
     """One full training step on a fixed synthetic batch (views, forward, backward, AdamW, EMA/queue
     work), as a closure; bf16 autocast on CUDA as in training. Shared by `bench` and the profiler script."""
-    torch.manual_seed(run.seed)
-    method = build_method(run, info).to(dev).train()
+    torch.manual_seed(run_config.seed)
+    method = build_method(run_config, info).to(dev).train()
     forward = torch.compile(method.forward) if compile else method.forward
-    optimizer = adamw(method.param_groups(run.optim.weight_decay), 1e-4, run.optim.betas)
-    batch = run.batch_size
+    optimizer = adamw(method.param_groups(run_config.optim.weight_decay), 1e-4, run_config.optim.betas)
+    batch = run_config.batch_size
     images = torch.randint(0, 256, (batch, info.channels, info.image_size, info.image_size), dtype=torch.uint8, device=dev)
     ids = torch.arange(batch, device=dev)
     labels = ids % 10
 
     def step() -> None:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss = forward(Batch(method.views(images), ids, labels))["loss"]
+            loss = forward(method_batch(method, {"images": images, "ids": ids, "labels": labels}))["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -76,11 +77,11 @@ def bench(flags: dict[str, Any], steps: int = 10, warmup: int = 3, dataset: str 
           image_size: int | None = None, channels: int | None = None, device: str = "auto",
           compile: bool = False, peak: bool = True) -> dict[str, Any]:  # fmt: skip
     """Images per second of `steps` timed training steps, FLOP/s and the step's configuration."""
-    run = resolve({"dataset": dataset, **flags})
+    run_config = resolve({"dataset": dataset, **flags})
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     info = synthetic_info(dataset, image_size, channels)
-    step, method = training_step(run, info, dev, compile)
-    batch = run.batch_size
+    step, method = training_step(run_config, info, dev, compile)
+    batch = run_config.batch_size
     bf16 = dev.type == "cuda"
 
     for _ in range(warmup):
@@ -98,13 +99,13 @@ def bench(flags: dict[str, Any], steps: int = 10, warmup: int = 3, dataset: str 
     flops = counter.get_total_flops()
     peak_flops = matmul_peak(dev, torch.bfloat16 if bf16 else torch.float32) if peak else None
     enc = method.encoder.cfg
-    args = run.method_args
+    args = run_config.method_args
     memory = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "images_per_second": batch / seconds,
         "seconds_per_step": seconds,
-        "method": run.method,
-        "model": run.model,
+        "method": run_config.method,
+        "model": run_config.model,
         "img_size": enc.image_size,
         "patch_size": enc.patch_size,
         "in_chans": enc.in_chans,

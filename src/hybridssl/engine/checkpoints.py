@@ -3,52 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from hybridssl.data.sources import DataInfo
-from hybridssl.nn.vit import ViT, ViTConfig
+from hybridssl.errors import CheckpointError
+from hybridssl.files import atomic_write, atomic_write_bytes
+from hybridssl.nn.vit import Pooling, ViT, ViTConfig
 
 ENCODER_PREFIX = "method.encoder."
 
 
-class CheckpointError(ValueError):
-    """A file that is not a usable hybridssl checkpoint; the message names it."""
-
-
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
-
-    A kill at any moment leaves either the previous file or the new one, never a torn one. The
-    temporary name is fixed per target (`.NAME.tmp`), so a kill during a save leaves at most one
-    stale temporary file, which the next save of that target overwrites. One writer per target:
-    only rank 0 saves, and a run folder holds one run (engine/train.py refuses a second one).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def temporary_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
+    """torch.save through the one atomic writer (files.py): a kill leaves the old file or the new one."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_failure(exc: Exception) -> str:
@@ -118,8 +90,28 @@ def encoder_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k[len(ENCODER_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(ENCODER_PREFIX)}
 
 
-def load_encoder(path: str | Path) -> tuple[ViT, DataInfo, dict[str, Any]]:
-    """The trained encoder of a checkpoint, its data info and the run config it was trained with."""
+class TrainedEncoder(NamedTuple):
+    encoder: ViT
+    info: DataInfo
+    config: dict[str, Any]  # the run config it was trained with
+    pooling: Pooling  # the pooling its method is evaluated with
+
+
+def checkpoint_pooling(ckpt: dict[str, Any]) -> Pooling:
+    """The evaluation pooling recorded by the engine; checkpoints from before it was recorded: the
+    method's default."""
+    meta = ckpt["hybridssl"]
+    if meta.get("pooling") in ("cls", "mean_patch"):
+        return meta["pooling"]
+    from hybridssl.methods import METHODS
+
+    config = meta["config"]
+    pooling = (config.get("method_args") or {}).get("pooling")
+    return pooling if pooling in ("cls", "mean_patch") else getattr(METHODS.get(config.get("method")), "eval_pooling", "cls")
+
+
+def load_encoder(path: str | Path) -> TrainedEncoder:
+    """The trained encoder of a checkpoint, its data info, run config and evaluation pooling."""
     ckpt = load_checkpoint(path)
     try:
         encoder = ViT(encoder_config(ckpt))
@@ -129,7 +121,7 @@ def load_encoder(path: str | Path) -> tuple[ViT, DataInfo, dict[str, Any]]:
     problem = f"checkpoint {path}: its weights do not fit its recorded encoder settings"
     check_fits(ckpt, encoder.state_dict(), problem, ENCODER_PREFIX)
     encoder.load_state_dict(encoder_state(ckpt))
-    return encoder.eval(), info, ckpt["hybridssl"]["config"]
+    return TrainedEncoder(encoder.eval(), info, ckpt["hybridssl"]["config"], checkpoint_pooling(ckpt))
 
 
 def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]:
@@ -138,17 +130,13 @@ def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]
     Load with `timm.create_model("vit_base_patch16_224", pretrained=False, checkpoint_path=output,
     **kwargs)`; the kwargs are also stored in the file's metadata under "timm_kwargs".
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     ckpt = load_checkpoint(checkpoint)
     kwargs = encoder_config(ckpt).timm_kwargs()
     state = {k: v.contiguous() for k, v in encoder_state(ckpt).items()}
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(output)
     metadata = {"timm_kwargs": json.dumps(kwargs), "hybridssl_method": ckpt["hybridssl"]["config"]["method"]}
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(output)
+    atomic_write_bytes(output, save(state, metadata=metadata))
     return kwargs
 
 
@@ -156,13 +144,15 @@ def load_method(path: str | Path):
     """The whole trained method (encoder, decoders, heads) of a checkpoint, in eval mode."""
     from pydantic import ValidationError
 
-    from hybridssl.config import ConfigError, RunConfig, format_validation_error
+    from hybridssl.config import RunConfig
+    from hybridssl.errors import ConfigError
+    from hybridssl.settings import format_validation_error
     from hybridssl.methods.base import build_method
 
     ckpt = load_checkpoint(path)
     try:  # the config names only registered methods, models and datasets, or fails here
-        run = RunConfig.model_validate(ckpt["hybridssl"]["config"])
-        method = build_method(run, checkpoint_data_info(ckpt))
+        run_config = RunConfig.model_validate(ckpt["hybridssl"]["config"])
+        method = build_method(run_config, checkpoint_data_info(ckpt))
     except ValidationError as exc:
         raise CheckpointError(f"checkpoint {path}: its config is invalid ({format_validation_error(exc)})") from None
     except (ConfigError, TypeError, ValueError) as exc:

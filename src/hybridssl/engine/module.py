@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import asdict
 from typing import Any
@@ -14,8 +13,9 @@ from torch import Tensor
 
 from hybridssl import __version__
 from hybridssl.config import RunConfig
+from hybridssl.errors import NonFiniteLossError
 from hybridssl.data.sources import DataInfo
-from hybridssl.engine.optim import WarmupCosine, adamw
+from hybridssl.engine.optim import WarmupCosine, adamw, steps_per_epoch
 from hybridssl.engine.randomness import gather_rng_states, restore_rng_states, seed_step, step_seed
 from hybridssl.methods.base import Batch, Method
 from hybridssl.nn.batch_random import shared_stream
@@ -23,11 +23,7 @@ from hybridssl.nn.distributed import gather_no_grad, world_size
 
 MAX_LOSS_TERMS = 32
 
-__all__ = ["NonFiniteLossError", "PretrainModule", "seed_step"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss (or the weights) became NaN or infinite; the message carries the step."""
+__all__ = ["PretrainModule", "mean_over_ranks", "method_batch"]
 
 
 def mean_over_ranks(losses: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -51,13 +47,21 @@ def mean_over_ranks(losses: dict[str, Tensor]) -> dict[str, Tensor]:
     return {**{k: losses[k].detach().float() for k in names}, "loss": rows[:, 0].mean()}
 
 
+def method_batch(method: Method, batch: dict[str, Any]) -> Batch:
+    """A loader batch -> the method's input: its views of this rank's rows. The loader may hand the
+    whole global batch (identical-views mode), with `offset` where this rank's rows start."""
+    ids, first = batch["ids"], batch.get("offset", 0)
+    views = [v[first : first + len(ids)] for v in method.views(batch["images"])]
+    return Batch(views, ids, batch["labels"])
+
+
 class PretrainModule(L.LightningModule):
-    def __init__(self, method: Method, run: RunConfig, info: DataInfo) -> None:
+    def __init__(self, method: Method, run_config: RunConfig, info: DataInfo) -> None:
         super().__init__()
         self.method = method
-        self.run = run
+        self.run_config = run_config
         self.info = info
-        self.forward_method = torch.compile(method.forward) if run.compile else method.forward
+        self.forward_method = torch.compile(method.forward) if run_config.compile else method.forward
 
     @property
     def total_steps(self) -> int:
@@ -66,16 +70,14 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         # the loader's position, not Lightning's counters: it is what the checkpoint restores exactly
         step = self.trainer.train_dataloader.position
-        seed = self.run.seed
-        ids = batch["ids"]
+        seed = self.run_config.seed
         with shared_stream(step_seed(seed, None, step, purpose=1)):
             # the views of the global batch: the same draws on every rank (unless each rank augments its own)
-            own_views = not self.run.global_batch_views and self.trainer.world_size > 1
+            own_views = not self.run_config.global_batch_views and self.trainer.world_size > 1
             seed_step(seed, self.global_rank if own_views else None, step)
-            first = batch.get("offset", 0)
-            views = [v[first : first + len(ids)] for v in self.method.views(batch["images"])]
+            inputs = method_batch(self.method, batch)
             seed_step(seed, self.global_rank, step)  # any other draw of the method: this rank's own
-            losses = self.forward_method(Batch(views, ids, batch["labels"]))
+            losses = self.forward_method(inputs)
         means = mean_over_ranks(losses)
         if not torch.isfinite(means["loss"]):
             raise NonFiniteLossError(f"loss: the loss became {means['loss'].item()} at step {self.global_step + 1}")
@@ -84,9 +86,9 @@ class PretrainModule(L.LightningModule):
         return losses["loss"]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        opt = self.run.optim
+        opt = self.run_config.optim
         world = self.trainer.world_size
-        effective_batch = self.run.batch_size * self.run.accumulate_grad_batches * world * self.method.lr_views
+        effective_batch = self.run_config.batch_size * self.run_config.accumulate_grad_batches * world * self.method.lr_views
         lr = opt.base_lr * effective_batch / 256
         groups = self.method.param_groups(opt.weight_decay)
         for group in groups:
@@ -94,8 +96,7 @@ class PretrainModule(L.LightningModule):
         optimizer = adamw(groups, lr, opt.betas)
         total = self.total_steps
         if opt.warmup_epochs is not None:
-            # rounded up as train.steps_per_epoch does: Lightning also steps at an epoch's end with accumulation pending
-            warmup = int(opt.warmup_epochs * max(1, math.ceil(self.trainer.num_training_batches / self.run.accumulate_grad_batches)))
+            warmup = int(opt.warmup_epochs * steps_per_epoch(self.trainer.num_training_batches, self.run_config.accumulate_grad_batches))
         else:
             warmup = int(opt.warmup_fraction * total)
         schedule = WarmupCosine(total, min(warmup, total), opt.min_lr_fraction)
@@ -120,9 +121,10 @@ class PretrainModule(L.LightningModule):
             logger.save()
         checkpoint["hybridssl"] = {
             "version": __version__,
-            "config": self.run.dump(),
+            "config": self.run_config.dump(),
             "data_info": asdict(self.info),
             "encoder": self.method.encoder.cfg.to_dict(),
+            "pooling": self.method.pooling,
             "finished": bool(self.trainer.fit_loop.done) if self._trainer is not None else False,
             "rng": gather_rng_states(self.device),
         }

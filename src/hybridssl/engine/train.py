@@ -1,12 +1,12 @@
-"""`pretrain(run)`: data -> method -> Lightning Trainer -> checkpoints, logs and the saved config."""
+"""`train_run(run, images)`: one run of one method: data -> method -> Lightning Trainer -> checkpoints, logs, config."""
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -18,17 +18,25 @@ from lightning.pytorch.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
-from hybridssl.config import ConfigError, RunConfig, save_yaml
+from hybridssl.config import RunConfig
+from hybridssl.files import save_yaml
 from hybridssl.data.loader import InMemoryLoader
-from hybridssl.data.sources import PRETRAIN_SPLIT, DataError, ImageSet, data_info, load_dataset
+from hybridssl.data.sources import PRETRAIN_SPLIT, DataInfo, ImageSet, data_info, load_dataset
+from hybridssl.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from hybridssl.engine.callbacks import DataPosition, FinalCheckpoint, ProgressBar, Throughput
-from hybridssl.engine.checkpoints import AtomicCheckpointIO, CheckpointError, check_fits, load_checkpoint, trained_with
+from hybridssl.engine.checkpoints import AtomicCheckpointIO, check_fits, load_checkpoint, trained_with
 from hybridssl.engine.logs import preserve_metrics
-from hybridssl.engine.module import NonFiniteLossError, PretrainModule, seed_step
-from hybridssl.engine.monitor import KNNMonitor
-from hybridssl.methods.base import METHODS, Method, build_method, eval_pooling, is_recipe
+from hybridssl.engine.module import PretrainModule
+from hybridssl.engine.optim import steps_per_epoch as optim_steps_per_epoch
+from hybridssl.engine.randomness import seed_step
+from hybridssl.methods.base import METHODS, Method, build_method
 from hybridssl.nn.batchnorm import convert_to_global_batchnorm
 from hybridssl.nn.queue import FeatureQueue
+from hybridssl.nn.vit import Pooling
+
+# Builds extra Trainer callbacks for a run from (run, training images, data info, evaluation pooling):
+# how the evaluation layer hands the engine its online monitor without the engine importing it.
+CallbackFactory = Callable[[RunConfig, ImageSet, DataInfo, Pooling], Sequence[L.Callback]]
 
 LAST = "last.ckpt"
 
@@ -48,41 +56,41 @@ class PretrainData(L.LightningDataModule):
         )  # fmt: skip
 
 
-def global_batch(run: RunConfig) -> int:
-    devices = run.devices if isinstance(run.devices, int) else max(1, torch.cuda.device_count())
-    return run.batch_size * devices * run.num_nodes
+def global_batch(run_config: RunConfig) -> int:
+    devices = run_config.devices if isinstance(run_config.devices, int) else max(1, torch.cuda.device_count())
+    return run_config.batch_size * devices * run_config.num_nodes
 
 
-def load_training_images(run: RunConfig) -> ImageSet:
-    split = PRETRAIN_SPLIT.get(run.dataset, "train")
+def load_training_images(run_config: RunConfig) -> ImageSet:
+    split = PRETRAIN_SPLIT.get(run_config.dataset, "train")
     images = load_dataset(
-        run.dataset, split, run.data_dir, download=run.download,
-        image_size=run.image_size, channels=run.channels, strict=run.strict_data,
+        run_config.dataset, split, run_config.data_dir, download=run_config.download,
+        image_size=run_config.image_size, channels=run_config.channels, strict=run_config.strict_data,
     )  # fmt: skip
-    images = images.take(run.limit_train, seed=run.seed)
-    if len(images) < global_batch(run):
+    images = images.take(run_config.limit_train, seed=run_config.seed)
+    if len(images) < global_batch(run_config):
         raise DataError(
-            f"batch_size: the {run.dataset} training set has {len(images)} images, fewer than one global batch "
-            f"({run.batch_size} per device); lower --batch-size"
+            f"batch_size: the {run_config.dataset} training set has {len(images)} images, fewer than one global batch "
+            f"({run_config.batch_size} per device); lower --batch-size"
         )
     return images
 
 
-def checkpoint_dir(run: RunConfig) -> Path:
-    return Path(run.output) / "checkpoints"
+def checkpoint_dir(run_config: RunConfig) -> Path:
+    return Path(run_config.output) / "checkpoints"
 
 
-def run_label(run: RunConfig) -> str:
-    return f"method {run.method} / model {run.model}"
+def run_label(run_config: RunConfig) -> str:
+    return f"method {run_config.method} / model {run_config.model}"
 
 
-def init_from_checkpoint(method: Method, path: Path, run: RunConfig | None = None) -> set[str]:
+def init_from_checkpoint(method: Method, path: Path, run_config: RunConfig | None = None) -> set[str]:
     """Starts from another run's weights (of any method): the whole encoder, which must fit, plus
     every other state-dict entry (heads, queues) whose name and shape match; returns the names
     copied. Chains encoder-only (MAE -> head) and encoder + head (head -> tuning) stages alike."""
     ckpt = load_checkpoint(path)
     encoder = {f"encoder.{k}": v for k, v in method.encoder.state_dict().items()}
-    this_run = f", this run is {run_label(run)}" if run is not None else ""
+    this_run = f", this run is {run_label(run_config)}" if run_config is not None else ""
     problem = f"init_from: checkpoint {path} was trained with {trained_with(ckpt)}{this_run}; its encoder does not fit"
     check_fits(ckpt, encoder, problem, "method.")
     state = {k.removeprefix("method."): v for k, v in ckpt["state_dict"].items()}
@@ -93,59 +101,59 @@ def init_from_checkpoint(method: Method, path: Path, run: RunConfig | None = Non
     return set(matched)
 
 
-def seeded_method(run: RunConfig, info) -> Method:
+def seeded_method(run_config: RunConfig, info) -> Method:
     """The method with weights drawn from `run.seed` (a draw no training step uses), then --init-from."""
-    seed_step(run.seed, 0, -1)
-    method = build_method(run, info)
-    if run.init_from:
-        init_from_checkpoint(method, run.init_from, run)
+    seed_step(run_config.seed, 0, -1)
+    method = build_method(run_config, info)
+    if run_config.init_from:
+        init_from_checkpoint(method, run_config.init_from, run_config)
     return method
 
 
-def check_queues(method: Method, run: RunConfig, num_images: int) -> None:
+def check_queues(method: Method, run_config: RunConfig, num_images: int) -> None:
     """Every feature queue must hold at least one global batch and at most the training set (larger,
     it holds stale copies of every image, the query's own among its negatives)."""
     field = "method_args.queue_size" if "queue_size" in type(method).Config.model_fields else "method_args"
     for name, queue in method.named_modules():
         if not isinstance(queue, FeatureQueue):
             continue
-        if queue.size < global_batch(run):
+        if queue.size < global_batch(run_config):
             raise ConfigError(
-                f"{field}: the queue `{name}` holds {queue.size} entries, fewer than one global batch ({global_batch(run)})"
+                f"{field}: the queue `{name}` holds {queue.size} entries, fewer than one global batch ({global_batch(run_config)})"
             )
         if queue.size > num_images:
             raise ConfigError(
-                f"{field}: the queue `{name}` holds {queue.size} entries, more than the {num_images} training images; "
-                "lower it (or train on more images)"
+                f"{field}: {queue.size} exceeds the {num_images} training images (the queue `{name}` would hold "
+                f"stale copies of every image); lower it, e.g. to {max(1, num_images // 4)}"
             )
 
 
-def checkpoints_of(run: RunConfig) -> list[Path]:
+def checkpoints_of(run_config: RunConfig) -> list[Path]:
     """The run's checkpoints, newest first (atomic writes: each one is complete)."""
-    folder = checkpoint_dir(run)
+    folder = checkpoint_dir(run_config)
     found = [p for p in folder.glob("*.ckpt") if p.is_file()] if folder.is_dir() else []
     return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name == LAST), reverse=True)
 
 
-def resume_checkpoint(run: RunConfig, method: Method) -> Path | None:
+def resume_checkpoint(run_config: RunConfig, method: Method) -> Path | None:
     """With --resume: the newest checkpoint of the run folder, checked against this run; without it,
     a folder that already holds a run is refused rather than mixed with a new one."""
-    found = checkpoints_of(run)
-    if not run.resume:
+    found = checkpoints_of(run_config)
+    if not run_config.resume:
         if found:
             raise ConfigError(
-                f"output: {run.output} already holds a run ({found[0].relative_to(run.output)}); "
+                f"output: {run_config.output} already holds a run ({found[0].relative_to(run_config.output)}); "
                 "continue it with --resume or choose another --output"
             )
         return None
     if not found:
-        warnings.warn(f"--resume: no checkpoint in {checkpoint_dir(run)}; starting from scratch", stacklevel=2)
+        warnings.warn(f"--resume: no checkpoint in {checkpoint_dir(run_config)}; starting from scratch", stacklevel=2)
         return None
     path = found[0]
     ckpt = load_checkpoint(path, mmap=True)
     config = ckpt["hybridssl"]["config"]
-    problem = f"resume: checkpoint {path} was trained with {trained_with(ckpt)}, this run is {run_label(run)}"
-    if (config.get("method"), config.get("model")) != (run.method, run.model):
+    problem = f"resume: checkpoint {path} was trained with {trained_with(ckpt)}, this run is {run_label(run_config)}"
+    if (config.get("method"), config.get("model")) != (run_config.method, run_config.model):
         raise CheckpointError(problem)
     check_fits(ckpt, method.state_dict(), f"{problem} with other settings", "method.")
     return path
@@ -161,19 +169,18 @@ class GlobalBatchNormSync(LayerSync):
         return model  # GlobalBatchNorm is plain BatchNorm on one process
 
 
-def uses_cuda(run: RunConfig) -> bool:
-    return run.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+def uses_cuda(run_config: RunConfig) -> bool:
+    return run_config.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
 
 
-def steps_per_epoch(run: RunConfig, num_images: int) -> int:
-    """Optimizer steps per epoch (Lightning also steps at an epoch's end with accumulation pending)."""
-    return math.ceil(num_images // global_batch(run) / run.accumulate_grad_batches)
+def steps_per_epoch(run_config: RunConfig, num_images: int) -> int:
+    return optim_steps_per_epoch(num_images // global_batch(run_config), run_config.accumulate_grad_batches)
 
 
-def optimizer_steps(run: RunConfig, num_images: int) -> int:
+def optimizer_steps(run_config: RunConfig, num_images: int) -> int:
     """The run's budget in optimizer steps. The Trainer gets steps, never epochs: Lightning's epoch
     counter drifts across repeated resumes, its step counter does not (the loader counts epochs)."""
-    budgets = [run.epochs * steps_per_epoch(run, num_images) if run.epochs else None, run.max_steps]
+    budgets = [run_config.epochs * steps_per_epoch(run_config, num_images) if run_config.epochs else None, run_config.max_steps]
     return min(b for b in budgets if b is not None)
 
 
@@ -186,22 +193,22 @@ def ddp_buffer_sync(method_cls: type[Method]) -> dict[str, bool]:
 
 
 def build_trainer(
-    run: RunConfig, method_cls: type[Method], num_images: int, extra_callbacks: list[L.Callback] = ()
+    run_config: RunConfig, method_cls: type[Method], num_images: int, extra_callbacks: list[L.Callback] = ()
 ) -> L.Trainer:
-    out = Path(run.output)
-    multi = run.devices == "auto" or run.devices > 1 or run.num_nodes > 1
+    out = Path(run_config.output)
+    multi = run_config.devices == "auto" or run_config.devices > 1 or run_config.num_nodes > 1
     strategy = DDPStrategy(find_unused_parameters=method_cls.find_unused_parameters, **ddp_buffer_sync(method_cls)) if multi else "auto"
-    precision = run.precision
+    precision = run_config.precision
     if precision == "auto":
-        precision = "bf16-mixed" if uses_cuda(run) else "32-true"
+        precision = "bf16-mixed" if uses_cuda(run_config) else "32-true"
     # BatchNorm statistics of the global batch: torch's SyncBatchNorm on GPUs (DDP refuses it on CPU),
     # nn/batchnorm.py's GlobalBatchNorm elsewhere
-    batchnorm_sync = [(TorchSyncBatchNorm() if uses_cuda(run) else GlobalBatchNormSync())] if multi else []
+    batchnorm_sync = [(TorchSyncBatchNorm() if uses_cuda(run_config) else GlobalBatchNormSync())] if multi else []
     # epoch checkpoints too are taken after the epoch's last step, not at Lightning's epoch end: a run
     # resumed from an epoch-end save ended its next epoch after one batch (measured)
-    every_steps = run.checkpoint_every_steps or run.checkpoint_every_epochs * steps_per_epoch(run, num_images)
+    every_steps = run_config.checkpoint_every_steps or run_config.checkpoint_every_epochs * steps_per_epoch(run_config, num_images)
     periodic = ModelCheckpoint(
-        dirpath=checkpoint_dir(run),
+        dirpath=checkpoint_dir(run_config),
         filename="step{step:07d}",
         auto_insert_metric_name=False,
         every_n_train_steps=every_steps,
@@ -210,29 +217,29 @@ def build_trainer(
         save_last=True,
     )
     return L.Trainer(
-        accelerator=run.accelerator,
-        devices=run.devices,
-        num_nodes=run.num_nodes,
+        accelerator=run_config.accelerator,
+        devices=run_config.devices,
+        num_nodes=run_config.num_nodes,
         strategy=strategy,
         precision=precision,
         plugins=[AtomicCheckpointIO(), *batchnorm_sync],
         max_epochs=-1,
-        max_steps=optimizer_steps(run, num_images),
-        accumulate_grad_batches=run.accumulate_grad_batches,
-        gradient_clip_val=run.optim.grad_clip,
+        max_steps=optimizer_steps(run_config, num_images),
+        accumulate_grad_batches=run_config.accumulate_grad_batches,
+        gradient_clip_val=run_config.optim.grad_clip,
         use_distributed_sampler=False,
         callbacks=[
             DataPosition(),
             Throughput(),
             LearningRateMonitor(logging_interval="step"),
-            *([ProgressBar()] if run.progress_bar else []),
+            *([ProgressBar()] if run_config.progress_bar else []),
             periodic,
-            FinalCheckpoint(checkpoint_dir(run) / LAST),
+            FinalCheckpoint(checkpoint_dir(run_config) / LAST),
             *extra_callbacks,
         ],
         logger=[TensorBoardLogger(out, name="logs", version="tensorboard"), CSVLogger(out, name="logs", version="csv")],
-        log_every_n_steps=run.log_every_n_steps,
-        enable_progress_bar=run.progress_bar,
+        log_every_n_steps=run_config.log_every_n_steps,
+        enable_progress_bar=run_config.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=out,
@@ -249,42 +256,29 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")  # frozen blocks
 
 
-def pretrain(run: RunConfig) -> Path:
-    """Trains `run.method` (every stage of a multi-stage recipe) and returns the final checkpoint."""
-    quiet_lightning()
-    if is_recipe(run.method):
-        from hybridssl.engine.stages import run_recipe
-
-        return run_recipe(run)
-    return train_run(run)
-
-
-def train_run(run: RunConfig, images: ImageSet | None = None) -> Path:
+def train_run(run_config: RunConfig, images: ImageSet, callbacks: CallbackFactory | None = None) -> Path:
     """One run: one method, one Trainer, one folder of checkpoints and logs."""
-    images = images if images is not None else load_training_images(run)
-    info = data_info(run.dataset, images)
-    method = seeded_method(run, info)
+    info = data_info(run_config.dataset, images)
+    method = seeded_method(run_config, info)
     if method.resolved:  # settings the method derived from the data or the model, recorded in config.yaml
-        run = run.model_copy(update={"method_args": {**run.method_args, **method.resolved}})
-    check_queues(method, run, len(images))
-    resume_from = resume_checkpoint(run, method)
-    monitor = []
-    if run.knn_monitor_every_epochs:
-        monitor = [KNNMonitor.for_run(run, images, info, eval_pooling(run.method, run.method_args))]
+        run_config = run_config.model_copy(update={"method_args": {**run_config.method_args, **method.resolved}})
+    check_queues(method, run_config, len(images))
+    resume_from = resume_checkpoint(run_config, method)
+    extra = list(callbacks(run_config, images, info, method.pooling)) if callbacks is not None else []
     if rank_zero_only.rank == 0:
-        for stale in checkpoint_dir(run).glob(".*.tmp"):  # left by a kill during a save
+        for stale in checkpoint_dir(run_config).glob(".*.tmp"):  # left by a kill during a save
             stale.unlink(missing_ok=True)
         if resume_from is not None:
-            preserve_metrics(Path(run.output))
-        save_yaml(run.dump(), Path(run.output) / "config.yaml")
-    trainer = build_trainer(run, METHODS[run.method], len(images), monitor)
-    if run.accelerator == "cpu" and trainer.world_size > 1:
+            preserve_metrics(Path(run_config.output))
+        save_yaml(run_config.dump(), Path(run_config.output) / "config.yaml")
+    trainer = build_trainer(run_config, METHODS[run_config.method], len(images), extra)
+    if run_config.accelerator == "cpu" and trainer.world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
-    data = PretrainData(images, run.batch_size, run.seed, run.global_batch_views)
+    data = PretrainData(images, run_config.batch_size, run_config.seed, run_config.global_batch_views)
     try:
-        trainer.fit(PretrainModule(method, run, info), datamodule=data, ckpt_path=resume_from)
+        trainer.fit(PretrainModule(method, run_config, info), datamodule=data, ckpt_path=resume_from)
     except NonFiniteLossError as exc:
-        kept = checkpoints_of(run)
+        kept = checkpoints_of(run_config)
         where = f"the last good checkpoint is {kept[0]}" if kept else "no checkpoint was written"
         raise NonFiniteLossError(f"{exc}; stopped, {where}") from None
-    return checkpoint_dir(run) / LAST
+    return checkpoint_dir(run_config) / LAST

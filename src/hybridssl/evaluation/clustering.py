@@ -14,7 +14,7 @@ from pydantic import PositiveInt
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from hybridssl.config import StrictModel
+from hybridssl.settings import StrictModel
 from hybridssl.evaluation.cpu import sklearn_threads
 
 

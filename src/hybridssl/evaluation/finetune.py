@@ -1,7 +1,7 @@
 """End-to-end fine-tuning: the MAE / CMAE recipe scaled down to small images and short schedules.
 
 Encoder (rebuilt with drop-path) + a linear head on the pooled tokens, AdamW, layer-wise lr decay with
-MAE's exponents (`engine.optim.layer_decay`: stem d^(L+1), block b d^(L-b), final norm and head 1), no
+MAE's exponents (`nn.param_groups.layer_decay`: stem d^(L+1), block b d^(L-b), final norm and head 1), no
 weight decay on norms/biases/tokens, label smoothing, per-step linear warmup + cosine, and light
 augmentation (random-resized crop + horizontal flip on the device).
 
@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from hybridssl.config import StrictModel
+from hybridssl.settings import StrictModel
 from hybridssl.data.sources import DataInfo
 from hybridssl.data.views import crop_flip, identity, to_unit
-from hybridssl.engine.optim import WarmupCosine, layer_decay, param_groups
+from hybridssl.engine.optim import WarmupCosine
+from hybridssl.nn.param_groups import layer_decay, param_groups
 from hybridssl.evaluation.batches import epoch_batches, steps_per_epoch
 from hybridssl.nn.vit import ViT, Pooling, pool
 

@@ -1,4 +1,4 @@
-"""Weighted k-NN classifier on cosine similarity (DINO / MAE-CT protocol, methods.md A8)."""
+"""Weighted k-NN classifier on cosine similarity (DINO / MAE-CT protocol, docs/methods.md A8)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from hybridssl.config import StrictModel
+from hybridssl.settings import StrictModel
 from hybridssl.engine.optim import WarmupCosine
 from hybridssl.evaluation.batches import epoch_batches, steps_per_epoch
 from hybridssl.evaluation.subsets import stratified_holdout

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import PositiveFloat, PositiveInt, field_validator
 from torch import Tensor
 
-from hybridssl.config import StrictModel
+from hybridssl.settings import StrictModel
 from hybridssl.evaluation.subsets import SubsetSpec
 
 Head = Literal["linear", "finetune"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +20,9 @@ import torch
 from pydantic import BaseModel, Field, PositiveInt, ValidationError
 from torch import Tensor
 
-from hybridssl.config import ConfigError, StrictModel, format_validation_error
+from hybridssl.settings import ConfigError, StrictModel, format_validation_error
 from hybridssl.data.sources import DataError, DataInfo, ImageSet, load_dataset
-from hybridssl.engine.checkpoints import load_encoder
+from hybridssl.engine.checkpoints import TrainedEncoder, load_encoder
 from hybridssl.evaluation.clustering import ClusteringSettings, clustering_metrics
 from hybridssl.evaluation.features import encoder_features, pixel_features
 from hybridssl.evaluation.finetune import FinetuneSettings, finetune
@@ -38,7 +38,7 @@ EncoderKind = Literal["trained", "random-init", "raw-pixels"]
 @dataclass
 class EvalRequest:
     checkpoint: Path
-    dataset: str
+    dataset: str | None  # None: the dataset the checkpoint was trained on
     protocol: str
     output: Path
     encoder_kind: EncoderKind = "trained"
@@ -92,18 +92,12 @@ def labelled_splits(req: EvalRequest, info: DataInfo) -> tuple[ImageSet, ImageSe
     return train.take(req.limit_train, req.seed), test.take(req.limit_test, req.seed)
 
 
-def encoder_for(req: EvalRequest) -> tuple[ViT, DataInfo, dict[str, Any]]:
-    encoder, info, config = load_encoder(req.checkpoint)
+def encoder_for(req: EvalRequest) -> TrainedEncoder:
+    trained = load_encoder(req.checkpoint)
     if req.encoder_kind == "random-init":
         torch.manual_seed(req.seed)
-        encoder = ViT(encoder.cfg).eval()
-    return encoder, info, config
-
-
-def default_pooling(config: dict[str, Any]) -> Pooling:
-    from hybridssl.methods import eval_pooling
-
-    return eval_pooling(config["method"], config.get("method_args"))
+        return trained._replace(encoder=ViT(trained.encoder.cfg).eval())
+    return trained
 
 
 def resolve_settings(req: EvalRequest, protocols: list[str]) -> dict[str, BaseModel]:
@@ -131,12 +125,12 @@ class EvalContext:
     """The images, encoder and (lazily) the frozen features that the protocols share."""
 
     def __init__(self, req: EvalRequest) -> None:
-        self.req = req
-        self.encoder, self.info, self.config = encoder_for(req)
+        self.encoder, self.info, self.config, trained_pooling = encoder_for(req)
+        self.req = req = replace(req, dataset=req.dataset or self.config["dataset"])
         self.train, self.test = labelled_splits(req, self.info)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.pixels = req.encoder_kind == "raw-pixels"
-        self.pooling: str = "none" if self.pixels else req.pooling or default_pooling(self.config)
+        self.pooling: str = "none" if self.pixels else req.pooling or trained_pooling
         known = [self.train.num_classes or 0, int(self.train.labels.max()) + 1, int(self.test.labels.max()) + 1]
         self.num_classes = max(known)
         self.feature_seconds = 0.0
@@ -279,7 +273,7 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
         "model": ctx.config["model"],
         "checkpoint": str(req.checkpoint),
         "encoder": req.encoder_kind,
-        "dataset": req.dataset,
+        "dataset": ctx.req.dataset,
         "train_size": len(ctx.train),
         "test_size": len(ctx.test),
         "pooling": ctx.pooling,

@@ -1,9 +1,8 @@
 """Pretraining methods; importing this package registers all of them."""
 
 from hybridssl.methods.base import METHODS, Batch, Method, MethodConfig, Recipe, Stage, register
-from hybridssl.methods.base import eval_pooling, is_recipe
 from hybridssl.methods import mae  # noqa: F401  (registers)
 from hybridssl.methods import can, cmae, macrl  # noqa: F401  (registers)
 from hybridssl.methods import simclr, mocov3, nnclr, mae_ct, mae_ct_recipe  # noqa: F401  (registers)
 
-__all__ = ["METHODS", "Batch", "Method", "MethodConfig", "Recipe", "Stage", "eval_pooling", "is_recipe", "register"]
+__all__ = ["METHODS", "Batch", "Method", "MethodConfig", "Recipe", "Stage", "register"]

@@ -5,7 +5,8 @@ A method is an nn.Module built from shared parts. The engine calls `views(images
 optimizer step. State that must survive a resume (queues, pointers, EMA copies) lives in parameters
 and buffers, so the plain state dict carries it.
 
-A `Recipe` is a method made of several runs chained by checkpoint (MAE-CT: MAE -> head -> tuning);
+Every method is a list of stages (`stages(run)`): a plain Method is one stage in the run's own folder;
+a `Recipe` is a method made of several runs chained by checkpoint (MAE-CT: MAE -> head -> tuning);
 it declares its stages and the engine runs them, each a normal run of a registered Method.
 """
 
@@ -16,11 +17,13 @@ from typing import Any, ClassVar, Union
 
 from torch import Tensor, nn
 
-from hybridssl.config import StrictModel
+from hybridssl.settings import ConfigError, StrictModel
 from hybridssl.data.sources import DataInfo
 from hybridssl.data.views import Views
+from hybridssl.nn.masking import Mask
 from hybridssl.nn.momentum import EMA
-from hybridssl.nn.vit import Pooling, ViT
+from hybridssl.nn.param_groups import param_groups
+from hybridssl.nn.vit import Pooling, ViT, vit_config
 
 
 @dataclass
@@ -35,6 +38,18 @@ class Batch:
 MAE_OPTIM: dict[str, Any] = {"base_lr": 1.5e-4, "weight_decay": 0.05, "betas": (0.9, 0.95), "warmup_fraction": 0.05}
 # MoCo v3's ViT recipe (AdamW, wd 0.1, base lr 1.5e-4 per 256), which the contrastive baselines share.
 MOCOV3_VIT_OPTIM: dict[str, Any] = {"base_lr": 1.5e-4, "weight_decay": 0.1, "betas": (0.9, 0.999), "warmup_fraction": 0.1}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One run of a recipe: a registered Method with its own settings, in its own sub-folder."""
+
+    folder: str  # under the recipe's output, sorting in stage order ("stage1-mae", ...); "" = the output itself
+    method: str
+    method_args: dict[str, Any]
+    epochs: int | None
+    # None: the recipe run's own optimizer settings; a dict: over the stage method's defaults
+    optim: dict[str, Any] | None = None
 
 
 class MethodConfig(StrictModel):
@@ -61,13 +76,32 @@ class Method(nn.Module):
         self.info = info
         self.resolved: dict[str, Any] = {}  # values of `None` ("auto") settings, as derived here
 
+    @classmethod
+    def stages(cls, run_config) -> list[Stage]:
+        """A method is a one-stage recipe: one run in the run's own folder."""
+        return [Stage("", cls.name, dict(run_config.method_args), run_config.epochs)]
+
+    @property
+    def pooling(self) -> Pooling:
+        """The pooling the encoder is evaluated with: the `pooling` setting if the method has one, else
+        the method's default. Written into every checkpoint, so evaluation needs no method code."""
+        return getattr(self.cfg, "pooling", None) or self.eval_pooling
+
     def forward(self, batch: Batch) -> dict[str, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def reconstruct(self, images: Tensor) -> tuple[Tensor, Mask] | None:
+        """(predicted patches B x N x P, in norm-pix space when the method uses it, and the Mask) for
+        normalized `images`: the report's pictures. None for methods that do not reconstruct pixels."""
+        return None
+
+    @property
+    def reconstructs(self) -> bool:
+        """Whether the method overrides `reconstruct` (the report draws reconstructions for these)."""
+        return type(self).reconstruct is not Method.reconstruct
+
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Optimizer groups of the trainable parameters; frozen ones are left out."""
-        from hybridssl.engine.optim import param_groups
-
         return param_groups(self.named_parameters(), weight_decay)
 
     def after_step(self, progress: float) -> None:
@@ -91,18 +125,6 @@ class Method(nn.Module):
                 ema.update(source, 0.0)
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One run of a recipe: a registered Method with its own settings, in its own sub-folder."""
-
-    folder: str  # under the recipe's output; folders sort in stage order ("stage1-mae", ...)
-    method: str
-    method_args: dict[str, Any]
-    epochs: int | None
-    # None: the recipe run's own optimizer settings; a dict: over the stage method's defaults
-    optim: dict[str, Any] | None = None
-
-
 class Recipe:
     """A method made of several runs chained by checkpoint; registered beside the Methods."""
 
@@ -111,7 +133,7 @@ class Recipe:
     run_defaults: ClassVar[dict[str, Any]] = {}
 
     @classmethod
-    def stages(cls, run) -> list[Stage]:  # pragma: no cover - abstract
+    def stages(cls, run_config) -> list[Stage]:  # pragma: no cover - abstract
         """The stages to run, in order; each starts from the previous one's final checkpoint."""
         raise NotImplementedError
 
@@ -124,28 +146,14 @@ def register(cls):
     return cls
 
 
-def is_recipe(name: str) -> bool:
-    return isinstance(METHODS.get(name), type) and issubclass(METHODS[name], Recipe)
-
-
-def eval_pooling(method: str, method_args: dict[str, Any] | None = None) -> Pooling:
-    """The pooling a method's encoder is evaluated with: its `pooling` setting, else its default."""
-    args = method_args or {}
-    if args.get("pooling") in ("cls", "mean_patch"):
-        return args["pooling"]
-    return getattr(METHODS.get(method), "eval_pooling", "cls")
-
-
-def build_method(run, info: DataInfo) -> Method:
+def build_method(run_config, info: DataInfo) -> Method:
     """The method named by the run config, around a fresh encoder sized for the data."""
-    from hybridssl.config import ConfigError
-    from hybridssl.nn.vit import vit_config
 
     try:
-        encoder = ViT(vit_config(run.model, info.image_size, info.channels, run.patch_size, drop_path=run.drop_path))
+        encoder = ViT(vit_config(run_config.model, info.image_size, info.channels, run_config.patch_size, drop_path=run_config.drop_path))
     except ValueError as exc:
         raise ConfigError(f"patch_size: {exc}") from None
-    cls = METHODS[run.method]
+    cls = METHODS[run_config.method]
     if not issubclass(cls, Method):
-        raise ConfigError(f"method: {run.method!r} is a multi-stage recipe; run it with `pretrain`")
-    return cls(cls.Config.model_validate(run.method_args), encoder, info)
+        raise ConfigError(f"method: {run_config.method!r} is a multi-stage recipe; run it with `pretrain`")
+    return cls(cls.Config.model_validate(run_config.method_args), encoder, info)

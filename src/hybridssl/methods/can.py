@@ -1,14 +1,14 @@
-"""CAN (Mishra et al. 2022; methods.md section 4): SimCLR + MAE + denoising with one encoder and no
+"""CAN (Mishra et al. 2022; docs/methods.md section 4): SimCLR + MAE + denoising with one encoder and no
 momentum network.
 
 Each image gives two SimCLR-style views; each view gets Gaussian noise of a per-image level
 sigma ~ U(0, sigma_max) and 50% random masking. The decoder, told the noise level (sin-cos embedding +
-MLP, methods.md A9), predicts the *clean* view's norm-pix patches at the removed positions and the
+MLP, docs/methods.md A9), predicts the *clean* view's norm-pix patches at the removed positions and the
 added noise at the visible ones. NT-Xent (tau 0.1, negatives gathered across ranks, which the
 official code does not do) on the projected mean of the visible patch tokens. Loss =
 0.03 contrastive + 0.67 reconstruction + 0.3 denoising.
 
-Where the three implementations disagree (methods.md 4d/4f), the defaults follow the paper and fix
+Where the three implementations disagree (docs/methods.md 4d/4f), the defaults follow the paper and fix
 the official code's slips; the alternatives are options:
 - mask 0.5 per view and sigma_max 0.05 (paper); the official code runs 0.75 and 0.1.
 - the reconstruction target is the clean view (bwconrad); the official code's in-place noise makes
@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 from torch import Tensor, nn
 
 from hybridssl.data.views import simclr
@@ -47,6 +47,7 @@ from hybridssl.nn.masking import Mask, random_mask
 from hybridssl.nn.patches import patchify, pixel_target
 from hybridssl.nn.pos_embed import sincos_scalar
 from hybridssl.nn.vit import pool
+from hybridssl.settings import renamed_settings
 
 
 class CANConfig(MethodConfig):
@@ -67,7 +68,9 @@ class CANConfig(MethodConfig):
     contrastive_weight: float = Field(0.03, ge=0)
     reconstruction_weight: float = Field(0.67, ge=0)
     noise_weight: float = Field(0.3, ge=0)
-    colour_strength: float = Field(1.0, ge=0)  # SimCLR jitter strength s; the official code's recipe is ~0.5
+    color_strength: float = Field(1.0, ge=0)  # SimCLR jitter strength s; the official code's recipe is ~0.5
+
+    _renamed = model_validator(mode="before")(renamed_settings({"colour_strength": "color_strength"}))
 
 
 @register
@@ -80,7 +83,7 @@ class CAN(Method):
     def __init__(self, cfg: CANConfig, encoder, info) -> None:
         super().__init__(cfg, encoder, info)
         width = encoder.embed_dim
-        self.views = simclr(info, num_views=2, strength=cfg.colour_strength)
+        self.views = simclr(info, num_views=2, strength=cfg.color_strength)
         self.decoder = pixel_decoder(encoder.cfg, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads)
         level_dim = cfg.decoder_dim if cfg.noise_embed_at == "decoder_tokens" else width
         self.noise_embed = nn.Sequential(
@@ -99,20 +102,22 @@ class CAN(Method):
             return self.decoder(latent + level.unsqueeze(1), mask.ids_restore)
         return self.decoder(latent, mask.ids_restore, cond=level)
 
+    def masked_branch(self, images: Tensor, mask: Mask, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """The encoder's latent of the visible (noised) patches and the decoder's prediction at level sigma."""
+        latent = self.encoder(images, mask.ids_keep)
+        return latent, self.decode(latent, mask, sigma)
+
     def reconstruct(self, images: Tensor) -> tuple[Tensor, Mask]:
-        """Prediction for a clean image (sigma = 0) and its mask: for pictures."""
+        """Prediction for a clean image (sigma = 0)."""
         mask = random_mask(images.shape[0], self.encoder.cfg.num_patches, self.cfg.mask_ratio, images.device)
-        sigma = torch.zeros(images.shape[0], device=images.device)
-        return self.decode(self.encoder(images, mask.ids_keep), mask, sigma), mask
+        return self.masked_branch(images, mask, torch.zeros(images.shape[0], device=images.device))[1], mask
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         clean = torch.cat([batch.views[0], batch.views[1]])  # 2B views, one encoder pass
         sigma = torch.rand(clean.shape[0], device=clean.device) * self.cfg.sigma_max
         noise = sigma.view(-1, 1, 1, 1) * torch.randn_like(clean)
         mask = random_mask(clean.shape[0], self.encoder.cfg.num_patches, self.cfg.mask_ratio, clean.device)
-        latent = self.encoder(clean + noise, mask.ids_keep)
-
-        pred = self.decode(latent, mask, sigma)
+        latent, pred = self.masked_branch(clean + noise, mask, sigma)
         p = self.encoder.cfg.patch_size
         reconstruction = masked_mse(pred, pixel_target(clean, p, self.cfg.norm_pix), mask.mask)
         denoising = noise_mse(pred, patchify(noise, p), mask.mask, normalize=self.cfg.noise_target == "normalized")

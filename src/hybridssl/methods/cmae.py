@@ -1,4 +1,4 @@
-"""CMAE (Huang et al. 2022; methods.md section 3): an MAE whose masked encoder also feeds a feature
+"""CMAE (Huang et al. 2022; docs/methods.md section 3): an MAE whose masked encoder also feeds a feature
 decoder, trained to predict a momentum encoder's view of a pixel-shifted, colour-augmented crop.
 
 Online branch: the (0, 0) crop of a master view, 2x2-block masked at 0.65, through the encoder; a
@@ -8,7 +8,7 @@ predicted. Target branch: the EMA encoder on the full shifted view, taken *befor
 averaged over the patch tokens, through the EMA projector. Loss = reconstruction + 2 tau * InfoNCE
 (one direction, tau 0.07, negatives = the target projections of the global batch).
 
-Paper vs official code (defaults follow the code, methods.md 3d/3f): the paper describes MAE's 75%
+Paper vs official code (defaults follow the code, docs/methods.md 3d/3f): the paper describes MAE's 75%
 random masking (`mask: random, mask_ratio: 0.75`) and a cosine momentum schedule
 (`momentum_schedule: cosine`); the code masks 65% in 2x2 blocks with a constant momentum of 0.996.
 
@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from hybridssl.config import ConfigError
+from hybridssl.settings import ConfigError
 from hybridssl.data.views import PixelShiftPair
 from hybridssl.losses import info_nce, masked_mse
 from hybridssl.methods.base import MAE_OPTIM, Batch, Method, MethodConfig, register
@@ -89,10 +89,14 @@ class CMAE(Method):
             return block_mask(batch, enc.grid_size, self.cfg.mask_ratio, self.cfg.block_unit, device)
         return random_mask(batch, enc.num_patches, self.cfg.mask_ratio, device)
 
+    def masked_branch(self, images: Tensor, mask: Mask) -> tuple[Tensor, Tensor]:
+        """The online encoder's latent of the visible patches and the pixel decoder's prediction."""
+        latent = self.encoder(images, mask.ids_keep)
+        return latent, self.pixel_decoder(latent, mask.ids_restore)
+
     def reconstruct(self, images: Tensor) -> tuple[Tensor, Mask]:
-        """The online branch's pixel prediction (norm-pix space when `norm_pix`) and its mask: pictures."""
         mask = self.online_mask(images.shape[0], images.device)
-        return self.pixel_decoder(self.encoder(images, mask.ids_keep), mask.ids_restore), mask
+        return self.masked_branch(images, mask)[1], mask
 
     @torch.no_grad()
     def target_features(self, target_view: Tensor) -> Tensor:
@@ -102,9 +106,7 @@ class CMAE(Method):
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         online, target = batch.views[0], batch.views[1]
         mask = self.online_mask(online.shape[0], online.device)
-        latent = self.encoder(online, mask.ids_keep)
-
-        pixels = self.pixel_decoder(latent, mask.ids_restore)
+        latent, pixels = self.masked_branch(online, mask)
         target_pixels = pixel_target(online, self.encoder.cfg.patch_size, self.cfg.norm_pix)
         reconstruction = masked_mse(pixels, target_pixels, mask.mask)
 

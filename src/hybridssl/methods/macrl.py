@@ -1,4 +1,4 @@
-"""MACRL (Yao, Desai, Palaniswami 2022; methods.md 5, 5a'): an asymmetric siamese MAE + MoCo.
+"""MACRL (Yao, Desai, Palaniswami 2022; docs/methods.md 5, 5a'): an asymmetric siamese MAE + MoCo.
 
 Main branch: a strongly augmented view, 75% of its patches masked, through the trainable encoder
 (patch embedding included). Momentum branch: an EMA copy of encoder and projector (0.99 -> 1, cosine)
@@ -9,14 +9,14 @@ the momentum projections are enqueued after the loss. Reconstruction: one shallo
 masked patches (trains encoder + decoder) and, switchable with `momentum_branch_recon`, on all
 patches of the momentum branch (its tokens come from the EMA encoder, so this trains the decoder only).
 
-No code of the paper is public; this is the default methods.md 5a' chooses. Choices of ours: "the
+No code of the paper is public; this is the default docs/methods.md 5a' chooses. Choices of ours: "the
 original image" of the main branch is its crop before the colour operations (same geometry, no
 colour corruption), of the momentum branch the weak view itself; targets are norm-pix
 (`norm_pix: false` for raw pixels); features are the mean of the (visible) patch tokens; loss =
 reconstruction (+ momentum reconstruction) + contrastive. `weak_mask_ratio` > 0 masks the momentum
 branch too (the abstract's "weaker corruption").
 
-Small-scale choices: queue 4096 (methods.md 8, CIFAR-size; it must not exceed the training set, or the
+Small-scale choices: queue 4096 (docs/methods.md 8, CIFAR-size; it must not exceed the training set, or the
 negatives hold stale copies of every image); decoder 128 wide with 4 heads (the paper's guess is 512
 and 16: `decoder_dim: 512, decoder_heads: 16`); projector 2048 -> 128 as specified (cheap at any width).
 """
@@ -27,7 +27,6 @@ import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from hybridssl.config import ConfigError
 from hybridssl.data.views import strong_weak
 from hybridssl.losses import info_nce_queue, masked_l1
 from hybridssl.methods.base import MAE_OPTIM, Batch, Method, MethodConfig, register
@@ -68,11 +67,6 @@ class MACRL(Method):
 
     def __init__(self, cfg: MACRLConfig, encoder, info) -> None:
         super().__init__(cfg, encoder, info)
-        if info.num_images is not None and cfg.queue_size > info.num_images:
-            raise ConfigError(
-                f"method_args.queue_size: {cfg.queue_size} exceeds the {info.num_images} training images; "
-                "the queue would hold stale copies of every image as negatives"
-            )
         self.views = strong_weak(info, cfg.weak_crop_scale, clean_strong=True)
         self.decoder = pixel_decoder(encoder.cfg, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads)
         self.projector = mlp(encoder.embed_dim, cfg.proj_hidden_dim, cfg.proj_dim)
@@ -83,16 +77,20 @@ class MACRL(Method):
     def target(self, images: Tensor) -> Tensor:
         return pixel_target(images, self.encoder.cfg.patch_size, self.cfg.norm_pix)
 
+    def masked_branch(self, images: Tensor, mask: Mask) -> tuple[Tensor, Tensor]:
+        """The main encoder's latent of the visible patches and the decoder's prediction of all patches."""
+        latent = self.encoder(images, mask.ids_keep)
+        return latent, self.decoder(latent, mask.ids_restore)
+
     def reconstruct(self, images: Tensor) -> tuple[Tensor, Mask]:
-        """The main branch's prediction (norm-pix space when `norm_pix`) and its mask: for pictures."""
         mask = random_mask(images.shape[0], self.encoder.cfg.num_patches, self.cfg.mask_ratio, images.device)
-        return self.decoder(self.encoder(images, mask.ids_keep), mask.ids_restore), mask
+        return self.masked_branch(images, mask)[1], mask
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         strong, weak, clean = batch.views[0], batch.views[1], batch.views[2]
         size, n = strong.shape[0], self.encoder.cfg.num_patches
         mask = random_mask(size, n, self.cfg.mask_ratio, strong.device)
-        latent = self.encoder(strong, mask.ids_keep)
+        latent, prediction = self.masked_branch(strong, mask)
         query = self.projector(pool(latent, "mean_patch"))
 
         with torch.no_grad():
@@ -103,7 +101,7 @@ class MACRL(Method):
 
         # a copy of the negatives: the queue is written below, before backward needs them
         contrastive = info_nce_queue(query, key, self.queue.features.clone(), self.cfg.temperature)
-        reconstruction = masked_l1(self.decoder(latent, mask.ids_restore), self.target(clean), mask.mask)
+        reconstruction = masked_l1(prediction, self.target(clean), mask.mask)
         losses = {"reconstruction": reconstruction, "contrastive": contrastive}
         loss = reconstruction + self.cfg.contrastive_weight * contrastive
         if self.cfg.momentum_branch_recon:

@@ -1,4 +1,4 @@
-"""MAE (He et al. 2021; methods.md section 1): mask 75% of the patches, encode the rest, decode pixels.
+"""MAE (He et al. 2021; docs/methods.md section 1): mask 75% of the patches, encode the rest, decode pixels.
 
 Defaults follow the paper except the decoder size, scaled to small encoders (128 wide, 4 blocks;
 the paper's ViT-B decoder is 512 x 8: set `decoder_dim: 512, decoder_depth: 8, decoder_heads: 16`).

@@ -1,19 +1,19 @@
-"""MAE-CT (Lehner et al. 2023; methods.md 2): contrastive tuning of a finished MAE with an NNCLR head.
+"""MAE-CT (Lehner et al. 2023; docs/methods.md 2): contrastive tuning of a finished MAE with an NNCLR head.
 
 Stage 1 is MAE. Stage 2, `mae-ct-head`, trains only an NNCLR head (methods/nnclr.py) on the frozen
 encoder: two crop+flip views (crop 0.08-1), no masking, mean-patch pooling, tau 0.15, the nearest
 neighbour of the online projection. Stage 3, `mae-ct-tune`, unfreezes the upper half of the blocks
 and the final norm (patch embedding, CLS token and lower blocks stay frozen and in eval mode), uses
-layer-wise lr decay with the exponents MAE-CT codes (engine/optim.layer_decay: block b gets
+layer-wise lr decay with the exponents MAE-CT codes (nn/param_groups.layer_decay: block b gets
 0.65^(L-b), so even the top block is discounted), and an EMA "target" projector (m 0.99, BatchNorm
 buffers copied, started as a copy of the stage-2 projector) whose output is the lookup key and what is
 enqueued; the neighbour is drawn uniformly among the top-k. The head's optimizer groups get their own
 lr (x `head_lr_scale`) and weight decay (1e-5), as MAE-CT's separate head optimizer. lr scaling counts
 both views (base x batch x 2 / 256); warmup is 20% of each stage.
-Defaults are the ViT-B yamls (methods.md 2d). ViT-L/H: `pooling: cls`; tau 0.2 / 0.3 and target
+Defaults are the ViT-B yamls (docs/methods.md 2d). ViT-L/H: `pooling: cls`; tau 0.2 / 0.3 and target
 momentum 0.995 for H. `augment: byol` is MAE-CT_aug (stage 3: top-k 10, head lr x5).
 Small scale [S]: heads at most 8 x D wide (1024 for vit-pico); the queue holds min(65536, N/4) of N
-training images (methods.md 8: 8-16k for 50-60k images); without a `topk`, stage 3 draws among the
+training images (docs/methods.md 8: 8-16k for 50-60k images); without a `topk`, stage 3 draws among the
 paper's k (20, or 10 with `augment: byol`) scaled by queue/65536, at least min(5, paper k).
 """
 
@@ -25,9 +25,9 @@ import torch
 from pydantic import Field, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from hybridssl.config import ConfigError
+from hybridssl.settings import ConfigError
 from hybridssl.data.views import byol_asymmetric, crop_flip, min_crop_scale
-from hybridssl.engine.optim import layer_decay, param_groups
+from hybridssl.nn.param_groups import layer_decay, param_groups
 from hybridssl.methods.base import register
 from hybridssl.methods.nnclr import NNCLR, NNCLRConfig
 from hybridssl.nn.momentum import EMA

@@ -1,4 +1,4 @@
-"""`mae-ct` and `mae-ct-aug`: MAE-CT's three stages as one command (methods.md 2b).
+"""`mae-ct` and `mae-ct-aug`: MAE-CT's three stages as one command (docs/methods.md 2b).
 
 stage1-mae (`mae`) -> stage2-head (`mae-ct-head`) -> stage3-tune (`mae-ct-tune`): each a run of its
 own (config.yaml, logs, checkpoints) in a sub-folder of the output, each starting from the previous
@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 
-from hybridssl.config import OptimConfig, format_validation_error
+from hybridssl.settings import OptimConfig, format_validation_error
 from hybridssl.methods.base import Recipe, Stage, register
 from hybridssl.methods.mae import MAE, MAEConfig
 from hybridssl.methods.mae_ct import MAECTHeadConfig, MAECTTuneConfig
@@ -64,14 +64,14 @@ class MAECT(Recipe):
     paper_tune_epochs = 20
 
     @classmethod
-    def stages(cls, run) -> list[Stage]:
-        cfg = cls.Config.model_validate(run.method_args)
+    def stages(cls, run_config) -> list[Stage]:
+        cfg = cls.Config.model_validate(run_config.method_args)
         head = cfg.model_dump(mode="json", include=set(MAECTHeadConfig.model_fields))
         head.update(temperature=cfg.head_temperature, topk=1)
         tune = cfg.model_dump(mode="json", include=set(MAECTTuneConfig.model_fields))
-        head_epochs = cfg.head_epochs or stage_epochs(run.epochs, cls.paper_head_epochs, 5)
-        tune_epochs = cfg.tune_epochs or stage_epochs(run.epochs, cls.paper_tune_epochs, 10)
-        mae = [] if run.init_from else [Stage("stage1-mae", "mae", cfg.mae.model_dump(mode="json"), run.epochs)]
+        head_epochs = cfg.head_epochs or stage_epochs(run_config.epochs, cls.paper_head_epochs, 5)
+        tune_epochs = cfg.tune_epochs or stage_epochs(run_config.epochs, cls.paper_tune_epochs, 10)
+        mae = [] if run_config.init_from else [Stage("stage1-mae", "mae", cfg.mae.model_dump(mode="json"), run_config.epochs)]
         return mae + [
             Stage("stage2-head", "mae-ct-head", head, head_epochs, cfg.head_optim),
             Stage("stage3-tune", "mae-ct-tune", tune, tune_epochs, cfg.tune_optim),
@@ -80,7 +80,7 @@ class MAECT(Recipe):
 
 class MAECTAugConfig(MAECTConfig):
     augment: Literal["minimal", "byol"] = "byol"
-    head_lr_scale: PositiveFloat = 5.0  # head base lr 5e-4 in stage 3 (methods.md 2d)
+    head_lr_scale: PositiveFloat = 5.0  # head base lr 5e-4 in stage 3 (docs/methods.md 2d)
 
 
 @register

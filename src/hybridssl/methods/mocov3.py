@@ -1,4 +1,4 @@
-"""MoCo v3 (Chen, Xie, He 2021; methods.md 6.2), the ViT recipe of the official code.
+"""MoCo v3 (Chen, Xie, He 2021; docs/methods.md 6.2), the ViT recipe of the official code.
 
 Online branch: encoder -> CLS token -> projector (3 layers, 4096 hidden, 256 out, BatchNorm after every
 layer, the last one without affine) -> predictor (2 layers, last BatchNorm without affine) = q.

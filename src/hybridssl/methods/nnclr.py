@@ -1,16 +1,16 @@
-"""NNCLR (Dwibedi et al. 2021; methods.md 6.1): the positive of a view is the nearest neighbour of the
+"""NNCLR (Dwibedi et al. 2021; docs/methods.md 6.1): the positive of a view is the nearest neighbour of the
 other view's embedding in a support queue of past embeddings.
 
 Each view: encoder -> pooled feature -> projector z (3 layers, BatchNorm after every layer, ReLU after
 all but the last) -> predictor p (2 layers). The neighbour n of a view is looked up, without gradient,
 among the unit-normalized queue entries nearest to that view's lookup key (z here; MAE-CT stage 3
-uses an EMA projector); the loss (methods.md 2c) is (l(p1, n2) + l(p2, n1)) / 2, where l is a
+uses an EMA projector); the loss (docs/methods.md 2c) is (l(p1, n2) + l(p2, n1)) / 2, where l is a
 cross-entropy whose rows are neighbours and whose columns are the predictions of the global batch.
 After the loss, the keys of view 1 of the global batch are enqueued. Projector and predictor run once
 per view, so BatchNorm statistics are per view. The share of neighbours with the query's label is
 logged as `nn_acc` (monitoring only: labels never reach the loss).
 
-Beyond the paper: the query's own sample id is excluded from the lookup (`exclude_self`, methods.md
+Beyond the paper: the query's own sample id is excluded from the lookup (`exclude_self`, docs/methods.md
 6.1f; the paper does not), and the queue holds min(98304, N/4) entries for N training images and may
 not exceed N: a queue as large as the dataset holds stale copies of the query image itself.
 Optimizer: the paper uses LARS for ResNets; on the ViT we use the MoCo v3 ViT recipe as for SimCLR
@@ -26,7 +26,6 @@ import torch
 from pydantic import PositiveFloat, PositiveInt
 from torch import Tensor
 
-from hybridssl.config import ConfigError
 from hybridssl.data.views import byol_asymmetric
 from hybridssl.losses import nnclr
 from hybridssl.methods.base import MOCOV3_VIT_OPTIM, Batch, Method, MethodConfig, register
@@ -47,14 +46,10 @@ class NNCLRConfig(MethodConfig):
 
 
 def queue_length(requested: int | None, num_images: int | None, paper_size: int) -> int:
-    """The queue length, checked against the training set (methods.md 2f, 6.1f)."""
+    """The queue length: the one asked for, else the paper's capped at a quarter of the training set
+    (docs/methods.md 2f, 6.1f). The engine checks every queue against the data (engine/train.check_queues)."""
     if requested is None:
         return paper_size if num_images is None else max(1, min(paper_size, num_images // 4))
-    if num_images is not None and requested > num_images:
-        raise ConfigError(
-            f"method_args.queue_size: {requested} exceeds the {num_images} training images; a queue that large "
-            f"holds stale copies of every image (keep it well below, e.g. {max(1, num_images // 4)})"
-        )
     return requested
 
 

@@ -1,4 +1,4 @@
-"""SimCLR (Chen et al. 2020; methods.md 6.3) on a ViT: two strongly augmented views of each image, one
+"""SimCLR (Chen et al. 2020; docs/methods.md 6.3) on a ViT: two strongly augmented views of each image, one
 shared encoder and MLP projector, NT-Xent against every other view of the global batch.
 
 The paper trains ResNets with LARS at batch 4096 and tau 0.1. For the ViT we use the recipe MoCo v3

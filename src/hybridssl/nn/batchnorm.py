@@ -12,7 +12,6 @@ checkpoints load into plain BatchNorm layers.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybridssl.nn.distributed import all_reduce_sum_with_grad, world_size

@@ -1,5 +1,5 @@
 """Token decoders: MAE's pixel decoder, and the same design as CMAE's feature decoder or CAN's
-noise-conditioned decoder (methods.md 7.2, item 3)."""
+noise-conditioned decoder (docs/methods.md 7.2, item 3)."""
 
 from __future__ import annotations
 

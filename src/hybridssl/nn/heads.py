@@ -22,7 +22,7 @@ def mlp(
     last_bias: bool = False,
     last_norm: LastNorm = "none",
 ) -> nn.Sequential:
-    """Examples (methods.md 7.1):
+    """Examples (docs/methods.md 7.1):
 
     >>> nnclr_projector = mlp(768, 2048, 256, num_layers=3, last_norm="affine")
     >>> nnclr_predictor = mlp(256, 4096, 256)

@@ -1,4 +1,4 @@
-"""Token masks with the MAE conventions (methods.md Appendix A2, A3).
+"""Token masks with the MAE conventions (docs/methods.md Appendix A2, A3).
 
 `mask` is B x N in original patch order with 1 = removed, 0 = kept. `ids_keep` lists the kept patch
 indices (B x Nv); `ids_restore` is the inverse of the shuffle "kept first, removed after", so a decoder

@@ -1,4 +1,4 @@
-"""EMA ("momentum") copies of modules and the momentum schedules (methods.md A6)."""
+"""EMA ("momentum") copies of modules and the momentum schedules (docs/methods.md A6)."""
 
 from __future__ import annotations
 

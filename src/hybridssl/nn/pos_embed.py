@@ -1,4 +1,4 @@
-"""Fixed 2-D sin-cos position embeddings (MAE convention, methods.md Appendix A1)."""
+"""Fixed 2-D sin-cos position embeddings (MAE convention, docs/methods.md Appendix A1)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def sincos_2d(dim: int, grid_size: int, cls_token: bool = True) -> Tensor:
 
 
 def sincos_scalar(dim: int, values: Tensor) -> Tensor:
-    """Timestep-style embedding of one scalar per sample (CAN's noise level, methods.md A9).
+    """Timestep-style embedding of one scalar per sample (CAN's noise level, docs/methods.md A9).
 
     Frequencies f_i = exp(-ln(10000) * i / (dim/2 - 1)); returns B x dim = [sin(v f) | cos(v f)].
     """

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hybridssl.config import atomic_write_text
+from hybridssl.files import atomic_write_text
 from hybridssl.evaluation.results import machine, read_results
 
 Row = dict[str, Any]
@@ -26,7 +26,7 @@ def latest(rows: list[Row], **match: Any) -> Cell:
 
 
 def knn_cell(rows: list[Row]) -> Cell:
-    """The k-NN row with k closest to 20 (the small-data default of methods.md 8)."""
+    """The k-NN row with k closest to 20 (the small-data default of docs/methods.md 8)."""
     knn = [r for r in rows if r.get("protocol") == "knn"]
     if not knn:
         return None

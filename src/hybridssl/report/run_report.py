@@ -3,8 +3,8 @@
 A run folder holds one or more stages (folders with a config.yaml: a plain run, the stages of a
 multi-stage recipe such as stage1-mae/ stage2-head/ stage3-tune/, or the demo's pretrain/), and any
 number of results.jsonl files. For every stage the page shows its config, its learning curves, a
-reconstruction grid when its method reconstructs masked patches (any method with
-`reconstruct(images) -> (pred, Mask)`), and a 2-D map of its encoder's test features coloured by class.
+reconstruction grid when its method reconstructs masked patches (any method
+whose `reconstruct` returns a prediction), and a 2-D map of its encoder's test features coloured by class.
 Then one table of every recorded result with its settings. Images are inline PNGs; nothing is fetched.
 """
 
@@ -20,7 +20,8 @@ import torch
 import yaml
 
 from hybridssl import __version__
-from hybridssl.config import atomic_write_text
+from hybridssl.engine.stages import STAGES_FILE
+from hybridssl.files import atomic_write_text
 from hybridssl.report import html as H
 from hybridssl.report.curves import curves_png, read_metrics
 
@@ -38,14 +39,16 @@ class ReportOptions:
 
 
 @dataclass
-class Stage:
+class StageRun:
+    """A folder holding one run: its resolved config and final checkpoint."""
+
     path: Path
     config: dict[str, Any]
     checkpoint: Path | None
     notes: list[str] = field(default_factory=list)
 
 
-def find_stages(run_dir: Path) -> list[Stage]:
+def find_stages(run_dir: Path) -> list[StageRun]:
     """Every folder under run_dir (itself included) with a config.yaml, in path order."""
     stages = []
     for config_file in sorted(Path(run_dir).rglob("config.yaml")):
@@ -55,7 +58,7 @@ def find_stages(run_dir: Path) -> list[Stage]:
         except yaml.YAMLError:
             continue
         if isinstance(config, dict) and "method" in config:
-            stages.append(Stage(folder, config, final_checkpoint(folder)))
+            stages.append(StageRun(folder, config, final_checkpoint(folder)))
     return stages
 
 
@@ -111,10 +114,9 @@ def embedding_section(encoder, images, info, pooling: str, title: str, options: 
     return embedding_png(coords, sample.labels.numpy(), sample.classes, f"{title}: {how}, {pooling}"), caption
 
 
-def stage_pictures(stage: Stage, images: TestImages, options: ReportOptions) -> list[H.Markup]:
+def stage_pictures(stage: StageRun, images: TestImages, options: ReportOptions) -> list[H.Markup]:
     """Reconstruction grid (masked methods) and the embedding map of one stage's final checkpoint."""
     from hybridssl.engine.checkpoints import load_method
-    from hybridssl.evaluation.run import default_pooling
 
     if stage.checkpoint is None:
         return [H.tag("p", "no checkpoint in this stage: no pictures", class_="note")]
@@ -124,7 +126,7 @@ def stage_pictures(stage: Stage, images: TestImages, options: ReportOptions) -> 
         test, source = images.get(stage.config, method.info)
     except Exception as exc:  # missing data, foreign checkpoint: the report still renders
         return [H.tag("p", f"pictures skipped: {type(exc).__name__}: {exc}", class_="note")]
-    if callable(getattr(method, "reconstruct", None)):
+    if method.reconstructs:
         try:
             grid = reconstruction_section(method, test, method.info, options)
             caption = (f"masked reconstructions ({source}): original, masked input, reconstruction (norm-pix undone "
@@ -133,22 +135,21 @@ def stage_pictures(stage: Stage, images: TestImages, options: ReportOptions) -> 
         except Exception as exc:
             out.append(H.tag("p", f"reconstruction skipped: {type(exc).__name__}: {exc}", class_="note"))
     if test.labels is not None and (test.labels >= 0).any():
-        pooling = default_pooling(stage.config)
-        png, caption = embedding_section(method.encoder, test, method.info, pooling, stage.path.name, options)
+        png, caption = embedding_section(method.encoder, test, method.info, method.pooling, stage.path.name, options)
         out.append(H.figure(png, caption))
     return out
 
 
-def is_recipe_root(stage: Stage, stages: list[Stage]) -> bool:
-    """A folder whose config starts a multi-stage recipe: no checkpoints or logs of its own, stages below."""
-    return stage.checkpoint is None and not (stage.path / "logs").is_dir() and any(stage.path in s.path.parents for s in stages)
+def is_recipe_root(stage: StageRun) -> bool:
+    """The folder of a multi-stage recipe: the engine writes the list of its stages there."""
+    return (stage.path / STAGES_FILE).is_file()
 
 
-def stage_section(stage: Stage, run_dir: Path, images: TestImages | None, options: ReportOptions, level: str = "h2",
-                  stages: list[Stage] = ()) -> list[H.Markup]:  # fmt: skip
+def stage_section(stage: StageRun, run_dir: Path, images: TestImages | None, options: ReportOptions, level: str = "h2",
+                  stages: list[StageRun] = ()) -> list[H.Markup]:  # fmt: skip
     name = str(stage.path.relative_to(run_dir)) if stage.path != run_dir else stage.path.name
     c = stage.config
-    if is_recipe_root(stage, list(stages)):
+    if is_recipe_root(stage):
         below = [str(s.path.relative_to(stage.path)) for s in stages if stage.path in s.path.parents]
         return [H.tag(level, f"recipe {c.get('method')} ({name})"),
                 H.tag("p", f"a multi-stage recipe; its stages follow: {', '.join(below)}", class_="meta"),

@@ -6,7 +6,7 @@ import torch
 from hybridssl.cli import main
 from hybridssl.config import resolve
 from hybridssl.data.sources import ImageSet, data_info, load_dataset
-from hybridssl.engine.monitor import KNNMonitor
+from hybridssl.evaluation.monitor import KNNMonitor
 from hybridssl.nn.vit import ViT, vit_config
 from tests.conftest import toy_images
 
