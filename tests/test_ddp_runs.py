@@ -34,7 +34,7 @@ def run_args(method: str, data_dir: Path, output: Path, devices: int, batch: int
     return ["pretrain", "--method", method, "--model", "vit-pico", "--accelerator", "cpu", "--devices", str(devices),
             "--batch-size", str(batch), "--limit-train", "64", "--max-steps", "4", "--checkpoint-every-steps", "2",
             "--data-dir", str(data_dir), "--seed", "7", "--no-progress-bar", "--output", str(output),
-            "--set", "log_every_n_steps=1", *extra]  # fmt: skip
+            "--set", "log_every_n_steps=1", "--set", "global_batch_views=true", *extra]  # fmt: skip
 
 
 def losses(output: Path) -> list[float]:

@@ -37,9 +37,10 @@ def set_arg(value: str) -> tuple[str, Any]:
 def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="mae, mae-ct, cmae, can, macrl, simclr, mocov3, nnclr, ...")
     p.add_argument("--dataset", help="fashion-mnist (default), cifar10, cifar100, stl10, folder")
-    p.add_argument("--data-dir", type=Path, help="dataset root or image folder")
+    p.add_argument("--data-dir", type=Path, help="dataset root, image folder, train/ + val/ root, or a .csv file list")
     p.add_argument("--download", action="store_true", default=None, help="download the dataset when missing (online)")
-    p.add_argument("--image-size", type=int, help="folder datasets: decode images to this size (default 64)")
+    p.add_argument("--image-size", type=int, help="folder datasets: the training resolution (default 64)")
+    add_loader_args(p)
     p.add_argument("--channels", type=int, choices=(1, 3), help="folder datasets: 1 (grey) or 3 (RGB, default)")
     p.add_argument("--strict", dest="strict_data", action="store_true", default=None, help="fail on unreadable images")
     p.add_argument("--limit-train", type=int, help="pretrain on a seeded random subset of N images")
@@ -64,6 +65,12 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", type=set_arg, action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, dotted for nested ones: --set method_args.mask_ratio=0.6")  # fmt: skip
     p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", default=None)
+
+
+def add_loader_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loader", choices=("auto", "memory", "stream"),
+                   help="folder datasets: decode into memory first or stream files through workers (default auto: by size)")
+    p.add_argument("--num-workers", type=int, help="streaming: decoding processes per rank (default min(8, CPUs - 1))")
 
 
 def flags_to_layer(args: argparse.Namespace) -> dict[str, Any]:
@@ -99,7 +106,8 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
     p.add_argument("--data-dir", type=Path, help="dataset root; for folder: the labelled train images")
-    p.add_argument("--eval-data-dir", type=Path, help="for folder: the labelled test images")
+    p.add_argument("--eval-data-dir", type=Path, help="for folder: the labelled test images (default: val/ of a train/ + val/ root)")
+    add_loader_args(p)
     p.add_argument("--download", action="store_true")
     p.add_argument("--protocol", required=True, help="knn, linear, finetune, lowshot, clustering or all")
     add_encoder_args(p)
@@ -127,6 +135,12 @@ def add_encoder_args(p: argparse.ArgumentParser, floors: bool = True, set_flag: 
 def positive(name: str, value: int | None) -> int | None:
     if value is not None and value <= 0:
         raise UsageError(f"{name}: must be positive (got {value})")
+    return value
+
+
+def positive_or_zero(name: str, value: int | None) -> int | None:
+    if value is not None and value < 0:
+        raise UsageError(f"{name}: must be 0 or more (got {value})")
     return value
 
 
@@ -164,6 +178,8 @@ def eval_request_args(args: argparse.Namespace) -> dict[str, Any]:
         "limit_train": positive("limit_train", args.limit_train), "limit_test": positive("limit_test", args.limit_test),
         "epochs": positive("epochs", args.epochs), "pooling": args.pooling, "ks": tuple(sorted(set(number_list("k", args.k)))),
         "seed": args.seed, "download": bool(args.download), "settings": eval_settings(args),
+        **({"loader": args.loader} if getattr(args, "loader", None) else {}),
+        "num_workers": positive_or_zero("num_workers", getattr(args, "num_workers", None)),
     }  # fmt: skip
 
 

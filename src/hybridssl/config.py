@@ -21,9 +21,13 @@ class RunConfig(StrictModel):
     dataset: str = "fashion-mnist"
     data_dir: Path | None = None
     download: bool = False
-    image_size: PositiveInt = 64  # folder datasets are decoded to this size
+    image_size: PositiveInt = 64  # folder datasets: the training resolution (crops are cut to this size)
     channels: Literal[1, 3] = 3  # folder datasets only
     strict_data: bool = False  # folder datasets: an unreadable image is an error, not a warning
+    # folder datasets: decode everything into memory first ("memory": fastest for small data) or stream the
+    # files through DataLoader workers ("stream"); "auto": memory up to MEMORY_BUDGET_BYTES decoded, else stream
+    loader: Literal["auto", "memory", "stream"] = "auto"
+    num_workers: NonNegativeInt | None = None  # streaming: decoding processes per rank; None: min(8, CPUs - 1)
     limit_train: PositiveInt | None = None
     model: str = "vit-pico"
     patch_size: PositiveInt | None = None  # default: 4 px up to 32 px images, 8 up to 96, else 16
@@ -38,9 +42,10 @@ class RunConfig(StrictModel):
     checkpoint_every_steps: PositiveInt | None = None
     checkpoint_every_epochs: PositiveInt = 1
     devices: PositiveInt | Literal["auto"] = 1
-    # DDP: every rank augments the whole global batch and keeps its rows, so N ranks draw exactly what
-    # one process draws (N x the augmentation work); false: each rank augments only its own rows
-    global_batch_views: bool = True
+    # DDP: each rank loads and augments only its own rows of the global batch (per-rank draws); true: every
+    # rank augments the whole global batch and keeps its rows, so N ranks draw exactly what one process
+    # draws (N x the augmentation work: for equivalence tests)
+    global_batch_views: bool = False
     compile: bool = False  # torch.compile the method's forward (measured 1.04x on CPU after ~40 s; BENCHMARKS.md)
     num_nodes: PositiveInt = 1
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "auto"

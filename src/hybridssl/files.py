@@ -16,15 +16,17 @@ from typing import IO, Any
 import yaml
 
 
-def temporary_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
+def temporary_path(path: Path, unique: bool = False) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp" if unique else f".{path.name}.tmp")
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Calls `write(file)` on a temporary file, fsyncs it, renames it over `path`, fsyncs the folder."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any], unique: bool = False) -> None:
+    """Calls `write(file)` on a temporary file, fsyncs it, renames it over `path`, fsyncs the folder.
+    `unique`: a temporary name per process, for files that several processes may write at once with
+    the same content (a data index built by every rank)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
+    tmp = temporary_path(path, unique)
     try:
         with open(tmp, "wb") as f:
             write(f)

@@ -41,7 +41,7 @@ def test_pixel_shift_pair_online_at_origin_target_at_offsets_in_bounds():
     assert pair.max_shift == 4 and len(pair) == 2
     pair.target_colour = torch.nn.Identity()  # isolate the geometry
     torch.manual_seed(1)
-    master = pair.master(to_unit(images)).clamp_(0, 1)
+    master = pair.device_crops[0](to_unit(images)).clamp_(0, 1)
     assert master.shape[-1] == 28 + 4 + 1
     torch.manual_seed(1)
     online, target, offsets = pair.with_offsets(images)
@@ -71,7 +71,7 @@ def test_strong_weak_clean_view_is_the_strong_crop_before_colour():
     torch.manual_seed(5)
     strong, weak, clean = views(images)
     torch.manual_seed(5)
-    crop = views.strong_crop(to_unit(images)).clamp_(0, 1)
+    crop = views.device_crops[0](to_unit(images)).clamp_(0, 1)
     assert torch.allclose(clean, views.normalize(crop)), "same geometry, no colour"
     assert not torch.allclose(strong, clean) and not torch.allclose(weak, clean)
     assert len(strong_weak(INFO)(images)) == 2

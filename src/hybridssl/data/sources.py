@@ -1,7 +1,8 @@
-"""Image sources: every dataset becomes uint8 tensors in memory (N x C x H x W) with optional labels.
+"""Image sources in memory: a dataset becomes uint8 tensors (N x C x H x W) with optional labels.
 
 Named datasets: `fashion-mnist` (IDX files), `cifar10`, `cifar100`, `stl10` (torchvision formats) and
-`folder` (class sub-folders = labels, or a flat folder of unlabeled images).
+`folder` (data/index.py: class sub-folders = labels, a flat folder of unlabelled images, a train/val
+root or a file list). Folders too large for memory stream from their files instead (data/streaming.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hybridssl.data.decode import decode_image
+from hybridssl.data.index import FileIndex, file_index, source_for
 from hybridssl.errors import DataError
 
 
@@ -197,80 +200,48 @@ def load_stl10(split: str, data_dir: Path | None, download: bool = False, **_) -
 
 # ----------------------------------------------------------------------------- image folders
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
-
-def decode_image(path: Path, size: int, channels: int) -> Tensor:
-    """Any PIL-readable image -> uint8 C x size x size (shorter side resized, centre crop).
-
-    Unusual modes are converted: CMYK/palette/RGBA -> RGB (alpha composited on black), 16-bit and
-    float images rescaled to 8 bits, greyscale replicated to 3 channels when RGB is asked for.
-    """
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            arr = np.asarray(im, dtype=np.float64)
-            lo, hi = float(arr.min()), float(arr.max())
-            arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-            im = Image.fromarray(arr.astype(np.uint8), mode="L")
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            im = im.convert("RGBA")
-            im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im)
-        im = im.convert("L" if channels == 1 else "RGB")
-        im = ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC)
-        arr = np.asarray(im, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).reshape(size, size, channels).permute(2, 0, 1)
-
-
-def _list_images(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist")
-    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    def images_in(d: Path) -> list[Path]:
-        return sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if subdirs:
-        classes = [d.name for d in subdirs]
-        pairs = [(p, label) for label, d in enumerate(subdirs) for p in images_in(d)]
-        paths, labels = [p for p, _ in pairs], [label for _, label in pairs]
-    else:
-        paths, labels, classes = images_in(folder), None, None
-    if not paths:
-        raise DataError(f"image folder {folder} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return paths, labels, classes
-
-
-def load_folder(
-    split: str, data_dir: Path | None, image_size: int = 64, channels: int = 3, strict: bool = False, **_
-) -> ImageSet:
-    """`data_dir` holds class sub-folders (labelled) or images directly (unlabelled)."""
+def folder_index(data_dir: Path | None, split: str) -> FileIndex:
+    """The file index of `split` of a folder, train/val root or file list (data/index.py)."""
     if data_dir is None:
         raise DataError(f"dataset 'folder' needs --data-dir for the {split} split")
-    paths, labels, classes = _list_images(Path(data_dir))
+    return file_index(source_for(Path(data_dir), split))
 
-    def safe_decode(path: Path) -> Tensor | str:
+
+def decode_index(index: FileIndex, image_size: int, channels: int, strict: bool = False) -> ImageSet:
+    """Every file of the index decoded into memory at image_size (threads: PIL releases the GIL)."""
+
+    def safe_decode(i: int) -> Tensor | str:
+        path = index.path(i)
         try:
             return decode_image(path, image_size, channels)
         except Exception as exc:  # PIL raises many types for broken files
             return f"{path}: {type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(pool.map(safe_decode, paths))
+        decoded = list(pool.map(safe_decode, range(len(index))))
     bad = [d for d in decoded if isinstance(d, str)]
     if bad and strict:
         raise DataError(f"{len(bad)} unreadable image(s), first: {bad[0]}")
     for message in bad:
         warnings.warn(f"skipping unreadable image {message}", stacklevel=2)
     if bad:
-        warnings.warn(f"skipped {len(bad)} of {len(paths)} images in {data_dir}", stacklevel=2)
+        warnings.warn(f"skipped {len(bad)} of {len(index)} images in {index.root}", stacklevel=2)
     keep = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
     if not keep:
-        raise DataError(f"no readable images in {data_dir} ({len(bad)} unreadable)")
+        raise DataError(f"no readable images in {index.root} ({len(bad)} unreadable)")
     images = torch.stack([decoded[i] for i in keep])  # type: ignore[misc]
-    label_tensor = torch.tensor([labels[i] for i in keep], dtype=torch.int64) if labels is not None else None
-    return ImageSet(images, label_tensor, classes, skipped=bad)
+    labels = torch.from_numpy(index.labels[keep]) if index.labelled else None
+    return ImageSet(images, labels, index.classes, skipped=bad)
+
+
+def load_folder(
+    split: str, data_dir: Path | None, image_size: int = 64, channels: int = 3, strict: bool = False,
+    limit: int | None = None, seed: int = 0, **_,
+) -> ImageSet:  # fmt: skip
+    """A folder of class sub-folders (labelled) or of images (unlabelled), a train/val root or a file
+    list, decoded into memory; `limit` picks a seeded subset before anything is decoded."""
+    return decode_index(folder_index(data_dir, split).take(limit, seed), image_size, channels, strict)
 
 
 # ----------------------------------------------------------------------------- registry

@@ -1,7 +1,13 @@
 """View recipes: augmentation pipelines applied batched, with per-sample randomness, on the device.
 
 A method names its recipe; the engine calls it on the uint8 batch right before the step. Pipelines are
-kornia augmentations (per-sample parameters on whole batches, any device). Scaling to small images:
+kornia augmentations (per-sample parameters on whole batches, any device).
+
+Every recipe starts with random-resized crops (`crops`: output size, scale range, flip), and the rest
+(`finish`) works on the crops. In memory the crops are cut on the device from the stored images
+(`__call__`); when data streams from files, the DataLoader workers cut them from the full-resolution
+photo at decode time (data/streaming.py, as the official MAE pipeline does) and the device runs only
+`finish`, batched, as before. Scaling to small images:
 colour operations that need three channels are dropped for greyscale data; Gaussian blur is dropped
 below 64 px (solo-learn and lightly do the same for CIFAR); the random-resized-crop lower bound is
 raised from the papers' 0.08 to 0.2 below 32 px, where an 8% crop of a 28 px image is ~8x8 pixels.
@@ -10,6 +16,7 @@ raised from the papers' 0.08 to 0.2 below 32 px, where an 8% crop of a 28 px ima
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import kornia.augmentation as K
 import torch
@@ -23,33 +30,50 @@ def to_unit(images: Tensor) -> Tensor:
     return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
-class Views:
-    """One augmentation pipeline per view; returns normalized float views (B x C x H x W each)."""
+@dataclass(frozen=True)
+class Crop:
+    """A random-resized crop to `size` x `size` (area fraction in `scale`, aspect ratio in `ratio`),
+    then a horizontal flip with probability 1/2: the first step of every view."""
 
-    def __init__(self, pipelines: Sequence[nn.Module], info: DataInfo) -> None:
-        self.pipelines = list(pipelines)
-        self.mean = torch.tensor(info.mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(info.std).view(1, -1, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.pipelines)
-
-    def normalize(self, x: Tensor) -> Tensor:
-        return (x - self.mean.to(x.device)) / self.std.to(x.device)
-
-    def __call__(self, images: Tensor) -> list[Tensor]:
-        x = to_unit(images)
-        return [self.normalize(pipeline(x).clamp_(0, 1)) for pipeline in self.pipelines]
-
-
-def min_crop_scale(info: DataInfo, paper: float = 0.08) -> float:
-    return paper if info.image_size >= 32 else max(paper, 0.2)
+    size: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
 
 def crop_flip_pipeline(size: int, scale: tuple[float, float]) -> nn.Module:
     return K.AugmentationSequential(
         K.RandomResizedCrop((size, size), scale=scale, resample="bicubic"), K.RandomHorizontalFlip()
     )
+
+
+class Views:
+    """One crop + one pipeline per view; returns normalized float views (B x C x H x W each)."""
+
+    def __init__(self, crops: Sequence[Crop], info: DataInfo, finishers: Sequence[nn.Module] | None = None) -> None:
+        self.crops = list(crops)
+        self.device_crops = [crop_flip_pipeline(c.size, c.scale) for c in self.crops]
+        self.finishers = list(finishers) if finishers is not None else [nn.Identity() for _ in self.crops]
+        self.mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(info.std).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def __call__(self, images: Tensor) -> list[Tensor]:
+        """Views of whole stored images: crops cut here, on the images' device."""
+        x = to_unit(images)
+        return self.finish([crop(x).clamp_(0, 1) for crop in self.device_crops])
+
+    def finish(self, crops: Sequence[Tensor]) -> list[Tensor]:
+        """Views from crops already cut (one batch per `crops` entry, uint8 or float in [0, 1])."""
+        return [self.normalize(f(to_unit(c)).clamp_(0, 1)) for f, c in zip(self.finishers, crops)]
+
+
+def min_crop_scale(info: DataInfo, paper: float = 0.08) -> float:
+    return paper if info.image_size >= 32 else max(paper, 0.2)
 
 
 def colour_pipeline(
@@ -72,25 +96,24 @@ def colour_pipeline(
 
 def crop_flip(info: DataInfo, num_views: int = 1, scale: tuple[float, float] = (0.2, 1.0)) -> Views:
     """MAE's recipe (one view, scale 0.2-1) and MAE-CT's minimal recipe (two views, 0.08-1)."""
-    return Views([crop_flip_pipeline(info.image_size, scale) for _ in range(num_views)], info)
+    return Views([Crop(info.image_size, tuple(scale)) for _ in range(num_views)], info)
 
 
 def simclr(info: DataInfo, num_views: int = 2, strength: float = 1.0) -> Views:
     """SimCLR: crop 0.08-1, flip, jitter (0.8s, 0.8s, 0.8s, 0.2s) p 0.8, greyscale p 0.2, blur p 0.5."""
     s = strength
-    def one() -> nn.Module:
-        crop = crop_flip_pipeline(info.image_size, (min_crop_scale(info), 1.0))
-        return nn.Sequential(crop, *colour_pipeline(info, (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), 0.8, 0.2, 0.5))
-    return Views([one() for _ in range(num_views)], info)
+    crop = Crop(info.image_size, (min_crop_scale(info), 1.0))
+    colour = [nn.Sequential(*colour_pipeline(info, (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s), 0.8, 0.2, 0.5)) for _ in range(num_views)]
+    return Views([crop] * num_views, info, colour)
 
 
 def byol_asymmetric(info: DataInfo) -> Views:
     """BYOL / MoCo v3 / MAE-CT_aug: jitter (0.4, 0.4, 0.2, 0.1) p 0.8, grey p 0.2; blur p 1.0 on view 1,
     p 0.1 and solarize p 0.2 on view 2."""
-    def one(blur_p: float, solarize_p: float) -> nn.Module:
-        crop = crop_flip_pipeline(info.image_size, (min_crop_scale(info), 1.0))
-        return nn.Sequential(crop, *colour_pipeline(info, (0.4, 0.4, 0.2, 0.1), 0.8, 0.2, blur_p, solarize_p))
-    return Views([one(1.0, 0.0), one(0.1, 0.2)], info)
+    def colour(blur_p: float, solarize_p: float) -> nn.Module:
+        return nn.Sequential(*colour_pipeline(info, (0.4, 0.4, 0.2, 0.1), 0.8, 0.2, blur_p, solarize_p))
+    crop = Crop(info.image_size, (min_crop_scale(info), 1.0))
+    return Views([crop, crop], info, [colour(1.0, 0.0), colour(0.1, 0.2)])
 
 
 class StrongWeak(Views):
@@ -100,20 +123,18 @@ class StrongWeak(Views):
     corruption (MACRL's reconstruction target, "the original image")."""
 
     def __init__(self, info: DataInfo, weak_scale: tuple[float, float] = (0.2, 1.0), clean_strong: bool = False) -> None:
-        self.strong_crop = crop_flip_pipeline(info.image_size, (min_crop_scale(info), 1.0))
+        crops = [Crop(info.image_size, (min_crop_scale(info), 1.0)), Crop(info.image_size, tuple(weak_scale))]
+        super().__init__(crops, info)
         self.strong_colour = nn.Sequential(*colour_pipeline(info, (0.8, 0.8, 0.8, 0.2), 0.8, 0.2, 0.5))
-        self.weak = crop_flip_pipeline(info.image_size, weak_scale)
         self.clean_strong = clean_strong
-        super().__init__([nn.Sequential(self.strong_crop, self.strong_colour), self.weak], info)
 
     def __len__(self) -> int:
         return 3 if self.clean_strong else 2
 
-    def __call__(self, images: Tensor) -> list[Tensor]:
-        x = to_unit(images)
-        clean = self.strong_crop(x).clamp_(0, 1)
+    def finish(self, crops: Sequence[Tensor]) -> list[Tensor]:
+        clean, weak = to_unit(crops[0]), to_unit(crops[1])
         strong = self.strong_colour(clean).clamp(0, 1)
-        views = [self.normalize(strong), self.normalize(self.weak(x).clamp_(0, 1))]
+        views = [self.normalize(strong), self.normalize(weak)]
         return views + [self.normalize(clean)] if self.clean_strong else views
 
 
@@ -135,13 +156,12 @@ class PixelShiftPair(Views):
     adapted to the data as in `colour_pipeline`)."""
 
     def __init__(self, info: DataInfo, max_shift: int | None = None) -> None:
-        super().__init__([], info)
         size = info.image_size
         self.size = size
         self.max_shift = default_max_shift(size) if max_shift is None else max_shift
         if self.max_shift < 0:
             raise ValueError(f"max_shift must be >= 0, got {self.max_shift}")
-        self.master = crop_flip_pipeline(size + self.max_shift + 1, (0.2, 1.0))
+        super().__init__([Crop(size + self.max_shift + 1, (0.2, 1.0))], info)  # the master crop
         self.target_colour = nn.Sequential(*colour_pipeline(info, (0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.5))
 
     def __len__(self) -> int:
@@ -155,18 +175,24 @@ class PixelShiftPair(Views):
         return master.gather(2, rows).gather(3, cols)
 
     def with_offsets(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(online, target, offsets B x 2) of whole stored images."""
+        return self.from_master(self.device_crops[0](to_unit(images)).clamp_(0, 1))
+
+    def from_master(self, master: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(online, target, offsets B x 2): the pair and where the target window sits in the master."""
-        master = self.master(to_unit(images)).clamp_(0, 1)
+        master = to_unit(master)
         online = master[:, :, : self.size, : self.size]
         offsets = torch.randint(0, self.max_shift + 1, (len(master), 2), device=master.device)
         target = self.target_colour(self.shifted_windows(master, offsets)).clamp_(0, 1)
         return self.normalize(online), self.normalize(target), offsets
 
-    def __call__(self, images: Tensor) -> list[Tensor]:
-        online, target, _ = self.with_offsets(images)
+    def finish(self, crops: Sequence[Tensor]) -> list[Tensor]:
+        online, target, _ = self.from_master(crops[0])
         return [online, target]
 
 
 def identity(info: DataInfo) -> Views:
-    """The image itself, normalized: evaluation and pictures."""
-    return Views([nn.Identity()], info)
+    """The image itself, normalized: evaluation and pictures (its one crop is the whole image)."""
+    views = Views([Crop(info.image_size, (1.0, 1.0), (1.0, 1.0))], info)
+    views.device_crops = [nn.Identity()]
+    return views

@@ -48,10 +48,12 @@ def mean_over_ranks(losses: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def method_batch(method: Method, batch: dict[str, Any]) -> Batch:
-    """A loader batch -> the method's input: its views of this rank's rows. The loader may hand the
-    whole global batch (identical-views mode), with `offset` where this rank's rows start."""
+    """A loader batch -> the method's input: its views of this rank's rows. Stored images ("images") get
+    their crops cut here; streamed ones arrive as crops ("crops"). The loader may hand the whole global
+    batch (identical-views mode), with `offset` where this rank's rows start."""
     ids, first = batch["ids"], batch.get("offset", 0)
-    views = [v[first : first + len(ids)] for v in method.views(batch["images"])]
+    whole = method.views.finish(batch["crops"]) if "crops" in batch else method.views(batch["images"])
+    views = [v[first : first + len(ids)] for v in whole]
     return Batch(views, ids, batch["labels"])
 
 

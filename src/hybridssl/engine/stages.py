@@ -17,9 +17,9 @@ from pathlib import Path
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from hybridssl.config import RunConfig, validate_method_args
-from hybridssl.data.sources import data_info
+from hybridssl.data.training_set import training_info
 from hybridssl.engine.checkpoints import load_checkpoint
-from hybridssl.engine.train import LAST, CallbackFactory, check_queues, checkpoint_dir, load_training_images
+from hybridssl.engine.train import LAST, CallbackFactory, check_queues, checkpoint_dir, load_training_data
 from hybridssl.engine.train import quiet_lightning, seeded_method, train_run
 from hybridssl.errors import CheckpointError
 from hybridssl.files import save_yaml
@@ -68,9 +68,9 @@ def pretrain(run_config: RunConfig, callbacks: CallbackFactory | None = None) ->
     for stage in stages:
         configs.append(stage_config(run_config, stage, previous))
         previous = checkpoint_dir(configs[-1]) / LAST
-    images = load_training_images(configs[0])
+    images = load_training_data(configs[0])
     if len(configs) > 1:
-        info = data_info(run_config.dataset, images)
+        info = training_info(run_config.dataset, images)
         for config in configs:  # every stage's settings checked against the data before any training
             check_queues(seeded_method(config.model_copy(update={"init_from": None}), info), config, len(images))
         if rank_zero_only.rank == 0:

@@ -21,7 +21,10 @@ from torch.nn.parallel import DistributedDataParallel
 from hybridssl.config import RunConfig
 from hybridssl.files import save_yaml
 from hybridssl.data.loader import InMemoryLoader
-from hybridssl.data.sources import PRETRAIN_SPLIT, DataInfo, ImageSet, data_info, load_dataset
+from hybridssl.data.sources import DataInfo
+from hybridssl.data.streaming import StreamingLoader, StreamingSet
+from hybridssl.data.training_set import TrainingData, training_data, training_info
+from hybridssl.data.views import Crop
 from hybridssl.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from hybridssl.engine.callbacks import DataPosition, FinalCheckpoint, ProgressBar, Throughput
 from hybridssl.engine.checkpoints import AtomicCheckpointIO, check_fits, load_checkpoint, trained_with
@@ -36,22 +39,26 @@ from hybridssl.nn.vit import Pooling
 
 # Builds extra Trainer callbacks for a run from (run, training images, data info, evaluation pooling):
 # how the evaluation layer hands the engine its online monitor without the engine importing it.
-CallbackFactory = Callable[[RunConfig, ImageSet, DataInfo, Pooling], Sequence[L.Callback]]
+CallbackFactory = Callable[[RunConfig, TrainingData, DataInfo, Pooling], Sequence[L.Callback]]
 
 LAST = "last.ckpt"
 
 
 class PretrainData(L.LightningDataModule):
-    """Hands each rank its loader once the rank is known (after the processes are launched)."""
+    """Hands each rank its loader once the rank is known (after the processes are launched): stored
+    images, or files streamed by workers that cut the method's crops (`crops`)."""
 
-    def __init__(self, images: ImageSet, batch_size: int, seed: int, global_images: bool = True) -> None:
+    def __init__(self, data: TrainingData, crops: list[Crop], batch_size: int, seed: int, global_images: bool = False) -> None:
         super().__init__()
-        self.images, self.batch_size, self.seed, self.global_images = images, batch_size, seed, global_images
+        self.data, self.crops, self.batch_size, self.seed, self.global_images = data, crops, batch_size, seed, global_images
 
-    def train_dataloader(self) -> InMemoryLoader:
+    def train_dataloader(self) -> InMemoryLoader | StreamingLoader:
         t = self.trainer
+        if isinstance(self.data, StreamingSet):
+            pin = t.strategy.root_device.type == "cuda"
+            return self.data.loader(self.crops, self.batch_size, self.seed, t.global_rank, t.world_size, self.global_images, pin)
         return InMemoryLoader(
-            self.images.images, self.images.labels, self.batch_size, self.seed, t.global_rank, t.world_size,
+            self.data.images, self.data.labels, self.batch_size, self.seed, t.global_rank, t.world_size,
             global_images=self.global_images,
         )  # fmt: skip
 
@@ -61,13 +68,12 @@ def global_batch(run_config: RunConfig) -> int:
     return run_config.batch_size * devices * run_config.num_nodes
 
 
-def load_training_images(run_config: RunConfig) -> ImageSet:
-    split = PRETRAIN_SPLIT.get(run_config.dataset, "train")
-    images = load_dataset(
-        run_config.dataset, split, run_config.data_dir, download=run_config.download,
-        image_size=run_config.image_size, channels=run_config.channels, strict=run_config.strict_data,
+def load_training_data(run_config: RunConfig) -> TrainingData:
+    c = run_config
+    images = training_data(
+        c.dataset, c.data_dir, image_size=c.image_size, channels=c.channels, strict=c.strict_data, loader=c.loader,
+        limit=c.limit_train, seed=c.seed, num_workers=c.num_workers, download=c.download,
     )  # fmt: skip
-    images = images.take(run_config.limit_train, seed=run_config.seed)
     if len(images) < global_batch(run_config):
         raise DataError(
             f"batch_size: the {run_config.dataset} training set has {len(images)} images, fewer than one global batch "
@@ -256,9 +262,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")  # frozen blocks
 
 
-def train_run(run_config: RunConfig, images: ImageSet, callbacks: CallbackFactory | None = None) -> Path:
+def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFactory | None = None) -> Path:
     """One run: one method, one Trainer, one folder of checkpoints and logs."""
-    info = data_info(run_config.dataset, images)
+    info = training_info(run_config.dataset, images)
     method = seeded_method(run_config, info)
     if method.resolved:  # settings the method derived from the data or the model, recorded in config.yaml
         run_config = run_config.model_copy(update={"method_args": {**run_config.method_args, **method.resolved}})
@@ -274,7 +280,7 @@ def train_run(run_config: RunConfig, images: ImageSet, callbacks: CallbackFactor
     trainer = build_trainer(run_config, METHODS[run_config.method], len(images), extra)
     if run_config.accelerator == "cpu" and trainer.world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
-    data = PretrainData(images, run_config.batch_size, run_config.seed, run_config.global_batch_views)
+    data = PretrainData(images, method.views.crops, run_config.batch_size, run_config.seed, run_config.global_batch_views)
     try:
         trainer.fit(PretrainModule(method, run_config, info), datamodule=data, ckpt_path=resume_from)
     except NonFiniteLossError as exc:

@@ -11,13 +11,18 @@ the CLI hands `monitor_callbacks` to `pretrain`, which calls it for every stage.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from hybridssl.config import RunConfig
-from hybridssl.data.sources import DataInfo, ImageSet, load_dataset
+from hybridssl.data.sources import DataInfo, ImageSet
+from hybridssl.data.streaming import StreamingSet
+from hybridssl.data.training_set import TrainingData
+from hybridssl.evaluation.data import EvalData, eval_split
 from hybridssl.errors import DataError
 from hybridssl.evaluation.features import encoder_features
 from hybridssl.evaluation.knn import knn_accuracy
@@ -29,6 +34,16 @@ def labelled(images: ImageSet) -> ImageSet:
         return ImageSet(images.images[:0], torch.zeros(0, dtype=torch.int64))
     keep = images.labels >= 0
     return ImageSet(images.images[keep], images.labels[keep], images.classes)
+
+
+def labelled_sample(data: TrainingData | EvalData, limit: int, seed: int) -> ImageSet:
+    """Up to `limit` labelled images in memory (a streamed set decodes only those)."""
+    if isinstance(data, StreamingSet):
+        keep = np.flatnonzero(data.index.labels >= 0)
+        if len(keep) == 0:
+            return labelled(ImageSet(torch.zeros(0, data.channels, data.image_size, data.image_size, dtype=torch.uint8), None))
+        return labelled(replace(data, index=data.index.select(keep)).materialize(limit, seed))
+    return labelled(data).take(limit, seed=seed)
 
 
 class KNNMonitor(Callback):
@@ -44,15 +59,15 @@ class KNNMonitor(Callback):
 
     @classmethod
     def for_run(cls, run_config: RunConfig, images: ImageSet, info: DataInfo, pooling: Pooling) -> "KNNMonitor":
-        pool = labelled(images).take(run_config.knn_monitor_samples, seed=run_config.seed)
+        limit, seed = run_config.knn_monitor_samples, run_config.seed
+        pool = labelled_sample(images, limit, seed)
         queries = None
-        if run_config.dataset != "folder":  # an image folder is one split
-            try:
-                size = {"image_size": info.image_size, "channels": info.channels}
-                test = load_dataset(run_config.dataset, "test", run_config.data_dir, **size)
-                queries = labelled(test).take(run_config.knn_monitor_samples, seed=run_config.seed)
-            except DataError:
-                pass
+        try:  # the evaluation's test split (a folder: its val/ when it has one)
+            test = eval_split(run_config.dataset, "test", run_config.data_dir, None, info, limit=limit, seed=seed,
+                              loader=run_config.loader, num_workers=run_config.num_workers)  # fmt: skip
+            queries = labelled_sample(test, limit, seed)
+        except DataError:
+            pass
         if queries is None or len(queries) == 0:  # no test split: hold out a fifth of the bank
             held_out = len(pool) // 5
             queries = ImageSet(pool.images[:held_out], pool.labels[:held_out])

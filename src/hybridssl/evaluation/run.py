@@ -21,10 +21,9 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError
 from torch import Tensor
 
 from hybridssl.settings import ConfigError, StrictModel, format_validation_error
-from hybridssl.data.sources import DataError, DataInfo, ImageSet, load_dataset
 from hybridssl.engine.checkpoints import TrainedEncoder, load_encoder
 from hybridssl.evaluation.clustering import ClusteringSettings, clustering_metrics
-from hybridssl.evaluation.features import encoder_features, pixel_features
+from hybridssl.evaluation.data import EvalData, eval_split, features_and_labels, in_memory
 from hybridssl.evaluation.finetune import FinetuneSettings, finetune
 from hybridssl.evaluation.knn import knn_accuracy
 from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_probe_sweep, train_linear_probe
@@ -51,6 +50,8 @@ class EvalRequest:
     ks: tuple[int, ...] = (10, 20, 200)
     seed: int = 0
     download: bool = False
+    loader: Literal["auto", "memory", "stream"] = "auto"  # folders: decoded whole, or streamed by workers
+    num_workers: int | None = None  # streaming: decoding processes; None: min(8, CPUs - 1)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per protocol: {"finetune": {"layer_decay": 0.65}}
 
 
@@ -70,26 +71,6 @@ SETTINGS: dict[str, type[BaseModel]] = {
     "lowshot": LowshotSettings,
     "clustering": ClusteringSettings,
 }
-
-
-def labelled_splits(req: EvalRequest, info: DataInfo) -> tuple[ImageSet, ImageSet]:
-    """Train and test images at the encoder's size; folders: data_dir = train, eval_data_dir = test."""
-    opts = {"download": req.download, "image_size": info.image_size, "channels": info.channels}
-    if req.dataset == "folder":
-        if req.eval_data_dir is None:
-            raise DataError("dataset 'folder' needs --eval-data-dir with the labelled test images")
-        train = load_dataset("folder", "train", req.data_dir, **opts)
-        test = load_dataset("folder", "test", req.eval_data_dir, **opts)
-    else:
-        train = load_dataset(req.dataset, "train", req.data_dir, **opts)
-        test = load_dataset(req.dataset, "test", req.eval_data_dir or req.data_dir, **opts)
-    for split, images in (("train", train), ("test", test)):
-        if images.labels is None or (images.labels < 0).all():
-            raise DataError(f"the {split} split of {req.dataset} has no labels; evaluation needs labelled images")
-        shape = tuple(images.images.shape[1:])
-        if shape != (info.channels, info.image_size, info.image_size):
-            raise DataError(f"{req.dataset} images are {shape}, the encoder expects {(info.channels, info.image_size, info.image_size)}")
-    return train.take(req.limit_train, req.seed), test.take(req.limit_test, req.seed)
 
 
 def encoder_for(req: EvalRequest) -> TrainedEncoder:
@@ -126,37 +107,62 @@ class EvalContext:
 
     def __init__(self, req: EvalRequest) -> None:
         self.encoder, self.info, self.config, trained_pooling = encoder_for(req)
-        self.req = req = replace(req, dataset=req.dataset or self.config["dataset"])
-        self.train, self.test = labelled_splits(req, self.info)
+        # the dataset (and its folder) the checkpoint was trained on, unless told otherwise
+        trained_on = self.config.get("dataset")
+        dataset = req.dataset or trained_on
+        data_dir = req.data_dir or (self.config.get("data_dir") if dataset == trained_on else None)
+        self.req = req = replace(req, dataset=dataset, data_dir=Path(data_dir) if data_dir else None)
+        split = {"data_dir": req.data_dir, "eval_data_dir": req.eval_data_dir, "info": self.info, "seed": req.seed,
+                 "loader": req.loader, "num_workers": req.num_workers, "download": req.download}  # fmt: skip
+        self.train = eval_split(req.dataset, "train", limit=req.limit_train, **split)
+        self.test = eval_split(req.dataset, "test", limit=req.limit_test, **split)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.pixels = req.encoder_kind == "raw-pixels"
         self.pooling: str = "none" if self.pixels else req.pooling or trained_pooling
-        known = [self.train.num_classes or 0, int(self.train.labels.max()) + 1, int(self.test.labels.max()) + 1]
-        self.num_classes = max(known)
         self.feature_seconds = 0.0
 
-    def _features(self, images: Tensor) -> Tensor:
+    @cached_property
+    def num_classes(self) -> int:
+        known = [self.train.num_classes or 0, int(self.train_labels.max()) + 1, int(self.test_labels.max()) + 1]
+        return max(known)
+
+    def _encoded(self, data: EvalData, name: str) -> tuple[Tensor, Tensor]:
         start = time.perf_counter()
-        if self.pixels:
-            out = pixel_features(images, self.info)
-        else:
-            out = encoder_features(self.encoder, images, self.info, self.pooling, device=self.device)  # type: ignore[arg-type]
+        encoder = None if self.pixels else self.encoder
+        out = features_and_labels(encoder, data, self.info, self.pooling, self.device, progress=f"{name} features")
         self.feature_seconds += time.perf_counter() - start
         return out
 
     @cached_property
-    def train_features(self) -> Tensor:
-        return self._features(self.train.images)
+    def _train(self) -> tuple[Tensor, Tensor]:
+        return self._encoded(self.train, "train")
 
     @cached_property
+    def _test(self) -> tuple[Tensor, Tensor]:
+        return self._encoded(self.test, "test")
+
+    @property
+    def train_features(self) -> Tensor:
+        return self._train[0]
+
+    @property
+    def train_labels(self) -> Tensor:
+        return self._train[1]
+
+    @property
     def test_features(self) -> Tensor:
-        return self._features(self.test.images)
+        return self._test[0]
+
+    @property
+    def test_labels(self) -> Tensor:
+        return self._test[1]
 
     def finetune(self, settings: FinetuneSettings, train_idx: Tensor | None = None, seed: int | None = None):
-        images, labels = self.train.images, self.train.labels
+        train, test = in_memory(self.train, "finetune train split"), in_memory(self.test, "finetune test split")
+        images, labels = train.images, train.labels
         if train_idx is not None:
             images, labels = images[train_idx], labels[train_idx]
-        return finetune(self.encoder, images, labels, self.test.images, self.test.labels, self.info, self.num_classes,
+        return finetune(self.encoder, images, labels, test.images, test.labels, self.info, self.num_classes,
                         self.pooling, settings, self.req.seed if seed is None else seed, self.device)  # type: ignore[arg-type]  # fmt: skip
 
 
@@ -164,12 +170,12 @@ Row = dict[str, Any]
 
 
 def run_knn(ctx: EvalContext, s: KnnSettings) -> list[Row]:
-    accs = knn_accuracy(ctx.train_features, ctx.train.labels, ctx.test_features, ctx.test.labels, s.ks, s.temperature, s.standardize)
+    accs = knn_accuracy(ctx.train_features, ctx.train_labels, ctx.test_features, ctx.test_labels, s.ks, s.temperature, s.standardize)
     return [{"settings": {**s.to_dict(), "k": k}, "metric": "top1", "value": acc} for k, acc in accs.items()]
 
 
 def run_linear(ctx: EvalContext, s: ProbeSettings) -> list[Row]:
-    sweep = linear_probe_sweep(ctx.train_features, ctx.train.labels, ctx.test_features, ctx.test.labels, s, ctx.req.seed)
+    sweep = linear_probe_sweep(ctx.train_features, ctx.train_labels, ctx.test_features, ctx.test_labels, s, ctx.req.seed)
     record = {
         **s.to_dict(),
         "base_lr": sweep.selected_base_lr,
@@ -201,7 +207,7 @@ def run_finetune(ctx: EvalContext, s: FinetuneSettings) -> list[Row]:
 
 
 def run_clustering(ctx: EvalContext, s: ClusteringSettings) -> list[Row]:
-    metrics = clustering_metrics(ctx.test_features, ctx.test.labels, ctx.num_classes, s, ctx.req.seed)
+    metrics = clustering_metrics(ctx.test_features, ctx.test_labels, ctx.num_classes, s, ctx.req.seed)
     record = {**s.to_dict(), "clusters": ctx.num_classes, "split": "test"}
     rows = []
     for name, value in metrics.items():
@@ -216,8 +222,8 @@ def run_lowshot(ctx: EvalContext, s: LowshotSettings, probe: ProbeSettings, tune
     train_f, test_f = ctx.train_features, ctx.test_features
 
     def linear(idx: Tensor, seed: int) -> float:
-        model = train_linear_probe(train_f[idx], ctx.train.labels[idx], ctx.num_classes, probe, seed)
-        return head_accuracies(model, test_f, ctx.test.labels)[0]
+        model = train_linear_probe(train_f[idx], ctx.train_labels[idx], ctx.num_classes, probe, seed)
+        return head_accuracies(model, test_f, ctx.test_labels)[0]
 
     def tuned(idx: Tensor, seed: int) -> float:
         return ctx.finetune(tune, idx, seed).test_top1
@@ -229,7 +235,7 @@ def run_lowshot(ctx: EvalContext, s: LowshotSettings, probe: ProbeSettings, tune
         "finetune": finetune_record(tune),
     }
     rows = []
-    for r in lowshot_trials(ctx.train.labels, s, chosen, ctx.req.seed):
+    for r in lowshot_trials(ctx.train_labels, s, chosen, ctx.req.seed):
         record = {**s.to_dict(), "head_settings": head_settings[r.head], "std_over_seeds": "sample standard deviation (n - 1)"}
         rows.append({"settings": record, "head": r.head, "subset": r.subset, "labelled": r.labelled, "metric": "top1",
                      "value": r.mean, "std": r.std, "seeds": r.seeds, "per_seed": r.per_seed})  # fmt: skip

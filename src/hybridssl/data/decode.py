@@ -1,0 +1,90 @@
+"""Image files -> uint8 tensors (C x H x W), the same conversions on both data paths.
+
+`read_image` is the streaming path's decoder: torchvision.io (libjpeg-turbo, libpng, libwebp; EXIF
+orientation applied) at full resolution, with PIL as the fallback for what torchvision does not read
+(BMP, TIFF, PPM/PGM, 16-bit and float images, palette images with transparency). `fit` is the
+evaluation view: shorter side resized to `size`, centre crop. `decode_image` is the in-memory path's
+decoder (PIL, straight to the small square), kept because PIL's draft mode makes thumbnails cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+TORCHVISION_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
+
+
+def _pil_convert(im, channels: int):
+    """CMYK/palette/RGBA -> RGB (alpha composited on black), 16-bit and float rescaled to 8 bits, then
+    L or RGB (greyscale replicated when RGB is asked for)."""
+    from PIL import Image, ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        im = Image.fromarray(arr.astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im)
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+def _to_tensor(im, channels: int) -> Tensor:
+    arr = np.asarray(im, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).reshape(arr.shape[0], arr.shape[1], channels).permute(2, 0, 1)
+
+
+def pil_read(path: Path, channels: int) -> Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return _to_tensor(_pil_convert(im, channels), channels)
+
+
+def read_image(path: str | Path, channels: int) -> Tensor:
+    """The whole image as uint8 `channels` x H x W; raises on a file no decoder can read."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    path = Path(path)
+    if path.suffix.lower() in TORCHVISION_SUFFIXES:
+        data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
+        if data.numel() == 0:
+            raise ValueError("empty file")
+        mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        try:
+            image = decode_image(data, mode=mode, apply_exif_orientation=True)
+            if image.dtype == torch.uint8 and image.shape[0] == channels:
+                return image
+        except RuntimeError:
+            pass  # 16-bit PNG, CMYK JPEG, palette with transparency...: PIL's conversions below
+    return pil_read(path, channels)
+
+
+def fit(image: Tensor, size: int) -> Tensor:
+    """Shorter side resized to `size` (bicubic, antialiased), then the centre `size` x `size` square."""
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    image = F.resize(image, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return F.center_crop(image, [size, size])
+
+
+def decode_image(path: Path, size: int, channels: int) -> Tensor:
+    """Any PIL-readable image -> uint8 C x size x size (shorter side resized, centre crop), for the
+    in-memory path: JPEGs are decoded at the smallest DCT scale that still covers `size` (draft mode)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft(im.mode, (size, size))
+        im.load()
+        im = ImageOps.fit(_pil_convert(im, channels), (size, size), method=Image.Resampling.BICUBIC)
+        return _to_tensor(im, channels)

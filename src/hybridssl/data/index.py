@@ -1,0 +1,207 @@
+"""What a folder or file list holds: a cached index of image files with labels, and the layouts users have.
+
+Layouts (`--data-dir`):
+- a root with `train/` (and `val/`, `validation/` or `test/`): ImageNet style; pretraining and the
+  evaluation's train split read `train/`, the evaluation's test split the other one. Never two classes.
+- a folder of class sub-folders (labels = sorted folder names), or a flat folder (unlabelled); images
+  are found at any depth below a class folder.
+- a file list: a `.csv`/`.txt` file with one `path[,label]` per line (a header `path,label` is allowed),
+  paths relative to the list's folder or absolute, labels class names or integers; nobody has to move
+  files.
+
+The index of a folder is built once and cached under ~/.cache/hybridssl/index/ (`$HYBRIDSSL_INDEX_DIR`
+to put it elsewhere, e.g. on storage shared by the nodes; not inside the data folder, whose own
+modification time it would change), together with the modification time of every directory it
+listed: adding, removing or renaming a file changes its directory's time and the index is rebuilt.
+Paths are kept as one NumPy byte array, not a list of Python strings, so DataLoader workers forked
+from the main process do not copy it page by page (reference counts would touch every string).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hybridssl.data.decode import IMAGE_SUFFIXES
+from hybridssl.errors import DataError
+
+SPLIT_FOLDERS = {"train": ("train",), "test": ("val", "validation", "test")}
+LIST_SUFFIXES = {".csv", ".txt"}
+INDEX_VERSION = 1
+
+
+@dataclass
+class FileIndex:
+    """Image files (relative to `root` unless absolute) with labels (-1 = unknown) and class names."""
+
+    root: Path
+    paths: np.ndarray  # bytes ("S"), one per image
+    labels: np.ndarray  # int64
+    classes: list[str] | None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def path(self, i: int) -> Path:
+        return self.root / os.fsdecode(bytes(self.paths[i]))
+
+    @property
+    def labelled(self) -> bool:
+        return bool((self.labels >= 0).any())
+
+    @property
+    def num_classes(self) -> int | None:
+        if self.classes is not None:
+            return len(self.classes)
+        return int(self.labels.max()) + 1 if self.labelled else None
+
+    def select(self, rows: np.ndarray) -> "FileIndex":
+        return FileIndex(self.root, self.paths[rows], self.labels[rows], self.classes)
+
+    def take(self, limit: int | None, seed: int = 0) -> "FileIndex":
+        """A seeded uniform subset of `limit` files, in index order (chosen before anything is decoded)."""
+        if limit is None or limit >= len(self):
+            return self
+        rows = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        return self.select(rows.numpy())
+
+
+def split_folder(root: Path, split: str) -> Path | None:
+    """The sub-folder of an ImageNet-style root that holds `split`, or None when root is not one."""
+    if not (root / "train").is_dir():
+        return None
+    for name in SPLIT_FOLDERS["train" if split in ("train", "unlabeled", "train+unlabeled") else "test"]:
+        if (root / name).is_dir():
+            return root / name
+    raise DataError(f"{root} has train/ but no val/, validation/ or test/ folder for the {split} split")
+
+
+def source_for(data_dir: Path, split: str) -> Path:
+    """The folder or file list that holds `split` of `data_dir` (see the module docstring)."""
+    if data_dir.is_file():
+        if data_dir.suffix.lower() not in LIST_SUFFIXES:
+            raise DataError(f"data_dir: {data_dir} is a file but not a .csv/.txt file list")
+        return data_dir
+    if not data_dir.is_dir():
+        raise DataError(f"image folder {data_dir} does not exist")
+    return split_folder(data_dir, split) or data_dir
+
+
+def has_split_layout(data_dir: Path) -> bool:
+    return data_dir.is_dir() and (data_dir / "train").is_dir()
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+def _images_below(folder: Path, dirs: dict[str, int]) -> list[str]:
+    """Image files below `folder` (any depth, hidden entries skipped), sorted; records each directory's
+    modification time in `dirs`."""
+    found = []
+    for current, subdirs, files in os.walk(folder, followlinks=True):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        dirs[current] = os.stat(current).st_mtime_ns
+        found += [os.path.join(current, f) for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
+    return sorted(found)
+
+
+def list_folder(folder: Path) -> tuple[FileIndex, dict[str, int]]:
+    dirs: dict[str, int] = {str(folder): os.stat(folder).st_mtime_ns}
+    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    labels: list[int] = []
+    if subdirs:
+        classes: list[str] | None = [d.name for d in subdirs]
+        files = []
+        for label, d in enumerate(subdirs):
+            found = _images_below(d, dirs)
+            files += found
+            labels += [label] * len(found)
+    else:
+        classes, files = None, _images_below(folder, dirs)
+        labels = [-1] * len(files)
+    if not files:
+        raise DataError(f"image folder {folder} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    start = len(str(folder)) + 1
+    paths = np.array([os.fsencode(f[start:]) for f in files])
+    return FileIndex(folder, paths, np.array(labels, dtype=np.int64), classes), dirs
+
+
+def read_file_list(path: Path) -> FileIndex:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f) if r and r[0].strip() and not r[0].startswith("#")]
+    if rows and rows[0][0].strip().lower() == "path":
+        rows = rows[1:]
+    if not rows:
+        raise DataError(f"file list {path} names no images")
+    names = [r[0].strip() for r in rows]
+    raw = [r[1].strip() if len(r) > 1 and r[1].strip() else None for r in rows]
+    if all(x is None for x in raw):
+        labels, classes = [-1] * len(rows), None
+    elif any(x is None for x in raw):
+        first = next(i for i, x in enumerate(raw) if x is None)
+        raise DataError(f"file list {path}: line {first + 1} has no label while others do")
+    elif all(x.lstrip("-").isdigit() for x in raw):  # type: ignore[union-attr]
+        labels, classes = [int(x) for x in raw], None  # type: ignore[arg-type]
+    else:
+        classes = sorted(set(raw))  # type: ignore[arg-type]
+        labels = [classes.index(x) for x in raw]  # type: ignore[arg-type]
+    return FileIndex(path.parent, np.array([os.fsencode(n) for n in names]), np.array(labels, dtype=np.int64), classes)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _cache_file(folder: Path) -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hybridssl" / "index"
+    cache_dir = Path(os.environ.get("HYBRIDSSL_INDEX_DIR", default))
+    return cache_dir / (hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:24] + ".npz")
+
+
+def _load_cached(cache: Path, folder: Path) -> FileIndex | None:
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            if int(z["version"]) != INDEX_VERSION or str(z["root"]) != str(folder.resolve()):
+                return None
+            for d, mtime in zip(z["dirs"].tolist(), z["mtimes"].tolist()):
+                if os.stat(d).st_mtime_ns != mtime:
+                    return None
+            classes = z["classes"].tolist() if bool(z["has_classes"]) else None
+            return FileIndex(folder, z["paths"], z["labels"], classes)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _save_cached(cache: Path, index: FileIndex, dirs: dict[str, int]) -> None:
+    from hybridssl.files import atomic_write
+
+    arrays = {
+        "version": np.array(INDEX_VERSION), "root": np.array(str(index.root.resolve())),
+        "paths": index.paths, "labels": index.labels,
+        "has_classes": np.array(index.classes is not None), "classes": np.array(index.classes or [""]),
+        "dirs": np.array(list(dirs)), "mtimes": np.array(list(dirs.values()), dtype=np.int64),
+    }  # fmt: skip
+    try:
+        atomic_write(cache, lambda f: np.savez(f, **arrays), unique=True)
+    except OSError:
+        pass  # a read-only place: the index is rebuilt next time
+
+
+def file_index(source: Path, cache: bool = True) -> FileIndex:
+    """The index of a folder (cached, see the module docstring) or of a file list."""
+    if source.is_file():
+        return read_file_list(source)
+    cache_file = _cache_file(source)
+    if cache:
+        found = _load_cached(cache_file, source)
+        if found is not None:
+            return found
+    index, dirs = list_folder(source)
+    if cache:
+        _save_cached(cache_file, index, dirs)
+    return index

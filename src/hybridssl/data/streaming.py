@@ -1,0 +1,264 @@
+"""Image files streamed through DataLoader worker processes, for data that does not fit in memory.
+
+Workers decode each file at full resolution (data/decode.read_image) and cut the method's crops from
+it (RandomResizedCrop + flip, data/views.Crop), so crops see the whole photo, as in the official MAE
+pipeline; the device then runs the rest of each view, batched (views.finish). Memory holds the file
+index, the workers' prefetched batches and nothing that grows with the number of files.
+
+Exact resume with workers: the sample order comes from (seed, epoch) (loader.EpochBatches, the same
+rule as in memory), each sample's crop and flip draws from (seed, epoch, sample index) inside the
+worker, whichever worker decodes it, and the engine counts processed batches, not fetched ones. A run
+killed mid-epoch and resumed sees the same samples and the same crops. Each rank loads only its own
+part of the global batch (or the whole global batch in the identical-views mode).
+
+A file that cannot be decoded (empty, truncated, not an image) is replaced by the next readable file
+of the index, its path is logged, and the epoch's count of skipped files is reported at its end; the
+replacement is deterministic, so a resumed run skips the same way. `strict` makes it an error.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from hybridssl.data.decode import fit, read_image
+from hybridssl.data.index import FileIndex
+from hybridssl.data.loader import EpochBatches
+from hybridssl.data.sources import DataInfo, ImageSet
+from hybridssl.data.views import Crop
+from hybridssl.errors import DataError
+
+MAX_SUBSTITUTES = 64  # consecutive unreadable files before a run stops
+STATS_SAMPLES = 512  # images whose pixels give a folder's mean and std
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 1) - 1))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's crop draws: a function of (run seed, epoch, sample) only."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def cut_crops(image: Tensor, crops: Sequence[Crop], seed: int) -> list[Tensor]:
+    """Random-resized crops (bicubic, antialiased) + flips of one uint8 image, drawn from `seed` with
+    torchvision's own parameter sampling (on a forked generator, so no process-wide state moves)."""
+    from torchvision.transforms import RandomResizedCrop
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    out = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for crop in crops:
+            top, left, height, width = RandomResizedCrop.get_params(image, list(crop.scale), list(crop.ratio))
+            cut = F.resized_crop(image, top, left, height, width, [crop.size, crop.size],
+                                 interpolation=InterpolationMode.BICUBIC, antialias=True)  # fmt: skip
+            out.append(F.horizontal_flip(cut) if torch.rand(()) < 0.5 else cut)
+    return out
+
+
+def describe_failure(path: os.PathLike, exc: Exception) -> str:
+    return f"{path}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}"
+
+
+class CropDataset(Dataset):
+    """Map-style: key (epoch, index) -> the sample's crops, its id and label, and what was skipped."""
+
+    def __init__(self, index: FileIndex, crops: Sequence[Crop], channels: int, seed: int, strict: bool = False) -> None:
+        self.index, self.crops, self.channels, self.seed, self.strict = index, list(crops), channels, seed, strict
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, first = key
+        skipped = []
+        for attempt in range(MAX_SUBSTITUTES):
+            i = (first + attempt) % len(self.index)
+            path = self.index.path(i)
+            try:
+                image = read_image(path, self.channels)
+            except Exception as exc:  # decoders raise many types for broken files
+                if self.strict:
+                    raise DataError(f"unreadable image {describe_failure(path, exc)} (--strict)") from None
+                skipped.append(describe_failure(path, exc))
+                continue
+            crops = cut_crops(image, self.crops, sample_seed(self.seed, epoch, i))
+            return {"crops": crops, "id": i, "label": int(self.index.labels[i]), "skipped": skipped}
+        raise DataError(f"{MAX_SUBSTITUTES} unreadable images in a row from {self.index.path(first)}; is this an image folder?")
+
+
+def collate_crops(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "crops": [torch.stack([s["crops"][k] for s in samples]) for k in range(len(samples[0]["crops"]))],
+        "ids": torch.tensor([s["id"] for s in samples], dtype=torch.int64),
+        "labels": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+        "skipped": [message for s in samples for message in s["skipped"]],
+    }
+
+
+class _Keys:
+    """The DataLoader's batch sampler: (epoch, index) keys of the loader's remaining batches."""
+
+    def __init__(self, position: EpochBatches) -> None:
+        self.position = position
+
+    def __len__(self) -> int:
+        return len(self.position) - self.position.consumed
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.position.epoch
+        for _, shown in self.position.remaining():
+            yield [(epoch, int(i)) for i in shown]
+
+
+class StreamingLoader(EpochBatches):
+    """Batches of crops decoded by worker processes; the same position and state as InMemoryLoader."""
+
+    def __init__(self, dataset: CropDataset, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 global_images: bool = False, num_workers: int = 0, pin_memory: bool = False, prefetch: int = 4) -> None:  # fmt: skip
+        super().__init__(len(dataset), batch_size, seed, rank, world_size, global_images)
+        self.dataset = dataset
+        workers = {"persistent_workers": True, "prefetch_factor": prefetch} if num_workers > 0 else {}
+        self.dataloader = DataLoader(dataset, batch_sampler=_Keys(self), num_workers=num_workers,
+                                     collate_fn=collate_crops, pin_memory=pin_memory, **workers)  # fmt: skip
+        self.skipped_in_epoch: dict[int, int] = {}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.start_iteration()
+        epoch, offset = self.epoch, self.offset
+        for batch in self.dataloader:
+            skipped = batch.pop("skipped")
+            for message in skipped:
+                warnings.warn(f"skipping unreadable image {message}", stacklevel=2)
+            self.skipped_in_epoch[epoch] = self.skipped_in_epoch.get(epoch, 0) + len(skipped)
+            if self.global_images:  # this rank's ids and labels; the crops stay global (identical-views mode)
+                batch["ids"] = batch["ids"][offset : offset + self.batch_size]
+                batch["labels"] = batch["labels"][offset : offset + self.batch_size]
+            batch["offset"] = offset
+            yield batch
+        if self.skipped_in_epoch.get(epoch):
+            warnings.warn(f"epoch {epoch}: skipped {self.skipped_in_epoch[epoch]} unreadable image(s)", stacklevel=2)
+
+
+# ----------------------------------------------------------------------------- whole images
+
+
+class FitDataset(Dataset):
+    """index -> the image fitted to size x size (evaluation's view, statistics); None when unreadable."""
+
+    def __init__(self, index: FileIndex, size: int, channels: int, strict: bool = False) -> None:
+        self.index, self.size, self.channels, self.strict = index, size, channels, strict
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | str:
+        path = self.index.path(i)
+        try:
+            return {"image": fit(read_image(path, self.channels), self.size), "label": int(self.index.labels[i])}
+        except Exception as exc:  # decoders raise many types for broken files
+            if self.strict:
+                raise DataError(f"unreadable image {describe_failure(path, exc)} (--strict)") from None
+            return describe_failure(path, exc)
+
+
+def collate_fitted(samples: list[dict[str, Any] | str]) -> dict[str, Any]:
+    good = [s for s in samples if not isinstance(s, str)]
+    images = torch.stack([s["image"] for s in good]) if good else torch.zeros(0, dtype=torch.uint8)
+    return {"images": images, "labels": torch.tensor([s["label"] for s in good], dtype=torch.int64),
+            "skipped": [s for s in samples if isinstance(s, str)]}  # fmt: skip
+
+
+def fitted_batches(index: FileIndex, size: int, channels: int, batch_size: int = 256, num_workers: int = 0,
+                   strict: bool = False, progress: str | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """Whole images fitted to `size`, batch by batch, in index order, decoded by workers; unreadable
+    files are left out with a warning naming each. `progress`: a tqdm bar with this description."""
+    loader = DataLoader(FitDataset(index, size, channels, strict), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=collate_fitted, prefetch_factor=4 if num_workers else None)  # fmt: skip
+    batches = loader
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(loader, desc=progress, unit="batch", leave=False)
+    for batch in batches:
+        for message in batch.pop("skipped"):
+            warnings.warn(f"skipping unreadable image {message}", stacklevel=2)
+        yield batch
+
+
+@dataclass
+class StreamingSet:
+    """A dataset of files read during training: its index and how to decode it. Stands where an
+    ImageSet stands on the in-memory path (length, labels, classes, `take`)."""
+
+    name: str
+    index: FileIndex
+    image_size: int
+    channels: int
+    strict: bool = False
+    num_workers: int = field(default_factory=default_workers)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def labels(self) -> Tensor | None:
+        return torch.from_numpy(self.index.labels) if self.index.labelled else None
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.index.classes
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.index.num_classes
+
+    def take(self, limit: int | None, seed: int = 0) -> "StreamingSet":
+        return StreamingSet(self.name, self.index.take(limit, seed), self.image_size, self.channels, self.strict, self.num_workers)
+
+    def materialize(self, limit: int | None = None, seed: int = 0, progress: str | None = None) -> ImageSet:
+        """A seeded subset decoded into memory at image_size (the k-NN monitor's bank, pictures)."""
+        subset = self.index.take(limit, seed)
+        images, labels = [], []
+        for batch in fitted_batches(subset, self.image_size, self.channels, num_workers=self.num_workers, progress=progress):
+            images.append(batch["images"])
+            labels.append(batch["labels"])
+        if not images:
+            raise DataError(f"no readable images in {self.index.root}")
+        label_tensor = torch.cat(labels)
+        return ImageSet(torch.cat(images), label_tensor if (label_tensor >= 0).any() else None, self.classes)
+
+    @cached_property
+    def info(self) -> DataInfo:
+        """Mean and std per channel from a seeded sample of STATS_SAMPLES images (fitted to image_size)."""
+        total = torch.zeros(self.channels, dtype=torch.float64)
+        squares = torch.zeros(self.channels, dtype=torch.float64)
+        pixels = 0
+        for batch in fitted_batches(self.index.take(STATS_SAMPLES, seed=0), self.image_size, self.channels, num_workers=self.num_workers):
+            x = batch["images"].double().div_(255)
+            total += x.sum(dim=(0, 2, 3))
+            squares += x.pow(2).sum(dim=(0, 2, 3))
+            pixels += x.shape[0] * x.shape[2] * x.shape[3]
+        if pixels == 0:
+            raise DataError(f"no readable images among the first {STATS_SAMPLES} sampled from {self.index.root}")
+        mean = total / pixels
+        std = (squares / pixels - mean.pow(2)).clamp_min(1e-6).sqrt().clamp_min(1e-3)
+        return DataInfo(self.name, self.image_size, self.channels, tuple(mean.tolist()), tuple(std.tolist()),
+                        self.num_classes, len(self))  # fmt: skip
+
+    def loader(self, crops: Sequence[Crop], batch_size: int, seed: int, rank: int, world_size: int,
+               global_images: bool, pin_memory: bool) -> StreamingLoader:  # fmt: skip
+        dataset = CropDataset(self.index, crops, self.channels, seed, self.strict)
+        return StreamingLoader(dataset, batch_size, seed, rank, world_size, global_images, self.num_workers, pin_memory)

@@ -1,0 +1,58 @@
+"""The pretraining set of a run and which data path reads it: in memory or streamed from files.
+
+Named datasets (Fashion-MNIST, CIFAR, STL-10) come as arrays and stay in memory. A folder goes to memory
+when its decoded size (files x channels x image_size^2 bytes) is at most MEMORY_BUDGET_BYTES, where one
+decode up front makes every epoch cheapest; larger folders stream through DataLoader workers, which
+start at once and keep memory flat in the number of files. `loader` ("memory" / "stream") overrides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Union
+
+from hybridssl.data.sources import PRETRAIN_SPLIT, DataInfo, ImageSet, data_info, decode_index, folder_index
+from hybridssl.data.sources import load_dataset
+from hybridssl.data.streaming import StreamingSet, default_workers
+from hybridssl.errors import ConfigError
+
+MEMORY_BUDGET_BYTES = 256 * 2**20
+
+TrainingData = Union[ImageSet, StreamingSet]
+LoaderChoice = Literal["auto", "memory", "stream"]
+
+
+def decoded_bytes(num_files: int, image_size: int, channels: int) -> int:
+    return num_files * channels * image_size * image_size
+
+
+def training_data(
+    dataset: str,
+    data_dir: Path | None,
+    *,
+    image_size: int,
+    channels: int,
+    strict: bool = False,
+    loader: LoaderChoice = "auto",
+    limit: int | None = None,
+    seed: int = 0,
+    num_workers: int | None = None,
+    download: bool = False,
+) -> TrainingData:
+    """The pretraining split, limited to a seeded subset of `limit` images before anything is decoded."""
+    if dataset != "folder":
+        if loader == "stream":
+            raise ConfigError(f"loader: {dataset} is loaded into memory; `stream` applies to folder datasets")
+        split = PRETRAIN_SPLIT.get(dataset, "train")
+        return load_dataset(dataset, split, data_dir, download=download).take(limit, seed=seed)
+    index = folder_index(data_dir, "train").take(limit, seed)
+    stream = loader == "stream" or (loader == "auto" and decoded_bytes(len(index), image_size, channels) > MEMORY_BUDGET_BYTES)
+    if stream:
+        workers = default_workers() if num_workers is None else num_workers
+        return StreamingSet("folder", index, image_size, channels, strict, workers)
+    return decode_index(index, image_size, channels, strict)
+
+
+def training_info(dataset: str, data: TrainingData) -> DataInfo:
+    """What the model needs to know about the images (statistics: measured on folders)."""
+    return data.info if isinstance(data, StreamingSet) else data_info(dataset, data)

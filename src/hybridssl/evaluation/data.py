@@ -1,0 +1,97 @@
+"""The labelled splits an evaluation reads, in memory or streamed, and their frozen features.
+
+Named datasets: their train and test splits. Folders: the train split is `--data-dir` (its `train/`
+for a train/val root), the test split `--eval-data-dir`, or the root's `val/` (`validation/`, `test/`)
+without further flags. Folders larger than the memory budget (data/training_set.py) stream: features
+are computed batch by batch from images fitted to the encoder's size (shorter side resized, centre
+crop), decoded by DataLoader workers, with a progress bar; the features, not the images, are kept.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import Tensor
+
+from hybridssl.data.index import has_split_layout
+from hybridssl.data.sources import DataInfo, ImageSet, decode_index, folder_index, load_dataset
+from hybridssl.data.streaming import StreamingSet, default_workers, fitted_batches
+from hybridssl.data.training_set import MEMORY_BUDGET_BYTES, LoaderChoice, decoded_bytes
+from hybridssl.errors import ConfigError, DataError
+from hybridssl.evaluation.features import encoder_features, pixel_features
+from hybridssl.nn.vit import Pooling, ViT
+
+EvalData = Union[ImageSet, StreamingSet]
+
+
+def folder_split(data_dir: Path | None, eval_data_dir: Path | None, split: str) -> Path:
+    """Where a folder dataset's `split` is read from (see the module docstring)."""
+    if split == "train":
+        if data_dir is None:
+            raise DataError("dataset 'folder' needs --data-dir with the labelled train images")
+        return data_dir
+    if eval_data_dir is not None:
+        return eval_data_dir
+    if data_dir is not None and has_split_layout(Path(data_dir)):
+        return data_dir
+    raise DataError("dataset 'folder' needs --eval-data-dir with the labelled test images (or a --data-dir "
+                    "holding train/ and val/)")  # fmt: skip
+
+
+def eval_split(dataset: str, split: str, data_dir: Path | None, eval_data_dir: Path | None, info: DataInfo, *,
+               limit: int | None = None, seed: int = 0, loader: LoaderChoice = "auto", num_workers: int | None = None,
+               download: bool = False) -> EvalData:  # fmt: skip
+    """One labelled split at the encoder's size, limited to a seeded subset before decoding."""
+    if dataset != "folder":
+        if loader == "stream":
+            raise ConfigError(f"loader: {dataset} is loaded into memory; `stream` applies to folder datasets")
+        root = data_dir if split == "train" else (eval_data_dir or data_dir)
+        data: EvalData = load_dataset(dataset, split, root, download=download).take(limit, seed)
+    else:
+        index = folder_index(folder_split(data_dir, eval_data_dir, split), split).take(limit, seed)
+        size = decoded_bytes(len(index), info.image_size, info.channels)
+        if loader == "stream" or (loader == "auto" and size > MEMORY_BUDGET_BYTES):
+            workers = default_workers() if num_workers is None else num_workers
+            data = StreamingSet("folder", index, info.image_size, info.channels, num_workers=workers)
+        else:
+            data = decode_index(index, info.image_size, info.channels)
+    if data.labels is None or (data.labels < 0).all():
+        raise DataError(f"the {split} split of {dataset} has no labels; evaluation needs labelled images")
+    if isinstance(data, ImageSet):
+        shape = tuple(data.images.shape[1:])
+        if shape != (info.channels, info.image_size, info.image_size):
+            raise DataError(f"{dataset} images are {shape}, the encoder expects {(info.channels, info.image_size, info.image_size)}")
+    return data
+
+
+@torch.inference_mode()
+def features_and_labels(encoder: ViT | None, data: EvalData, info: DataInfo, pooling: Pooling | str, device: torch.device,
+                        batch_size: int = 256, progress: str | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """N x D frozen features (eval mode, full view) and their labels; `encoder` None: raw pixels.
+    Streamed files that cannot be read are left out with their labels, with a warning naming each."""
+    def encode(images: Tensor) -> Tensor:
+        if encoder is None:
+            return pixel_features(images, info)
+        return encoder_features(encoder, images, info, pooling, batch_size, device)  # type: ignore[arg-type]
+
+    if isinstance(data, ImageSet):
+        return encode(data.images), data.labels  # type: ignore[return-value]
+    feats, labels = [], []
+    for batch in fitted_batches(data.index, info.image_size, info.channels, batch_size, data.num_workers, data.strict, progress):
+        if len(batch["images"]):
+            feats.append(encode(batch["images"]))
+            labels.append(batch["labels"])
+    if not feats:
+        raise DataError(f"no readable images in {data.index.root}")
+    return torch.cat(feats), torch.cat(labels)
+
+
+def in_memory(data: EvalData, what: str) -> ImageSet:
+    """The images themselves (fine-tuning trains on them): a streamed split is decoded whole."""
+    if isinstance(data, ImageSet):
+        return data
+    warnings.warn(f"{what}: decoding all {len(data)} images of a streamed split into memory", stacklevel=2)
+    return data.materialize(progress=f"decoding {what}")
