@@ -62,3 +62,17 @@ def pretrain_tiny(fmnist_dir: Path, output: Path, method: str = "mae", steps: in
 def tiny_mae_run(fmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-step MAE run on the fixture: config.yaml, checkpoints/last.ckpt, logs (do not write into it)."""
     return pretrain_tiny(fmnist_dir, tmp_path_factory.mktemp("tiny-mae"), "mae", 4)
+
+
+@pytest.fixture(scope="session")
+def photo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A train/ + val/ root of 96 small photo-like JPEGs (48-64 px), 4 classes (hybridssl.data.synthetic)."""
+    from hybridssl.data.synthetic import write_photo_folder
+
+    return write_photo_folder(tmp_path_factory.mktemp("photos"), 96, num_classes=4, sizes=(48, 64), val_fraction=0.25)
+
+
+@pytest.fixture(autouse=True)
+def _index_cache_per_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """File indexes are cached under the test's own folder, never in the user's cache."""
+    monkeypatch.setenv("HYBRIDSSL_INDEX_DIR", str(tmp_path / "index-cache"))

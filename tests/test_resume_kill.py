@@ -116,6 +116,19 @@ def test_mae_killed_three_times_resumes_bit_identical(fmnist_dir, tmp_path):
     assert logged["epoch"] == expected["epoch"]  # Lightning's epochs end where the data's do
 
 
+def test_streamed_folder_with_workers_killed_mid_epoch_resumes_bit_identical(photo_root, tmp_path):
+    """Files decoded by 2 worker processes, crops from the full photo: killed mid-epoch (before step 3 of
+    4, the last checkpoint at step 2, so prefetched batches are thrown away) and resumed, the run ends
+    where an uninterrupted one does, and its second epoch starts from the same batches."""
+    streamed = ["--dataset", "folder", "--image-size", "32", "--patch-size", "8", "--loader", "stream", "--num-workers", "2",
+                "--max-steps", "6"]  # fmt: skip
+    reference, killed = kill_and_resume("simclr", photo_root, tmp_path, streamed, every=2, stalls=[3])
+    for name in ("step0000004.ckpt", "last.ckpt"):
+        assert_same_training_state(reference / "checkpoints" / name, killed / "checkpoints" / name)
+    logged, expected = (read_metrics(out, skip={"step"}) for out in (killed, reference))
+    assert logged["train/loss"] == expected["train/loss"]
+
+
 QUEUE = ["--set", "method_args.queue_size=48"]
 # name -> extra flags; the real methods are slow tests
 QUEUE_EMA_METHODS = {"toy-queue-ema": [], "mae-ct-tune": QUEUE, "macrl": QUEUE, "mae-ct": QUEUE, "nnclr": QUEUE, "mocov3": []}

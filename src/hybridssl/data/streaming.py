@@ -90,9 +90,9 @@ class CropDataset(Dataset):
             try:
                 image = read_image(path, self.channels)
             except Exception as exc:  # decoders raise many types for broken files
-                if self.strict:
-                    raise DataError(f"unreadable image {describe_failure(path, exc)} (--strict)") from None
                 skipped.append(describe_failure(path, exc))
+                if self.strict:  # raised by the main process (from a worker it would carry a traceback)
+                    return {"error": f"unreadable image {skipped[-1]} (--strict)"}
                 continue
             crops = cut_crops(image, self.crops, sample_seed(self.seed, epoch, i))
             return {"crops": crops, "id": i, "label": int(self.index.labels[i]), "skipped": skipped}
@@ -100,6 +100,8 @@ class CropDataset(Dataset):
 
 
 def collate_crops(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    if any("error" in s for s in samples):
+        return {"errors": [s["error"] for s in samples if "error" in s]}
     return {
         "crops": [torch.stack([s["crops"][k] for s in samples]) for k in range(len(samples[0]["crops"]))],
         "ids": torch.tensor([s["id"] for s in samples], dtype=torch.int64),
@@ -139,6 +141,8 @@ class StreamingLoader(EpochBatches):
         self.start_iteration()
         epoch, offset = self.epoch, self.offset
         for batch in self.dataloader:
+            if "errors" in batch:
+                raise DataError(batch["errors"][0])
             skipped = batch.pop("skipped")
             for message in skipped:
                 warnings.warn(f"skipping unreadable image {message}", stacklevel=2)
@@ -169,12 +173,15 @@ class FitDataset(Dataset):
         try:
             return {"image": fit(read_image(path, self.channels), self.size), "label": int(self.index.labels[i])}
         except Exception as exc:  # decoders raise many types for broken files
-            if self.strict:
-                raise DataError(f"unreadable image {describe_failure(path, exc)} (--strict)") from None
+            if self.strict:  # raised by the main process (from a worker it would carry a traceback)
+                return {"error": f"unreadable image {describe_failure(path, exc)} (--strict)"}
             return describe_failure(path, exc)
 
 
 def collate_fitted(samples: list[dict[str, Any] | str]) -> dict[str, Any]:
+    errors = [s["error"] for s in samples if isinstance(s, dict) and "error" in s]
+    if errors:
+        return {"errors": errors}
     good = [s for s in samples if not isinstance(s, str)]
     images = torch.stack([s["image"] for s in good]) if good else torch.zeros(0, dtype=torch.uint8)
     return {"images": images, "labels": torch.tensor([s["label"] for s in good], dtype=torch.int64),
@@ -193,6 +200,8 @@ def fitted_batches(index: FileIndex, size: int, channels: int, batch_size: int =
 
         batches = tqdm(loader, desc=progress, unit="batch", leave=False)
     for batch in batches:
+        if "errors" in batch:
+            raise DataError(batch["errors"][0])
         for message in batch.pop("skipped"):
             warnings.warn(f"skipping unreadable image {message}", stacklevel=2)
         yield batch

@@ -220,7 +220,7 @@ def build_trainer(
         every_n_train_steps=every_steps,
         every_n_epochs=None,
         save_top_k=-1,
-        save_last=True,
+        save_last=False,  # last.ckpt is written once, at the end (FinalCheckpoint), not as a second copy of each save
     )
     return L.Trainer(
         accelerator=run_config.accelerator,

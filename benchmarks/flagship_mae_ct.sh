@@ -1,0 +1,41 @@
+#!/bin/sh
+# The flagship row of BENCHMARKS.md (results at real budgets): MAE on all 60k Fashion-MNIST images, then
+# MAE-CT stages 2-3 on top of it, each evaluated with the same protocols next to the random-init ViT and
+# raw pixels. Long (about 2 h on a 2-core CPU at 32 MAE epochs): run it in the background.
+#   sh benchmarks/flagship_mae_ct.sh [OUT] [MAE_EPOCHS] [HEAD_EPOCHS] [TUNE_EPOCHS]
+# Resumable: run it again with the same OUT and it continues where it stopped.
+set -eu
+OUT=${1:-runs/flagship}
+EPOCHS=${2:-32}
+HEAD=${3:-1}
+TUNE=${4:-2}
+HYBRIDSSL=${HYBRIDSSL:-hybridssl}
+PROTOCOLS="knn linear clustering"
+LOWSHOT="--set lowshot.heads=[linear] --lowshot-subsets 1%,10%"
+mkdir -p "$OUT"
+stamp() { echo "[$(date -u +%FT%TZ)] $*" | tee -a "$OUT/log.txt"; }
+
+resume=""; [ -d "$OUT/mae/checkpoints" ] && resume="--resume"
+stamp "MAE $EPOCHS epochs"
+$HYBRIDSSL pretrain --method mae --dataset fashion-mnist --model vit-pico --epochs "$EPOCHS" --batch-size 256 \
+    --checkpoint-every-epochs 2 --no-progress-bar --output "$OUT/mae" $resume
+MAE="$OUT/mae/checkpoints/last.ckpt"
+
+evaluate() {  # checkpoint, results folder, extra flags
+    for p in $PROTOCOLS; do
+        stamp "evaluate $p $3 ($1)"
+        $HYBRIDSSL evaluate --checkpoint "$1" --protocol "$p" --output "$2" $3
+    done
+    stamp "evaluate lowshot $3 ($1)"
+    $HYBRIDSSL evaluate --checkpoint "$1" --protocol lowshot $LOWSHOT --output "$2" $3
+}
+[ -f "$OUT/mae/results.jsonl" ] || evaluate "$MAE" "$OUT/mae" ""
+
+resume=""; [ -d "$OUT/mae-ct" ] && resume="--resume"
+stamp "MAE-CT head $HEAD + tune $TUNE epochs from $MAE"
+$HYBRIDSSL pretrain --method mae-ct --init-from "$MAE" --dataset fashion-mnist --model vit-pico --batch-size 256 \
+    --set method_args.head_epochs="$HEAD" --set method_args.tune_epochs="$TUNE" --no-progress-bar --output "$OUT/mae-ct" $resume
+CT="$OUT/mae-ct/stage3-tune/checkpoints/last.ckpt"
+[ -f "$OUT/mae-ct/results.jsonl" ] || evaluate "$CT" "$OUT/mae-ct" ""
+[ -f "$OUT/floors/results.jsonl" ] || { evaluate "$MAE" "$OUT/floors" "--random-init"; PROTOCOLS="knn linear" evaluate "$MAE" "$OUT/floors" "--raw-pixels"; }
+stamp "done"

@@ -1,0 +1,106 @@
+"""File index: the layouts users have, the cache and its invalidation, subsets chosen before decoding."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hybridssl.data.index import file_index, source_for
+from hybridssl.data.sources import folder_index, load_dataset
+from hybridssl.errors import DataError
+
+
+def jpeg(path: Path, value: int = 100, size: tuple[int, int] = (40, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), value, dtype=np.uint8)).save(path)
+    return path
+
+
+def test_a_train_val_root_is_two_splits_never_two_classes(tmp_path):
+    for split, n in (("train", 6), ("val", 2)):
+        for i in range(n):
+            jpeg(tmp_path / "data" / split / f"cat{i % 2}" / f"{i}.jpg")
+    train = folder_index(tmp_path / "data", "train")
+    val = folder_index(tmp_path / "data", "test")
+    assert train.classes == val.classes == ["cat0", "cat1"]
+    assert len(train) == 6 and len(val) == 2
+    assert all(str(train.path(i)).startswith(str(tmp_path / "data" / "train")) for i in range(6))
+    assert all(str(val.path(i)).startswith(str(tmp_path / "data" / "val")) for i in range(2))
+    images = load_dataset("folder", "train", tmp_path / "data", image_size=8)
+    assert images.classes == ["cat0", "cat1"] and len(images) == 6, "the in-memory path reads the same layout"
+
+
+def test_class_folders_flat_folders_and_nested_images(tmp_path):
+    jpeg(tmp_path / "labelled" / "b" / "deep" / "x.jpg")
+    jpeg(tmp_path / "labelled" / "a" / "y.png")
+    index = file_index(tmp_path / "labelled")
+    assert index.classes == ["a", "b"] and index.labels.tolist() == [0, 1]
+    jpeg(tmp_path / "flat" / "1.jpg"), jpeg(tmp_path / "flat" / "2.jpg")
+    (tmp_path / "flat" / "notes.txt").write_text("not an image")
+    flat = file_index(tmp_path / "flat")
+    assert flat.classes is None and flat.labels.tolist() == [-1, -1] and not flat.labelled
+
+
+def test_a_file_list_with_class_names_or_integers_and_relative_paths(tmp_path):
+    jpeg(tmp_path / "imgs" / "a.jpg"), jpeg(tmp_path / "imgs" / "b.jpg"), jpeg(tmp_path / "elsewhere" / "c.jpg")
+    names = tmp_path / "names.csv"
+    names.write_text(f"path,label\nimgs/a.jpg,dog\nimgs/b.jpg,cat\n{tmp_path / 'elsewhere' / 'c.jpg'},dog\n")
+    index = file_index(source_for(names, "train"))
+    assert index.classes == ["cat", "dog"] and index.labels.tolist() == [1, 0, 1]
+    assert index.path(0) == tmp_path / "imgs" / "a.jpg" and index.path(2) == tmp_path / "elsewhere" / "c.jpg"
+    ints = tmp_path / "ints.txt"
+    ints.write_text("imgs/a.jpg,3\nimgs/b.jpg,1\n")
+    assert file_index(ints).labels.tolist() == [3, 1] and file_index(ints).num_classes == 4
+    unlabelled = tmp_path / "plain.csv"
+    unlabelled.write_text("imgs/a.jpg\nimgs/b.jpg\n")
+    assert not file_index(unlabelled).labelled
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("imgs/a.jpg,1\nimgs/b.jpg\n")
+    with pytest.raises(DataError, match="line 2 has no label"):
+        file_index(mixed)
+    assert len(load_dataset("folder", "train", names, image_size=8)) == 3
+
+
+def test_the_index_is_cached_and_rebuilt_when_a_folder_changes(tmp_path, monkeypatch):
+    for i in range(3):
+        jpeg(tmp_path / "d" / "k" / f"{i}.jpg")
+    assert len(file_index(tmp_path / "d")) == 3
+    cached = list((tmp_path / "index-cache").glob("*.npz"))
+    assert len(cached) == 1
+    import hybridssl.data.index as index_module
+
+    calls = []
+    original = index_module.list_folder
+    monkeypatch.setattr(index_module, "list_folder", lambda folder: calls.append(folder) or original(folder))
+    assert len(file_index(tmp_path / "d")) == 3 and not calls, "the cached index is used, nothing listed"
+    time.sleep(0.01)
+    jpeg(tmp_path / "d" / "k" / "new.jpg")
+    os.utime(tmp_path / "d" / "k")  # some filesystems round times: make the change visible for sure
+    assert len(file_index(tmp_path / "d")) == 4 and len(calls) == 1, "a new file invalidates the cache"
+
+
+def test_limit_selects_before_decoding_and_matches_the_in_memory_subset(tmp_path):
+    for i in range(20):
+        jpeg(tmp_path / "d" / f"{i:02d}.jpg", value=i * 10)
+    index = folder_index(tmp_path / "d", "train")
+    subset = index.take(5, seed=3)
+    assert len(subset) == 5 and subset.take(5, seed=3) is subset
+    stored = load_dataset("folder", "train", tmp_path / "d", image_size=8).take(5, seed=3)
+    decoded_values = sorted(int(img[0, 0, 0]) for img in stored.images)
+    assert decoded_values == sorted(int(os.path.basename(subset.path(i)).split(".")[0]) * 10 for i in range(5))
+
+
+def test_missing_and_empty_folders_fail_with_one_line(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        folder_index(tmp_path / "missing", "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="contains no images"):
+        folder_index(tmp_path / "empty", "train")
+    (tmp_path / "half" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="no val/"):
+        folder_index(tmp_path / "half", "test")
