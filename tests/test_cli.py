@@ -96,3 +96,18 @@ def test_dataset_smaller_than_a_batch(fmnist_dir, tmp_path, capsys):
     code = main(["pretrain", "--method", "mae", *TINY, "--data-dir", str(fmnist_dir), "--limit-train", "10", "--max-steps", "1", "--output", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "fewer than one global batch" in err and "batch_size" in err
+
+
+def test_help_and_config_errors_answer_without_importing_torch():
+    """`--help` and an invalid setting come back at once: nothing heavy is imported before the config is valid."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom hybridssl.cli import main\n"
+             "for argv in (['--help'], ['pretrain', '--help'], ['pretrain', '--method', 'mae', '--batch-size', '-5']):\n"
+             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+             "heavy = sorted(m for m in ('torch', 'lightning', 'timm', 'kornia') if m in sys.modules)\n"
+             "print('HEAVY', heavy)\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "batch_size: Input should be greater than 0" in out.stderr

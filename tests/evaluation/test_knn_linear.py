@@ -64,3 +64,15 @@ def test_parallel_heads_are_independent_and_train_like_a_single_probe():
     for model in (pair_a, pair_b):
         assert torch.allclose(model.heads[0].weight, alone.heads[0].weight, atol=1e-6)
     assert not torch.allclose(pair_a.heads[1].weight, pair_b.heads[1].weight), "the lr of each head is its own"
+
+
+def test_knn_over_bank_chunks_equals_the_whole_bank_at_once():
+    """Bounded memory (a running top-k over bank chunks, some smaller than k) changes no prediction."""
+    from hybridssl.evaluation.knn import knn_predict
+
+    torch.manual_seed(0)
+    bank, labels, queries = torch.randn(1000, 16), torch.randint(0, 5, (1000,)), torch.randn(300, 16)
+    whole = knn_predict(bank, labels, queries, (1, 20, 200), chunk=4096, bank_chunk=10**6)
+    chunked = knn_predict(bank, labels, queries, (1, 20, 200), chunk=64, bank_chunk=97)
+    assert all(torch.equal(whole[k], chunked[k]) for k in whole)
+    assert not torch.equal(whole[1], whole[200]), "k matters, so the chunks were really merged"

@@ -78,14 +78,19 @@ class TestImages:
         self.cache: dict[tuple, Any] = {}
 
     def get(self, config: dict[str, Any], info) -> tuple[Any, str]:
+        from hybridssl.data.index import has_split_layout
         from hybridssl.data.sources import load_dataset
 
         dataset = config.get("dataset", "fashion-mnist")
         data_dir = self.options.data_dir or config.get("data_dir")
-        split = "train" if dataset == "folder" else "test"  # a folder run records only its training folder
+        split = "test"
+        if dataset == "folder" and not (data_dir and has_split_layout(Path(data_dir))):
+            split = "train"  # a plain folder run records only its training folder
         key = (dataset, str(data_dir), split, info.image_size, info.channels)
         if key not in self.cache:
-            images = load_dataset(dataset, split, data_dir, image_size=info.image_size, channels=info.channels)
+            # a folder: only the images the pictures show are decoded (a sample of at most embedding_samples)
+            images = load_dataset(dataset, split, data_dir, image_size=info.image_size, channels=info.channels,
+                                  limit=self.options.embedding_samples, seed=self.options.seed)  # fmt: skip
             self.cache[key] = images
         return self.cache[key], f"{dataset} {split} split"
 
