@@ -1,4 +1,4 @@
-"""Command line: hybridssl pretrain | evaluate | compare | report | export | bench | demo.
+"""Command line: hybridssl pretrain | evaluate | compare | report | export | pack | bench | demo.
 
 Every invalid input ends in one line `hybridssl: error: ...` naming the field, and exit status 2.
 """
@@ -36,7 +36,7 @@ def set_arg(value: str) -> tuple[str, Any]:
 
 def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="mae, mae-ct, cmae, can, macrl, simclr, mocov3, nnclr, ...")
-    p.add_argument("--dataset", help="fashion-mnist (default), cifar10, cifar100, stl10, folder")
+    p.add_argument("--dataset", help="fashion-mnist (default), cifar10, cifar100, stl10, folder, shards")
     p.add_argument("--data-dir", type=Path, help="dataset root, image folder, train/ + val/ root, or a .csv file list")
     p.add_argument("--download", action="store_true", default=None, help="download the dataset when missing (online)")
     p.add_argument("--image-size", type=int, help="folder datasets: the training resolution (default 64)")
@@ -264,6 +264,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from hybridssl.data.pack import pack
+
+    meta = pack(args.source, args.output, args.data_dir, args.download, args.chunk_bytes)
+    sizes = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
+    print(f"hybridssl: packed {args.source} into {args.output} ({sizes} images, {meta['seconds']} s); "
+          f"train with --dataset shards --data-dir {args.output}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from hybridssl.demo import run_demo
 
@@ -308,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write the encoder as timm-loadable safetensors")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--output", type=Path, required=True)
+    p = sub.add_parser("pack", help="write a dataset as litdata shards (--dataset shards --data-dir OUTPUT reads them)")
+    p.add_argument("source", help="a folder, train/ + val/ root or .csv file list, or a dataset name (fashion-mnist, cifar10, ...)")
+    p.add_argument("--output", required=True, help="a folder, or a URL litdata writes to (s3://..., gs://...)")
+    p.add_argument("--data-dir", type=Path, help="named datasets: where their files are")
+    p.add_argument("--download", action="store_true", help="named datasets: download when missing (online)")
+    p.add_argument("--chunk-bytes", default="64MB", help="size of each shard file (default 64MB)")
     p = sub.add_parser("bench", help="time the training step of a method")
     p.add_argument("--method", required=True)
     p.add_argument("--model", default="vit-pico")
@@ -328,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report,
-    "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo,
+    "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo, "pack": cmd_pack,
 }  # fmt: skip
 
 

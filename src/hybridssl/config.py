@@ -19,7 +19,7 @@ from hybridssl.settings import ConfigError, OptimConfig, StrictModel, deep_merge
 class RunConfig(StrictModel):
     method: str
     dataset: str = "fashion-mnist"
-    data_dir: Path | None = None
+    data_dir: Path | None = None  # a URL (s3://...) stays a string: packed shards on object storage
     download: bool = False
     image_size: PositiveInt = 64  # folder datasets: the training resolution (crops are cut to this size)
     channels: Literal[1, 3] = 3  # folder datasets only
@@ -58,6 +58,11 @@ class RunConfig(StrictModel):
     knn_monitor_every_epochs: NonNegativeInt = 0  # online k-NN of the encoder every N epochs; 0 = off
     knn_monitor_samples: PositiveInt = 5000  # labelled training images in the k-NN bank (and test queries)
     knn_monitor_k: PositiveInt = 20
+
+    @field_validator("data_dir", mode="wrap")
+    @classmethod
+    def _url_or_path(cls, v: Any, handler: Any) -> Any:
+        return v if isinstance(v, str) and "://" in v else handler(v)
 
     @field_validator("method", "dataset", "model")
     @classmethod

@@ -49,6 +49,17 @@ def pil_read(path: Path, channels: int) -> Tensor:
         return _to_tensor(_pil_convert(im, channels), channels)
 
 
+def pil_convert_bytes(data: bytes, channels: int) -> Tensor:
+    """Encoded bytes PIL can read -> uint8 `channels` x H x W, with the conversions above."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return _to_tensor(_pil_convert(im, channels), channels)
+
+
 def read_image(path: str | Path, channels: int) -> Tensor:
     """The whole image as uint8 `channels` x H x W; raises on a file no decoder can read."""
     from torchvision.io import ImageReadMode, decode_image

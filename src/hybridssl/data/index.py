@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hybridssl.data.decode import IMAGE_SUFFIXES
+from torch import Tensor
+
+from hybridssl.data.decode import IMAGE_SUFFIXES, read_image
 from hybridssl.errors import DataError
 
 SPLIT_FOLDERS = {"train": ("train",), "test": ("val", "validation", "test")}
@@ -50,6 +52,13 @@ class FileIndex:
 
     def path(self, i: int) -> Path:
         return self.root / os.fsdecode(bytes(self.paths[i]))
+
+    def describe(self, i: int) -> str:
+        return str(self.path(i))
+
+    def read(self, i: int, channels: int) -> Tensor:
+        """Sample i decoded at full resolution (data/decode.read_image)."""
+        return read_image(self.path(i), channels)
 
     @property
     def labelled(self) -> bool:

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hybridssl.data.decode import decode_image
+from hybridssl.data.decode import decode_image, fit
 from hybridssl.data.index import FileIndex, file_index, source_for
+from hybridssl.data.shards import ShardIndex, shard_index
 from hybridssl.errors import DataError
 
 
@@ -208,13 +209,15 @@ def folder_index(data_dir: Path | None, split: str) -> FileIndex:
     return file_index(source_for(Path(data_dir), split))
 
 
-def decode_index(index: FileIndex, image_size: int, channels: int, strict: bool = False) -> ImageSet:
-    """Every file of the index decoded into memory at image_size (threads: PIL releases the GIL)."""
+def decode_index(index: FileIndex | ShardIndex, image_size: int, channels: int, strict: bool = False) -> ImageSet:
+    """Every sample of the index decoded into memory at image_size (threads: the decoders release the GIL)."""
 
     def safe_decode(i: int) -> Tensor | str:
-        path = index.path(i)
+        path = index.describe(i)
         try:
-            return decode_image(path, image_size, channels)
+            if isinstance(index, FileIndex):
+                return decode_image(index.path(i), image_size, channels)
+            return fit(index.read(i, channels), image_size)
         except Exception as exc:  # PIL raises many types for broken files
             return f"{path}: {type(exc).__name__}: {exc}"
 
@@ -235,6 +238,21 @@ def decode_index(index: FileIndex, image_size: int, channels: int, strict: bool 
     return ImageSet(images, labels, index.classes, skipped=bad)
 
 
+def record_index(dataset: str, data_dir: Path | str | None, split: str) -> FileIndex | ShardIndex:
+    """The index of `split` of a folder-like dataset (files or packed records), nothing decoded."""
+    if dataset == "folder":
+        return folder_index(Path(data_dir) if data_dir is not None else None, split)
+    if data_dir is None:
+        raise DataError(f"dataset 'shards' needs --data-dir (a folder or URL written by `hybridssl pack`) for the {split} split")
+    return shard_index(data_dir, split)
+
+
+def load_shards(split: str, data_dir: Path | None, image_size: int = 64, channels: int = 3, strict: bool = False,
+                limit: int | None = None, seed: int = 0, **_) -> ImageSet:  # fmt: skip
+    """A packed split (`hybridssl pack`) decoded into memory; `limit` picks a seeded subset first."""
+    return decode_index(record_index("shards", data_dir, split).take(limit, seed), image_size, channels, strict)
+
+
 def load_folder(
     split: str, data_dir: Path | None, image_size: int = 64, channels: int = 3, strict: bool = False,
     limit: int | None = None, seed: int = 0, **_,
@@ -253,7 +271,9 @@ DATASETS: dict[str, Loader] = {
     "cifar100": lambda split, data_dir, **kw: load_cifar("cifar100", split, data_dir, **kw),
     "stl10": load_stl10,
     "folder": load_folder,
+    "shards": load_shards,
 }
+STREAMED = ("folder", "shards")  # datasets of files or records, which may stream (data/training_set.py)
 PRETRAIN_SPLIT = {"stl10": "train+unlabeled"}
 
 
@@ -261,7 +281,8 @@ def load_dataset(name: str, split: str, data_dir: Path | str | None = None, **op
     """Load `split` ('train', 'test'; stl10 also 'unlabeled', 'train+unlabeled') of a named dataset."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    if data_dir is not None and not Path(data_dir).exists() and not options.get("download"):
+    remote = "://" in str(data_dir)  # packed shards on object storage (litdata reads the URL)
+    if data_dir is not None and not remote and not Path(data_dir).exists() and not options.get("download"):
         # a mistyped --data-dir must not fall back to another copy found elsewhere
         raise DataError(f"data_dir: {data_dir} does not exist")
-    return DATASETS[name](split, Path(data_dir) if data_dir else None, **options)
+    return DATASETS[name](split, (str(data_dir) if remote else Path(data_dir)) if data_dir else None, **options)

@@ -30,8 +30,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from hybridssl.data.decode import fit, read_image
+from hybridssl.data.decode import fit
 from hybridssl.data.index import FileIndex
+from hybridssl.data.shards import ShardIndex
 from hybridssl.data.loader import EpochBatches
 from hybridssl.data.sources import DataInfo, ImageSet
 from hybridssl.data.views import Crop
@@ -68,14 +69,14 @@ def cut_crops(image: Tensor, crops: Sequence[Crop], seed: int) -> list[Tensor]:
     return out
 
 
-def describe_failure(path: os.PathLike, exc: Exception) -> str:
+def describe_failure(path: str, exc: Exception) -> str:
     return f"{path}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}"
 
 
 class CropDataset(Dataset):
     """Map-style: key (epoch, index) -> the sample's crops, its id and label, and what was skipped."""
 
-    def __init__(self, index: FileIndex, crops: Sequence[Crop], channels: int, seed: int, strict: bool = False) -> None:
+    def __init__(self, index: FileIndex | ShardIndex, crops: Sequence[Crop], channels: int, seed: int, strict: bool = False) -> None:
         self.index, self.crops, self.channels, self.seed, self.strict = index, list(crops), channels, seed, strict
 
     def __len__(self) -> int:
@@ -86,9 +87,9 @@ class CropDataset(Dataset):
         skipped = []
         for attempt in range(MAX_SUBSTITUTES):
             i = (first + attempt) % len(self.index)
-            path = self.index.path(i)
+            path = self.index.describe(i)
             try:
-                image = read_image(path, self.channels)
+                image = self.index.read(i, self.channels)
             except Exception as exc:  # decoders raise many types for broken files
                 skipped.append(describe_failure(path, exc))
                 if self.strict:  # raised by the main process (from a worker it would carry a traceback)
@@ -96,7 +97,7 @@ class CropDataset(Dataset):
                 continue
             crops = cut_crops(image, self.crops, sample_seed(self.seed, epoch, i))
             return {"crops": crops, "id": i, "label": int(self.index.labels[i]), "skipped": skipped}
-        raise DataError(f"{MAX_SUBSTITUTES} unreadable images in a row from {self.index.path(first)}; is this an image folder?")
+        raise DataError(f"{MAX_SUBSTITUTES} unreadable images in a row from {self.index.describe(first)}; is this an image folder?")
 
 
 def collate_crops(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -162,16 +163,16 @@ class StreamingLoader(EpochBatches):
 class FitDataset(Dataset):
     """index -> the image fitted to size x size (evaluation's view, statistics); None when unreadable."""
 
-    def __init__(self, index: FileIndex, size: int, channels: int, strict: bool = False) -> None:
+    def __init__(self, index: FileIndex | ShardIndex, size: int, channels: int, strict: bool = False) -> None:
         self.index, self.size, self.channels, self.strict = index, size, channels, strict
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict[str, Any] | str:
-        path = self.index.path(i)
+        path = self.index.describe(i)
         try:
-            return {"image": fit(read_image(path, self.channels), self.size), "label": int(self.index.labels[i])}
+            return {"image": fit(self.index.read(i, self.channels), self.size), "label": int(self.index.labels[i])}
         except Exception as exc:  # decoders raise many types for broken files
             if self.strict:  # raised by the main process (from a worker it would carry a traceback)
                 return {"error": f"unreadable image {describe_failure(path, exc)} (--strict)"}
@@ -188,7 +189,7 @@ def collate_fitted(samples: list[dict[str, Any] | str]) -> dict[str, Any]:
             "skipped": [s for s in samples if isinstance(s, str)]}  # fmt: skip
 
 
-def fitted_batches(index: FileIndex, size: int, channels: int, batch_size: int = 256, num_workers: int = 0,
+def fitted_batches(index: FileIndex | ShardIndex, size: int, channels: int, batch_size: int = 256, num_workers: int = 0,
                    strict: bool = False, progress: str | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
     """Whole images fitted to `size`, batch by batch, in index order, decoded by workers; unreadable
     files are left out with a warning naming each. `progress`: a tqdm bar with this description."""
@@ -213,7 +214,7 @@ class StreamingSet:
     ImageSet stands on the in-memory path (length, labels, classes, `take`)."""
 
     name: str
-    index: FileIndex
+    index: FileIndex | ShardIndex
     image_size: int
     channels: int
     strict: bool = False

@@ -1,6 +1,7 @@
 """The pretraining set of a run and which data path reads it: in memory or streamed from files.
 
-Named datasets (Fashion-MNIST, CIFAR, STL-10) come as arrays and stay in memory. A folder goes to memory
+Named datasets (Fashion-MNIST, CIFAR, STL-10) come as arrays and stay in memory. A folder (or a packed
+dataset, `--dataset shards`) goes to memory
 when its decoded size (files x channels x image_size^2 bytes) is at most MEMORY_BUDGET_BYTES, where one
 decode up front makes every epoch cheapest; larger folders stream through DataLoader workers, which
 start at once and keep memory flat in the number of files. `loader` ("memory" / "stream") overrides.
@@ -11,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Union
 
-from hybridssl.data.sources import PRETRAIN_SPLIT, DataInfo, ImageSet, data_info, decode_index, folder_index
-from hybridssl.data.sources import load_dataset
+from hybridssl.data.sources import PRETRAIN_SPLIT, STREAMED, DataInfo, ImageSet, data_info, decode_index
+from hybridssl.data.sources import load_dataset, record_index
 from hybridssl.data.streaming import StreamingSet, default_workers
 from hybridssl.errors import ConfigError
 
@@ -40,16 +41,16 @@ def training_data(
     download: bool = False,
 ) -> TrainingData:
     """The pretraining split, limited to a seeded subset of `limit` images before anything is decoded."""
-    if dataset != "folder":
+    if dataset not in STREAMED:
         if loader == "stream":
-            raise ConfigError(f"loader: {dataset} is loaded into memory; `stream` applies to folder datasets")
+            raise ConfigError(f"loader: {dataset} is loaded into memory; `stream` applies to folder and shards datasets")
         split = PRETRAIN_SPLIT.get(dataset, "train")
         return load_dataset(dataset, split, data_dir, download=download).take(limit, seed=seed)
-    index = folder_index(data_dir, "train").take(limit, seed)
+    index = record_index(dataset, data_dir, "train").take(limit, seed)
     stream = loader == "stream" or (loader == "auto" and decoded_bytes(len(index), image_size, channels) > MEMORY_BUDGET_BYTES)
     if stream:
         workers = default_workers() if num_workers is None else num_workers
-        return StreamingSet("folder", index, image_size, channels, strict, workers)
+        return StreamingSet(dataset, index, image_size, channels, strict, workers)
     return decode_index(index, image_size, channels, strict)
 
 

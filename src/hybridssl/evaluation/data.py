@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from hybridssl.data.index import has_split_layout
-from hybridssl.data.sources import DataInfo, ImageSet, decode_index, folder_index, load_dataset
+from hybridssl.data.sources import STREAMED, DataInfo, ImageSet, decode_index, load_dataset, record_index
 from hybridssl.data.streaming import StreamingSet, default_workers, fitted_batches
 from hybridssl.data.training_set import MEMORY_BUDGET_BYTES, LoaderChoice, decoded_bytes
 from hybridssl.errors import ConfigError, DataError
@@ -45,17 +45,18 @@ def eval_split(dataset: str, split: str, data_dir: Path | None, eval_data_dir: P
                limit: int | None = None, seed: int = 0, loader: LoaderChoice = "auto", num_workers: int | None = None,
                download: bool = False) -> EvalData:  # fmt: skip
     """One labelled split at the encoder's size, limited to a seeded subset before decoding."""
-    if dataset != "folder":
+    if dataset not in STREAMED:
         if loader == "stream":
-            raise ConfigError(f"loader: {dataset} is loaded into memory; `stream` applies to folder datasets")
+            raise ConfigError(f"loader: {dataset} is loaded into memory; `stream` applies to folder and shards datasets")
         root = data_dir if split == "train" else (eval_data_dir or data_dir)
         data: EvalData = load_dataset(dataset, split, root, download=download).take(limit, seed)
     else:
-        index = folder_index(folder_split(data_dir, eval_data_dir, split), split).take(limit, seed)
+        source = folder_split(data_dir, eval_data_dir, split) if dataset == "folder" else (eval_data_dir or data_dir)
+        index = record_index(dataset, source, split).take(limit, seed)
         size = decoded_bytes(len(index), info.image_size, info.channels)
         if loader == "stream" or (loader == "auto" and size > MEMORY_BUDGET_BYTES):
             workers = default_workers() if num_workers is None else num_workers
-            data = StreamingSet("folder", index, info.image_size, info.channels, num_workers=workers)
+            data = StreamingSet(dataset, index, info.image_size, info.channels, num_workers=workers)
         else:
             data = decode_index(index, info.image_size, info.channels)
     if data.labels is None or (data.labels < 0).all():

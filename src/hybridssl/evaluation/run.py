@@ -111,7 +111,8 @@ class EvalContext:
         trained_on = self.config.get("dataset")
         dataset = req.dataset or trained_on
         data_dir = req.data_dir or (self.config.get("data_dir") if dataset == trained_on else None)
-        self.req = req = replace(req, dataset=dataset, data_dir=Path(data_dir) if data_dir else None)
+        local = data_dir and "://" not in str(data_dir)  # a URL of packed shards stays a string
+        self.req = req = replace(req, dataset=dataset, data_dir=Path(data_dir) if local else data_dir)
         split = {"data_dir": req.data_dir, "eval_data_dir": req.eval_data_dir, "info": self.info, "seed": req.seed,
                  "loader": req.loader, "num_workers": req.num_workers, "download": req.download}  # fmt: skip
         self.train = eval_split(req.dataset, "train", limit=req.limit_train, **split)

@@ -1,0 +1,74 @@
+"""Packed shards (litdata): every image and label comes back, sample i is source sample i, the streaming
+loader asks for the same samples and cuts the same crops as from the files, and bad locations fail
+with one line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hybridssl.cli import main
+from hybridssl.data.pack import pack
+from hybridssl.data.sources import load_dataset, record_index
+from hybridssl.data.streaming import CropDataset, StreamingLoader
+from hybridssl.data.views import Crop
+from hybridssl.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def packed_photos(photo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("packed")
+    meta = pack(str(photo_root), out, chunk_bytes="64KB")  # several chunks
+    return out, meta
+
+
+def test_a_packed_folder_gives_back_every_file_and_label_in_order(photo_root, packed_photos):
+    out, meta = packed_photos
+    assert len(list(out.joinpath("train").glob("chunk-*.bin"))) > 1
+    for split in ("train", "test"):
+        files, shards = record_index("folder", photo_root, split), record_index("shards", out, split)
+        assert len(files) == len(shards) == meta["splits"][split]
+        assert shards.classes == files.classes == ["class0", "class1", "class2", "class3"]
+        assert shards.labels.tolist() == files.labels.tolist()
+        for i in range(len(files)):
+            assert torch.equal(files.read(i, 3), shards.read(i, 3)), f"{split} sample {i}"
+
+
+def test_the_streaming_loader_asks_for_the_same_samples_and_crops(photo_root, packed_photos):
+    out, _ = packed_photos
+    crops = [Crop(16, (0.2, 1.0)), Crop(16, (0.2, 1.0))]
+    batches = []
+    for index in (record_index("folder", photo_root, "train"), record_index("shards", out, "train")):
+        loader = StreamingLoader(CropDataset(index.take(40, seed=1), crops, 3, seed=9), 8, seed=9, num_workers=2)
+        batches.append([(b["ids"], b["labels"], b["crops"][1]) for b in loader])
+    for (ids_a, labels_a, crop_a), (ids_b, labels_b, crop_b) in zip(*batches):
+        assert torch.equal(ids_a, ids_b) and torch.equal(labels_a, labels_b) and torch.equal(crop_a, crop_b)
+
+
+@pytest.mark.slow  # litdata's writer takes ~40 s for these 640 images on 2 busy cores
+def test_a_named_dataset_packs_losslessly_with_its_splits(fmnist_dir, tmp_path):
+    meta = pack("fashion-mnist", tmp_path / "fm", data_dir=fmnist_dir)
+    assert meta["splits"] == {"train": 512, "test": 128}
+    for split in ("train", "test"):
+        original = load_dataset("fashion-mnist", split, fmnist_dir)
+        packed = load_dataset("shards", split, tmp_path / "fm", image_size=28, channels=1)
+        assert torch.equal(original.images, packed.images) and torch.equal(original.labels, packed.labels)
+
+
+def test_pretrain_and_evaluate_from_shards_through_the_cli(packed_photos, tmp_path, capsys):
+    out, meta = packed_photos
+    run = tmp_path / "run"
+    args = ["pretrain", "--method", "mae", "--dataset", "shards", "--data-dir", str(out), "--image-size", "32", "--patch-size", "8",
+            "--batch-size", "16", "--max-steps", "2", "--loader", "stream", "--num-workers", "2", "--no-progress-bar",
+            "--accelerator", "cpu", "--output", str(run)]  # fmt: skip
+    assert main(args) == 0
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--protocol", "knn", "--k", "5",
+                 "--output", str(run)]) == 0  # fmt: skip
+    assert f"{meta['splits']['test']}" in capsys.readouterr().out or (run / "results.jsonl").is_file()
+    assert main(["pretrain", "--method", "mae", "--dataset", "shards", "--data-dir", str(tmp_path), "--output", str(tmp_path / "x")]) == 2
+    assert "no packed dataset" in capsys.readouterr().err
+
+
+def test_unknown_sources_fail_with_one_line(tmp_path):
+    with pytest.raises(DataError, match="neither a folder"):
+        pack("no-such-thing", tmp_path / "out")
