@@ -290,7 +290,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for key, value in args.overrides:
         flags.setdefault("method_args", {})[key.removeprefix("method_args.")] = value
     result = bench({k: v for k, v in flags.items() if v is not None}, steps=args.steps, warmup=args.warmup,
-                   dataset=args.dataset, device=args.device, compile=args.compile)  # fmt: skip
+                   dataset=args.dataset, image_size=positive("image_size", args.image_size),
+                   channels=args.channels, device=args.device, compile=args.compile)  # fmt: skip
     if args.json:
         print(json.dumps(result))
         return 0
@@ -328,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True)
     p.add_argument("--model", default="vit-pico")
     p.add_argument("--dataset", default="fashion-mnist", help="image size and channels of this dataset (synthetic data)")
+    p.add_argument("--image-size", type=int, help="override the dataset's image size (e.g. 224)")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="override the dataset's channels")
     p.add_argument("--patch-size", type=int)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=10)
