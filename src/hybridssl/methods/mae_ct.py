@@ -1,7 +1,7 @@
 """MAE-CT (Lehner et al. 2023; docs/methods.md 2): contrastive tuning of a finished MAE with an NNCLR head.
 
 Stage 1 is MAE. Stage 2, `mae-ct-head`, trains only an NNCLR head (methods/nnclr.py) on the frozen
-encoder: two crop+flip views (crop 0.08-1), no masking, mean-patch pooling, tau 0.15, the nearest
+encoder: two crop+flip views (crop 0.08-1; 0.2-1 below 32 px, docs/methods.md 8), no masking, mean-patch pooling, tau 0.15, the nearest
 neighbour of the online projection. Stage 3, `mae-ct-tune`, unfreezes the upper half of the blocks
 and the final norm (patch embedding, CLS token and lower blocks stay frozen and in eval mode), uses
 layer-wise lr decay with the exponents MAE-CT codes (nn/param_groups.layer_decay: block b gets
