@@ -91,3 +91,21 @@ def test_flags_that_contradict_the_file_are_one_line_errors(released, tmp_path, 
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_published_file_on_a_named_dataset_at_its_size(fmnist_dir, tmp_path, capsys):
+    """A 1-channel timm ViT (32 px, patch 4) on the Fashion-MNIST fixture: the 28 px images need
+    --image-size 28, which the error says; then it runs with ImageNet's channel-averaged statistics."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=4, in_chans=1,
+                              embed_dim=128, depth=6, num_heads=4)  # fmt: skip
+    path = tmp_path / "grey.pth"
+    torch.save(model.state_dict(), path)
+    evaluate = ["evaluate", "--checkpoint", str(path), "--protocol", "knn", "--k", "5", "--dataset", "fashion-mnist",
+                "--data-dir", str(fmnist_dir), "--output", str(tmp_path / "eval")]  # fmt: skip
+    assert main(evaluate) == 2
+    assert "the encoder expects (1, 32, 32); evaluate with --image-size 28" in capsys.readouterr().err
+    assert main([*evaluate, "--image-size", "28"]) == 0
+    assert "ImageNet's mean/std averaged over channels" in capsys.readouterr().out
+    row = json.loads((tmp_path / "eval" / "results.jsonl").read_text().splitlines()[0])
+    assert (row["method"], row["model"], row["pooling"]) == ("timm", "vit-pico", "cls")
