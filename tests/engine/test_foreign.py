@@ -280,6 +280,7 @@ class Payload:
         return (pathlib.Path.touch, (self.marker,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the plain pickle, before it refuses it
 def test_pickles_that_are_not_state_dicts_are_refused_without_running(tmp_path):
     marker = tmp_path / "code-ran"
     torch_file, plain_pickle, a_list = tmp_path / "obj.pth", tmp_path / "obj.pkl", tmp_path / "list.pth"
