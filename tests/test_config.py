@@ -17,7 +17,7 @@ def test_defaults_are_resolved_and_visible():
     [
         ({"method": "maee"}, "method: unknown method 'maee'"),
         ({"method": "mae", "batch_size": -4}, "batch_size"),
-        ({"method": "mae", "model": "vit-huge"}, "model: unknown model"),
+        ({"method": "mae", "model": "vit-giant"}, "model: unknown model"),
         ({"method": "mae", "dataset": "imagenet"}, "dataset: unknown dataset"),
         ({"method": "mae", "method_args": {"mask_ratio": 1.5}}, "method_args.mask_ratio"),
         ({"method": "mae", "method_args": {"mask_rate": 0.5}}, "method_args.mask_rate: unknown setting"),

@@ -44,7 +44,7 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), help="folder datasets: 1 (grey) or 3 (RGB, default)")
     p.add_argument("--strict", dest="strict_data", action="store_true", default=None, help="fail on unreadable images")
     p.add_argument("--limit-train", type=int, help="pretrain on a seeded random subset of N images")
-    p.add_argument("--model", help="vit-pico (default), vit-tiny, vit-small, vit-base")
+    p.add_argument("--model", help="vit-pico (default; with --init-from: the file's), vit-tiny, vit-small, vit-base, vit-large, vit-huge")
     p.add_argument("--patch-size", type=int)
     p.add_argument("--epochs", type=int, help="training epochs (mae-ct: the MAE stage's; later stages are scaled from it)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (mae-ct: a cap on every stage)")
@@ -61,7 +61,9 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, help="run folder (default runs/METHOD-DATASET)")
     p.add_argument("--config", type=Path, help="YAML file with any of these settings; flags override it")
     p.add_argument("--resume", action="store_true", default=None, help="continue from OUTPUT/checkpoints/last.ckpt")
-    p.add_argument("--init-from", type=Path, help="start from the weights of another checkpoint")
+    p.add_argument("--init-from", type=Path,
+                   help="start from a checkpoint of ours, or a published ViT: official MAE (.pth), timm (state dict or "
+                        ".safetensors), mmpretrain/MMSelfSup")  # fmt: skip
     p.add_argument("--set", dest="overrides", type=set_arg, action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, dotted for nested ones: --set method_args.mask_ratio=0.6")  # fmt: skip
     p.add_argument("--no-progress-bar", dest="progress_bar", action="store_false", default=None)
@@ -87,10 +89,18 @@ def flags_to_layer(args: argparse.Namespace) -> dict[str, Any]:
     return layer
 
 
+def start_defaults(given: dict[str, Any]) -> dict[str, Any]:
+    """The settings an --init-from file decides (its model, patch and image size); imports torch, so
+    it runs only once the flags and file are valid."""
+    from hybridssl.engine.starting_points import init_defaults
+
+    return init_defaults(given)
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from hybridssl.config import resolve
 
-    run_config = resolve(flags_to_layer(args), args.config)  # before the heavy imports: errors come at once
+    run_config = resolve(flags_to_layer(args), args.config, start_defaults)  # before the heavy imports: errors come at once
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from hybridssl.engine.stages import pretrain
@@ -103,8 +113,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a checkpoint of ours, or a published ViT (official MAE, timm, safetensors, mmpretrain)")
+    p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on (published files: required)")
+    p.add_argument("--image-size", type=int,
+                   help="evaluate at this size, position embeddings resampled (default: the checkpoint's own)")
     p.add_argument("--data-dir", type=Path, help="dataset root; for folder: the labelled train images")
     p.add_argument("--eval-data-dir", type=Path, help="for folder: the labelled test images (default: val/ of a train/ + val/ root)")
     add_loader_args(p)
@@ -190,7 +203,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     kind = "random-init" if args.random_init else "raw-pixels" if args.raw_pixels else "trained"
     req = EvalRequest(checkpoint=args.checkpoint, dataset=args.dataset, protocol=args.protocol, output=args.output,
-                      encoder_kind=kind, **eval_request_args(args))  # fmt: skip
+                      encoder_kind=kind, image_size=positive("image_size", args.image_size), **eval_request_args(args))  # fmt: skip
     for r in evaluate(req):
         print(describe(r))
     print(f"hybridssl: results appended to {args.output / 'results.jsonl'}")

@@ -6,6 +6,7 @@ Every error becomes one `ConfigError` line that names the field.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,12 +122,18 @@ def registry(field: str) -> list[str]:
     return list(PRESETS)
 
 
-def resolve(flags: dict[str, Any], config_file: Path | None = None) -> RunConfig:
+# Settings a run's starting point decides when the user does not (engine/starting_points.init_defaults
+# reads an --init-from file's architecture): called with the settings given, returns a layer of defaults.
+StartDefaults = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def resolve(flags: dict[str, Any], config_file: Path | None = None, start_defaults: StartDefaults | None = None) -> RunConfig:
     """Builds the validated run config from a YAML file and CLI flags (None = not given).
 
     Two passes: the file and flags alone first, without the registries (an out-of-range number fails
     in well under a second, before torch is imported); then with the method's defaults and every name
-    checked against its registry."""
+    checked against its registry. `start_defaults` adds a layer between the method's defaults and the
+    file: what the --init-from checkpoint says (its model, patch size, image size)."""
     file_layer = read_yaml(config_file) if config_file else {}
     flag_layer = _normalize_keys({k: v for k, v in flags.items() if v is not None})
     given = deep_merge(file_layer, flag_layer)
@@ -140,6 +147,8 @@ def resolve(flags: dict[str, Any], config_file: Path | None = None) -> RunConfig
 
     method = given["method"]
     defaults = METHODS[method].run_defaults if method in METHODS else {}
+    if start_defaults is not None:
+        defaults = deep_merge(defaults, start_defaults(given))
     run_config = validated(RunConfig, deep_merge(defaults, given))
     run_config.method_args = validate_method_args(run_config.method, run_config.method_args)
     return run_config

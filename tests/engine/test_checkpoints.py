@@ -82,3 +82,26 @@ def test_kill_during_repeated_saves_leaves_a_loadable_checkpoint(tmp_path):
         last_step = ckpt["step"]
         leftovers = [p.name for p in tmp_path.iterdir() if p.name != "c.ckpt"]
         assert leftovers in ([], [".c.ckpt.tmp"]), leftovers
+
+
+def test_export_carries_the_input_size_and_normalization_timm_resolves(tiny_mae_run, tmp_path):
+    """timm's data config of an exported encoder is what it was trained with, not the registry's 0.5/0.5."""
+    import json
+
+    import timm
+    from safetensors import safe_open
+
+    from hybridssl.engine.checkpoints import export_encoder, load_encoder
+
+    ckpt = tiny_mae_run / "checkpoints" / "last.ckpt"
+    path = tmp_path / "encoder.safetensors"
+    kwargs = export_encoder(ckpt, path)
+    info = load_encoder(ckpt).info
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, checkpoint_path=str(path), **kwargs)
+    config = timm.data.resolve_data_config(model=model)
+    assert tuple(config["mean"]) == info.mean and tuple(config["std"]) == info.std
+    assert tuple(config["input_size"]) == (1, 28, 28) and config["crop_pct"] == 1.0 and config["interpolation"] == "bicubic"
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    assert json.loads(metadata["pretrained_cfg"])["mean"] == list(info.mean) and metadata["hybridssl_pooling"] == "mean_patch"
+    assert json.loads(metadata["timm_kwargs"]) == json.loads(json.dumps(kwargs))

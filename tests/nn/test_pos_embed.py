@@ -30,3 +30,15 @@ def test_sincos_scalar_shape_and_zero():
     emb = sincos_scalar(8, torch.tensor([0.0, 0.05]))
     assert emb.shape == (2, 8)
     assert torch.allclose(emb[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+
+
+def test_resample_grid_keeps_the_cls_row_and_matches_timm():
+    from timm.layers import resample_abs_pos_embed
+
+    from hybridssl.nn.pos_embed import resample_grid
+
+    table = torch.randn(1, 1 + 14 * 14, 16)
+    out = resample_grid(table, 7)
+    assert out.shape == (1, 1 + 7 * 7, 16) and torch.equal(out[:, 0], table[:, 0])
+    assert torch.equal(out, resample_abs_pos_embed(table, [7, 7], num_prefix_tokens=1))
+    assert resample_grid(table[0], 7).shape == (50, 16) and torch.equal(resample_grid(table, 14), table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -33,17 +34,33 @@ def load_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first[:200]}"
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
-    """Loads with weights_only=True: tensors and plain containers only, never arbitrary objects.
-    `mmap` reads tensors lazily (cheap when only the metadata is needed)."""
+def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary objects
+    (argparse.Namespace is allowed too: the official MAE training checkpoints store their `args` in
+    one, and rebuilding it only sets attributes). `mmap` reads tensors lazily; files in torch's legacy
+    (pre-zip) format cannot be mapped and are read whole."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except RuntimeError as exc:
+        if mmap and "mmap can only be used" in str(exc):
+            return read_torch_file(path, map_location, mmap=False)
+        raise CheckpointError(f"{path} is not a readable checkpoint ({load_failure(exc)})") from None
     except Exception as exc:  # torch raises many types for foreign or torn files
         raise CheckpointError(f"{path} is not a readable checkpoint ({load_failure(exc)})") from None
-    if not isinstance(ckpt, dict) or "hybridssl" not in ckpt or "state_dict" not in ckpt:
+
+
+def is_hybridssl(contents: Any) -> bool:
+    """Whether a loaded file is one of our checkpoints (as opposed to another library's)."""
+    return isinstance(contents, dict) and "hybridssl" in contents and "state_dict" in contents
+
+
+def check_hybridssl(ckpt: Any, path: str | Path) -> dict[str, Any]:
+    """`ckpt` itself once its metadata is complete; a one-line CheckpointError otherwise."""
+    if not is_hybridssl(ckpt):
         raise CheckpointError(f"{path} is not a hybridssl checkpoint (no 'hybridssl' metadata)")
     meta = ckpt["hybridssl"]
     if not isinstance(meta, dict) or not {"config", "encoder", "data_info"} <= meta.keys():
@@ -51,20 +68,38 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return ckpt
 
 
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """One of our checkpoints, loaded with weights_only=True (`read_torch_file`) and its metadata checked."""
+    return check_hybridssl(read_torch_file(path, map_location, mmap), path)
+
+
 def trained_with(ckpt: dict[str, Any]) -> str:
     config = ckpt["hybridssl"]["config"]
     return f"method {config.get('method')} / model {config.get('model')}"
+
+
+def run_label(run_config: Any) -> str:
+    """`method M / model X` of a run config, as `trained_with` says it of a checkpoint."""
+    return f"method {run_config.method} / model {run_config.model}"
+
+
+def first_misfit(theirs: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str | None:
+    """`key: missing` or `key: (their shape), not (ours)` for the first entry of `own` that `theirs`
+    lacks or shapes differently; None when all fit."""
+    for key, value in own.items():
+        found = theirs.get(key)
+        if found is None or tuple(found.shape) != tuple(value.shape):
+            return f"{key}: {'missing' if found is None else f'{tuple(found.shape)}, not {tuple(value.shape)}'}"
+    return None
 
 
 def check_fits(ckpt: dict[str, Any], own: dict[str, torch.Tensor], problem: str, prefix: str = "") -> None:
     """Raises one CheckpointError line, `problem` followed by the first entry that does not fit, when
     the checkpoint's entries named in `own` (keys without `prefix`) are missing or shaped differently."""
     theirs = {k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    for key, value in own.items():
-        found = theirs.get(key)
-        if found is None or tuple(found.shape) != tuple(value.shape):
-            detail = "missing" if found is None else f"{tuple(found.shape)}, not {tuple(value.shape)}"
-            raise CheckpointError(f"{problem} ({key}: {detail})")
+    misfit = first_misfit(theirs, own)
+    if misfit:
+        raise CheckpointError(f"{problem} ({misfit})")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -112,7 +147,11 @@ def checkpoint_pooling(ckpt: dict[str, Any]) -> Pooling:
 
 def load_encoder(path: str | Path) -> TrainedEncoder:
     """The trained encoder of a checkpoint, its data info, run config and evaluation pooling."""
-    ckpt = load_checkpoint(path)
+    return encoder_of(load_checkpoint(path), path)
+
+
+def encoder_of(ckpt: dict[str, Any], path: str | Path) -> TrainedEncoder:
+    """`load_encoder` for a checkpoint already loaded (and checked) from `path`."""
     try:
         encoder = ViT(encoder_config(ckpt))
         info = checkpoint_data_info(ckpt)
@@ -124,18 +163,41 @@ def load_encoder(path: str | Path) -> TrainedEncoder:
     return TrainedEncoder(encoder.eval(), info, ckpt["hybridssl"]["config"], checkpoint_pooling(ckpt))
 
 
+def timm_pretrained_cfg(cfg: ViTConfig, info: DataInfo) -> dict[str, Any]:
+    """timm's `pretrained_cfg` fields for an encoder: the input size and normalization it was trained
+    with, and our evaluation transform (shorter side resized bicubic, centre crop of the whole side)."""
+    return {
+        "input_size": [cfg.in_chans, cfg.image_size, cfg.image_size],
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "interpolation": "bicubic",
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "num_classes": 0,
+    }
+
+
 def export_encoder(checkpoint: str | Path, output: str | Path) -> dict[str, Any]:
     """Writes the encoder as safetensors with timm's key names; returns the timm kwargs to rebuild it.
 
     Load with `timm.create_model("vit_base_patch16_224", pretrained=False, checkpoint_path=output,
-    **kwargs)`; the kwargs are also stored in the file's metadata under "timm_kwargs".
+    **kwargs)`. The kwargs carry `pretrained_cfg_overlay` (the input size and mean/std the encoder was
+    trained with), so `timm.data.resolve_data_config(model=model)` returns those rather than the
+    registry's 0.5/0.5; they are also stored in the file's metadata ("timm_kwargs", "pretrained_cfg").
     """
     from safetensors.torch import save
 
     ckpt = load_checkpoint(checkpoint)
-    kwargs = encoder_config(ckpt).timm_kwargs()
+    cfg = encoder_config(ckpt)
+    pretrained_cfg = timm_pretrained_cfg(cfg, checkpoint_data_info(ckpt))
+    kwargs = {**cfg.timm_kwargs(), "pretrained_cfg_overlay": pretrained_cfg}
     state = {k: v.contiguous() for k, v in encoder_state(ckpt).items()}
-    metadata = {"timm_kwargs": json.dumps(kwargs), "hybridssl_method": ckpt["hybridssl"]["config"]["method"]}
+    metadata = {
+        "timm_kwargs": json.dumps(kwargs),
+        "pretrained_cfg": json.dumps(pretrained_cfg),
+        "hybridssl_method": ckpt["hybridssl"]["config"]["method"],
+        "hybridssl_pooling": checkpoint_pooling(ckpt),
+    }
     atomic_write_bytes(output, save(state, metadata=metadata))
     return kwargs
 

@@ -27,11 +27,13 @@ from hybridssl.data.training_set import TrainingData, training_data, training_in
 from hybridssl.data.views import Crop
 from hybridssl.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from hybridssl.engine.callbacks import DataPosition, FinalCheckpoint, ProgressBar, Throughput
-from hybridssl.engine.checkpoints import AtomicCheckpointIO, check_fits, load_checkpoint, trained_with
+from hybridssl.engine.checkpoints import AtomicCheckpointIO, check_fits, load_checkpoint, run_label, trained_with
 from hybridssl.engine.logs import preserve_metrics
 from hybridssl.engine.module import PretrainModule
 from hybridssl.engine.optim import steps_per_epoch as optim_steps_per_epoch
 from hybridssl.engine.randomness import seed_step
+from hybridssl.engine.init_from import init_from_checkpoint
+from hybridssl.engine.starting_points import start_info
 from hybridssl.methods.base import METHODS, Method, build_method
 from hybridssl.nn.batchnorm import convert_to_global_batchnorm
 from hybridssl.nn.queue import FeatureQueue
@@ -84,27 +86,6 @@ def load_training_data(run_config: RunConfig) -> TrainingData:
 
 def checkpoint_dir(run_config: RunConfig) -> Path:
     return Path(run_config.output) / "checkpoints"
-
-
-def run_label(run_config: RunConfig) -> str:
-    return f"method {run_config.method} / model {run_config.model}"
-
-
-def init_from_checkpoint(method: Method, path: Path, run_config: RunConfig | None = None) -> set[str]:
-    """Starts from another run's weights (of any method): the whole encoder, which must fit, plus
-    every other state-dict entry (heads, queues) whose name and shape match; returns the names
-    copied. Chains encoder-only (MAE -> head) and encoder + head (head -> tuning) stages alike."""
-    ckpt = load_checkpoint(path)
-    encoder = {f"encoder.{k}": v for k, v in method.encoder.state_dict().items()}
-    this_run = f", this run is {run_label(run_config)}" if run_config is not None else ""
-    problem = f"init_from: checkpoint {path} was trained with {trained_with(ckpt)}{this_run}; its encoder does not fit"
-    check_fits(ckpt, encoder, problem, "method.")
-    state = {k.removeprefix("method."): v for k, v in ckpt["state_dict"].items()}
-    own = method.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    method.load_state_dict(matched, strict=False)
-    method.after_init_from(set(matched))
-    return set(matched)
 
 
 def seeded_method(run_config: RunConfig, info) -> Method:
@@ -264,7 +245,7 @@ def quiet_lightning() -> None:
 
 def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFactory | None = None) -> Path:
     """One run: one method, one Trainer, one folder of checkpoints and logs."""
-    info = training_info(run_config.dataset, images)
+    info = start_info(training_info(run_config.dataset, images), run_config)
     method = seeded_method(run_config, info)
     if method.resolved:  # settings the method derived from the data or the model, recorded in config.yaml
         run_config = run_config.model_copy(update={"method_args": {**run_config.method_args, **method.resolved}})

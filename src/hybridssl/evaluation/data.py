@@ -64,7 +64,8 @@ def eval_split(dataset: str, split: str, data_dir: Path | None, eval_data_dir: P
     if isinstance(data, ImageSet):
         shape = tuple(data.images.shape[1:])
         if shape != (info.channels, info.image_size, info.image_size):
-            raise DataError(f"{dataset} images are {shape}, the encoder expects {(info.channels, info.image_size, info.image_size)}")
+            hint = f"; evaluate with --image-size {shape[1]}" if shape[0] == info.channels and shape[1] == shape[2] else ""
+            raise DataError(f"{dataset} images are {shape}, the encoder expects {(info.channels, info.image_size, info.image_size)}{hint}")
     return data
 
 

@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError
 from torch import Tensor
 
 from hybridssl.settings import ConfigError, StrictModel, format_validation_error
-from hybridssl.engine.checkpoints import TrainedEncoder, load_encoder
+from hybridssl.engine.checkpoints import TrainedEncoder
+from hybridssl.engine.starting_points import load_start_encoder
 from hybridssl.evaluation.clustering import ClusteringSettings, clustering_metrics
 from hybridssl.evaluation.data import EvalData, eval_split, features_and_labels, in_memory
 from hybridssl.evaluation.finetune import FinetuneSettings, finetune
@@ -41,6 +42,7 @@ class EvalRequest:
     protocol: str
     output: Path
     encoder_kind: EncoderKind = "trained"
+    image_size: int | None = None  # None: the checkpoint's own (position embeddings resampled otherwise)
     data_dir: Path | None = None
     eval_data_dir: Path | None = None
     limit_train: int | None = None
@@ -74,7 +76,7 @@ SETTINGS: dict[str, type[BaseModel]] = {
 
 
 def encoder_for(req: EvalRequest) -> TrainedEncoder:
-    trained = load_encoder(req.checkpoint)
+    trained = load_start_encoder(req.checkpoint, req.image_size)
     if req.encoder_kind == "random-init":
         torch.manual_seed(req.seed)
         return trained._replace(encoder=ViT(trained.encoder.cfg).eval())
@@ -110,6 +112,8 @@ class EvalContext:
         # the dataset (and its folder) the checkpoint was trained on, unless told otherwise
         trained_on = self.config.get("dataset")
         dataset = req.dataset or trained_on
+        if dataset is None:
+            raise ConfigError(f"dataset: {req.checkpoint} records no dataset (a published encoder); give --dataset and --data-dir")
         data_dir = req.data_dir or (self.config.get("data_dir") if dataset == trained_on else None)
         local = data_dir and "://" not in str(data_dir)  # a URL of packed shards stays a string
         self.req = req = replace(req, dataset=dataset, data_dir=Path(data_dir) if local else data_dir)

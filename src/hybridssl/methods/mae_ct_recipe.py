@@ -3,7 +3,8 @@
 stage1-mae (`mae`) -> stage2-head (`mae-ct-head`) -> stage3-tune (`mae-ct-tune`): each a run of its
 own (config.yaml, logs, checkpoints) in a sub-folder of the output, each starting from the previous
 stage's final checkpoint. With `--init-from CKPT` stage 1 is skipped and stage 2 starts from CKPT: an
-MAE checkpoint, or the encoder of any other hybridssl method (contrastive tuning on top of it).
+MAE checkpoint, the encoder of any other hybridssl method (contrastive tuning on top of it), or a
+released MAE encoder as in the paper (official, timm or mmpretrain files: engine/foreign.py).
 
 Budget: `--max-steps` caps every stage. `--epochs` is the MAE (stage 1) budget; stages 2 and 3 run
 `head_epochs` / `tune_epochs`, by default scaled as the paper does (20 and 20 -- 80 for MAE-CT_aug --

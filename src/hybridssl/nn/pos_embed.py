@@ -1,8 +1,10 @@
-"""Fixed 2-D sin-cos position embeddings (MAE convention, docs/methods.md Appendix A1)."""
+"""Fixed 2-D sin-cos position embeddings (MAE convention, docs/methods.md Appendix A1), and the
+resampling of any position table to another grid (checkpoints used at another image size)."""
 
 from __future__ import annotations
 
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
 
@@ -38,3 +40,12 @@ def sincos_scalar(dim: int, values: Tensor) -> Tensor:
     freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(half, device=values.device) / (half - 1))
     angles = values.float()[:, None] * freqs[None, :]
     return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def resample_grid(table: Tensor, grid_size: int) -> Tensor:
+    """A [1 x] (1 + g^2) x D position table (CLS row first) resampled to
+    (1 + grid_size^2) rows with timm's bicubic resampling, so an encoder trained at one image size
+    can run at another (a 224 px ViT/16 at 112 px: 14 x 14 -> 7 x 7). The CLS row is kept as is."""
+    batched = table if table.dim() == 3 else table.unsqueeze(0)
+    out = resample_abs_pos_embed(batched, [grid_size, grid_size], num_prefix_tokens=1)
+    return out if table.dim() == 3 else out[0]

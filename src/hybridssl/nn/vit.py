@@ -25,6 +25,9 @@ PRESETS: dict[str, dict[str, int]] = {
     "vit-tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
     "vit-small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
     "vit-base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
+    # the released MAE / MAE-CT encoders (ViT-L/16, ViT-H/14), to start from with --init-from
+    "vit-large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
+    "vit-huge": {"embed_dim": 1280, "depth": 32, "num_heads": 16},
 }
 
 
