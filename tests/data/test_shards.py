@@ -45,7 +45,6 @@ def test_the_streaming_loader_asks_for_the_same_samples_and_crops(photo_root, pa
         assert torch.equal(ids_a, ids_b) and torch.equal(labels_a, labels_b) and torch.equal(crop_a, crop_b)
 
 
-@pytest.mark.slow  # litdata's writer takes ~40 s for these 640 images on 2 busy cores
 def test_a_named_dataset_packs_losslessly_with_its_splits(fmnist_dir, tmp_path):
     meta = pack("fashion-mnist", tmp_path / "fm", data_dir=fmnist_dir)
     assert meta["splits"] == {"train": 512, "test": 128}
@@ -72,3 +71,24 @@ def test_pretrain_and_evaluate_from_shards_through_the_cli(packed_photos, tmp_pa
 def test_unknown_sources_fail_with_one_line(tmp_path):
     with pytest.raises(DataError, match="neither a folder"):
         pack("no-such-thing", tmp_path / "out")
+
+
+def test_a_pack_whose_writer_lost_records_is_an_error_not_a_short_dataset(tmp_path, monkeypatch):
+    """A packing process killed by the system leaves litdata's index without chunks and no exception."""
+    import hybridssl.data.shards as shards
+
+    monkeypatch.setattr(shards, "written_records", lambda location: 3)
+    with pytest.raises(DataError, match="wrote 3 of"):
+        shards.write_split(shards.ArraySource(torch.zeros(5, 1, 4, 4, dtype=torch.uint8), torch.zeros(5).long().numpy()),
+                           str(tmp_path / "split"))  # fmt: skip
+    assert not (tmp_path / "split" / "labels.npy").exists()
+
+
+def test_packing_leaves_the_process_start_method_alone(tmp_path):
+    import multiprocessing
+
+    before = multiprocessing.get_start_method(allow_none=True)
+    from hybridssl.data.shards import ArraySource, write_split
+
+    write_split(ArraySource(torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.zeros(4).long().numpy()), str(tmp_path / "s"))
+    assert multiprocessing.get_start_method(allow_none=True) == before

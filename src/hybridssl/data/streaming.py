@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -115,7 +116,9 @@ class _Keys:
     """The DataLoader's batch sampler: (epoch, index) keys of the loader's remaining batches."""
 
     def __init__(self, position: EpochBatches) -> None:
-        self.position = position
+        # weak: the loader owns the DataLoader that owns this sampler; no cycle, so dropping the loader
+        # stops its persistent workers at once instead of at the next garbage collection
+        self.position = weakref.proxy(position)
 
     def __len__(self) -> int:
         return len(self.position) - self.position.consumed
