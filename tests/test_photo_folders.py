@@ -69,7 +69,9 @@ def test_unreadable_files_met_while_streaming_are_skipped_or_fatal_with_strict(p
 
 
 @pytest.mark.ddp
-def test_two_processes_stream_their_own_parts(photo_root, tmp_path):
+def test_two_processes_train_from_streamed_files_each_loading_its_own_part(photo_root, tmp_path):
+    """End to end with workers in two processes; which samples each rank reads is checked in
+    tests/data/test_streaming.py (disjoint parts of each global batch)."""
     out = tmp_path / "ddp"
     run_driver(["pretrain", "--method", "simclr", "--data-dir", str(photo_root), "--max-steps", "2", "--devices", "2",
                 "--batch-size", "8", "--output", str(out), *STREAM[:8], *STREAM[10:]])  # fmt: skip

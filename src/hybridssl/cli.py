@@ -22,6 +22,11 @@ class UsageError(ValueError):
     pass
 
 
+def path_or_url(value: str) -> Path | str:
+    """A local path, or a URL kept as written (Path would turn s3://bucket into s3:/bucket)."""
+    return value if "://" in value else Path(value)
+
+
 def devices_arg(value: str) -> int | str:
     return value if value == "auto" else int(value)
 
@@ -37,7 +42,7 @@ def set_arg(value: str) -> tuple[str, Any]:
 def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", help="mae, mae-ct, cmae, can, macrl, simclr, mocov3, nnclr, ...")
     p.add_argument("--dataset", help="fashion-mnist (default), cifar10, cifar100, stl10, folder, shards")
-    p.add_argument("--data-dir", type=Path, help="dataset root, image folder, train/ + val/ root, or a .csv file list")
+    p.add_argument("--data-dir", type=path_or_url, help="dataset root, image folder, train/ + val/ root, or a .csv file list")
     p.add_argument("--download", action="store_true", default=None, help="download the dataset when missing (online)")
     p.add_argument("--image-size", type=int, help="folder datasets: the training resolution (default 64)")
     add_loader_args(p)
@@ -72,7 +77,7 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
 def add_loader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loader", choices=("auto", "memory", "stream"),
                    help="folder datasets: decode into memory first or stream files through workers (default auto: by size)")
-    p.add_argument("--num-workers", type=int, help="streaming: decoding processes per rank (default min(8, CPUs - 1))")
+    p.add_argument("--num-workers", type=int, help="streaming: decoding processes per rank (default min(8, (CPUs - 1) / devices))")
 
 
 def flags_to_layer(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,8 +123,8 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="default: the dataset the checkpoint was trained on (published files: required)")
     p.add_argument("--image-size", type=int,
                    help="evaluate at this size, position embeddings resampled (default: the checkpoint's own)")
-    p.add_argument("--data-dir", type=Path, help="dataset root; for folder: the labelled train images")
-    p.add_argument("--eval-data-dir", type=Path, help="for folder: the labelled test images (default: val/ of a train/ + val/ root)")
+    p.add_argument("--data-dir", type=path_or_url, help="dataset root; for folder: the labelled train images")
+    p.add_argument("--eval-data-dir", type=path_or_url, help="for folder: the labelled test images (default: val/ of a train/ + val/ root)")
     add_loader_args(p)
     p.add_argument("--download", action="store_true")
     p.add_argument("--protocol", required=True, help="knn, linear, finetune, lowshot, clustering or all")
@@ -325,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML page for a run folder: config, curves, pictures, results")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--output", type=Path, help="default: RUN_DIR/report.html")
-    p.add_argument("--data-dir", type=Path, help="where the run's dataset is now, if it moved")
+    p.add_argument("--data-dir", type=path_or_url, help="where the run's dataset is now, if it moved")
     p.add_argument("--embedding-samples", type=int, default=1000, help="test images in the 2-D map (default 1000)")
     p.add_argument("--no-pictures", action="store_true", help="config, curves and results only (no checkpoint loading)")
     p.add_argument("--seed", type=int, default=0)
@@ -335,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pack", help="write a dataset as litdata shards (--dataset shards --data-dir OUTPUT reads them)")
     p.add_argument("source", help="a folder, train/ + val/ root or .csv file list, or a dataset name (fashion-mnist, cifar10, ...)")
     p.add_argument("--output", required=True, help="a folder, or a URL litdata writes to (s3://..., gs://...)")
-    p.add_argument("--data-dir", type=Path, help="named datasets: where their files are")
+    p.add_argument("--data-dir", type=path_or_url, help="named datasets: where their files are")
     p.add_argument("--download", action="store_true", help="named datasets: download when missing (online)")
     p.add_argument("--chunk-bytes", default="64MB", help="size of each shard file (default 64MB)")
     p = sub.add_parser("bench", help="time the training step of a method")

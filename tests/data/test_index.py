@@ -104,3 +104,35 @@ def test_missing_and_empty_folders_fail_with_one_line(tmp_path):
     (tmp_path / "half" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match="no val/"):
         folder_index(tmp_path / "half", "test")
+
+
+def test_a_val_folder_missing_a_class_is_numbered_by_trains_class_names(tmp_path):
+    """val/ lacking train's first class numbers its folders from 0 on its own; evaluation and packing
+    renumber them by name (val 'b' is train's 'b', not train's 'a'), and an unknown class is an error."""
+    from hybridssl.data.pack import file_splits
+    from hybridssl.evaluation.data import with_classes_of
+
+    for split, names in (("train", "abc"), ("val", "bc")):
+        for name in names:
+            jpeg(tmp_path / "data" / split / name / f"{split}{name}.jpg")
+    train, val = folder_index(tmp_path / "data", "train"), folder_index(tmp_path / "data", "test")
+    assert val.classes == ["b", "c"] and val.labels.tolist() == [0, 1]
+    from hybridssl.data.streaming import StreamingSet
+
+    aligned = with_classes_of(StreamingSet("folder", train, 8, 3), StreamingSet("folder", val, 8, 3))
+    assert aligned.classes == ["a", "b", "c"] and aligned.index.labels.tolist() == [1, 2]
+    stored = with_classes_of(load_dataset("folder", "train", tmp_path / "data", image_size=8),
+                             load_dataset("folder", "test", tmp_path / "data", image_size=8))  # fmt: skip
+    assert stored.labels.tolist() == [1, 2]
+    assert file_splits(tmp_path / "data")["test"].labels.tolist() == [1, 2], "packs store train's numbering"
+    jpeg(tmp_path / "data" / "val" / "zebra" / "z.jpg")
+    with pytest.raises(DataError, match="classes the train split lacks: zebra"):
+        with_classes_of(StreamingSet("folder", train, 8, 3), StreamingSet("folder", folder_index(tmp_path / "data", "test"), 8, 3))
+
+
+def test_file_lists_saved_by_spreadsheets_and_with_other_headers(tmp_path):
+    jpeg(tmp_path / "a.jpg"), jpeg(tmp_path / "b.jpg")
+    listed = tmp_path / "list.csv"
+    listed.write_bytes("\ufefffilename,class\na.jpg,x\nb.jpg,y\n".encode())
+    index = file_index(listed)
+    assert len(index) == 2 and index.classes == ["x", "y"] and index.path(0) == tmp_path / "a.jpg"

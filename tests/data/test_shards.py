@@ -4,6 +4,8 @@ with one line."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -41,6 +43,7 @@ def test_the_streaming_loader_asks_for_the_same_samples_and_crops(photo_root, pa
     for index in (record_index("folder", photo_root, "train"), record_index("shards", out, "train")):
         loader = StreamingLoader(CropDataset(index.take(40, seed=1), crops, 3, seed=9), 8, seed=9, num_workers=2)
         batches.append([(b["ids"], b["labels"], b["crops"][1]) for b in loader])
+    assert len(batches[0]) == len(batches[1]) == 5
     for (ids_a, labels_a, crop_a), (ids_b, labels_b, crop_b) in zip(*batches):
         assert torch.equal(ids_a, ids_b) and torch.equal(labels_a, labels_b) and torch.equal(crop_a, crop_b)
 
@@ -63,7 +66,8 @@ def test_pretrain_and_evaluate_from_shards_through_the_cli(packed_photos, tmp_pa
     assert main(args) == 0
     assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--protocol", "knn", "--k", "5",
                  "--output", str(run)]) == 0  # fmt: skip
-    assert f"{meta['splits']['test']}" in capsys.readouterr().out or (run / "results.jsonl").is_file()
+    (row,) = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines() if '"k": 5' in line]
+    assert row["dataset"] == "shards" and row["test_size"] == meta["splits"]["test"] and row["train_size"] == meta["splits"]["train"]
     assert main(["pretrain", "--method", "mae", "--dataset", "shards", "--data-dir", str(tmp_path), "--output", str(tmp_path / "x")]) == 2
     assert "no packed dataset" in capsys.readouterr().err
 

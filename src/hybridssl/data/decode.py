@@ -72,6 +72,7 @@ def read_image(path: str | Path, channels: int) -> Tensor:
         mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
         try:
             image = decode_image(data, mode=mode, apply_exif_orientation=True)
+            image = image[0] if image.ndim == 4 else image  # an animated GIF/WebP: its first frame
             if image.dtype == torch.uint8 and image.shape[0] == channels:
                 return image
         except RuntimeError:

@@ -81,6 +81,19 @@ class FileIndex:
         return self.select(rows.numpy())
 
 
+def labels_in(labels: np.ndarray, own: list[str] | None, target: list[str] | None, where: str) -> np.ndarray:
+    """Labels numbered by `own` class names renumbered by `target`'s (a val/ folder lacking a class of
+    train/ numbers its folders differently); a class `target` lacks is an error naming it."""
+    if own is None or target is None or own == target:
+        return labels
+    number = {name: i for i, name in enumerate(target)}
+    missing = [name for name in own if name not in number]
+    if missing:
+        raise DataError(f"{where} has classes the train split lacks: {', '.join(missing[:5])}")
+    mapping = np.array([number[name] for name in own], dtype=np.int64)
+    return np.where(labels >= 0, mapping[np.clip(labels, 0, None)], labels)
+
+
 def split_folder(root: Path, split: str) -> Path | None:
     """The sub-folder of an ImageNet-style root that holds `split`, or None when root is not one."""
     if not (root / "train").is_dir():
@@ -112,11 +125,18 @@ def has_split_layout(data_dir: Path) -> bool:
 def _images_below(folder: Path, dirs: dict[str, int]) -> list[str]:
     """Image files below `folder` (any depth, hidden entries skipped), sorted; records each directory's
     modification time in `dirs`."""
-    found = []
-    for current, subdirs, files in os.walk(folder, followlinks=True):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        dirs[current] = os.stat(current).st_mtime_ns
-        found += [os.path.join(current, f) for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
+    found, pending = [], [str(folder)]
+    while pending:
+        current = pending.pop()
+        dirs[current] = os.stat(current).st_mtime_ns  # before listing: a file added meanwhile changes it again
+        with os.scandir(current) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=True):
+                    pending.append(entry.path)
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file(follow_symlinks=True):
+                    found.append(entry.path)
     return sorted(found)
 
 
@@ -142,10 +162,10 @@ def list_folder(folder: Path) -> tuple[FileIndex, dict[str, int]]:
 
 
 def read_file_list(path: Path) -> FileIndex:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: lists saved by spreadsheet programs
         rows = [r for r in csv.reader(f) if r and r[0].strip() and not r[0].startswith("#")]
-    if rows and rows[0][0].strip().lower() == "path":
-        rows = rows[1:]
+    if rows and os.path.splitext(rows[0][0].strip())[1].lower() not in IMAGE_SUFFIXES:
+        rows = rows[1:]  # a header (path,label / filename,class / ...): its first cell names no image
     if not rows:
         raise DataError(f"file list {path} names no images")
     names = [r[0].strip() for r in rows]
@@ -159,7 +179,8 @@ def read_file_list(path: Path) -> FileIndex:
         labels, classes = [int(x) for x in raw], None  # type: ignore[arg-type]
     else:
         classes = sorted(set(raw))  # type: ignore[arg-type]
-        labels = [classes.index(x) for x in raw]  # type: ignore[arg-type]
+        number = {name: i for i, name in enumerate(classes)}
+        labels = [number[x] for x in raw]  # type: ignore[index]
     return FileIndex(path.parent, np.array([os.fsencode(n) for n in names]), np.array(labels, dtype=np.int64), classes)
 
 

@@ -7,21 +7,25 @@ Splits: train, and test where the source has one (a root's val/, a named dataset
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hybridssl.data.index import file_index, has_split_layout, source_for
+from hybridssl.data.index import file_index, has_split_layout, labels_in, source_for
 from hybridssl.data.shards import ArraySource, FileSource, split_location, write_meta, write_split
 from hybridssl.data.sources import DATASETS, PRETRAIN_SPLIT, load_dataset
 from hybridssl.errors import DataError
 
 
 def file_splits(path: Path) -> dict[str, FileSource]:
-    splits = {"train": FileSource(file_index(source_for(path, "train")))}
+    train = file_index(source_for(path, "train"))
+    splits = {"train": FileSource(train)}
     if has_split_layout(path):
-        splits["test"] = FileSource(file_index(source_for(path, "test")))
+        test = file_index(source_for(path, "test"))
+        test = replace(test, labels=labels_in(test.labels, test.classes, train.classes, f"{path}'s test split"), classes=train.classes)
+        splits["test"] = FileSource(test)
     return splits
 
 

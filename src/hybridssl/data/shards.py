@@ -101,6 +101,7 @@ def decode_bytes(data: bytes, channels: int) -> Tensor:
     try:
         image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                              mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB, apply_exif_orientation=True)  # fmt: skip
+        image = image[0] if image.ndim == 4 else image  # an animated image: its first frame
         if image.dtype == torch.uint8 and image.shape[0] == channels:
             return image
     except RuntimeError:
@@ -229,7 +230,9 @@ def write_split(source: Any, location: str, chunk_bytes: str = "64MB") -> None:
         with fsspec.open(f"{location}/labels.npy", "wb") as f:
             np.save(f, labels)
     else:
-        np.save(Path(location) / "labels.npy", labels)
+        from hybridssl.files import atomic_write
+
+        atomic_write(Path(location) / "labels.npy", lambda f: np.save(f, labels))
 
 
 def write_meta(root: str | Path, meta: dict[str, Any]) -> None:

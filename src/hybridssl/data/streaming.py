@@ -43,8 +43,9 @@ MAX_SUBSTITUTES = 64  # consecutive unreadable files before a run stops
 STATS_SAMPLES = 512  # images whose pixels give a folder's mean and std
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 1) - 1))
+def default_workers(ranks_per_node: int = 1) -> int:
+    """min(8, CPUs - 1) decoding processes, shared by the ranks of a node."""
+    return max(1, min(8, ((os.cpu_count() or 1) - 1) // max(1, ranks_per_node)))
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -98,7 +99,7 @@ class CropDataset(Dataset):
                 continue
             crops = cut_crops(image, self.crops, sample_seed(self.seed, epoch, i))
             return {"crops": crops, "id": i, "label": int(self.index.labels[i]), "skipped": skipped}
-        raise DataError(f"{MAX_SUBSTITUTES} unreadable images in a row from {self.index.describe(first)}; is this an image folder?")
+        return {"error": f"{MAX_SUBSTITUTES} unreadable images in a row from {self.index.describe(first)}; is this an image folder?"}
 
 
 def collate_crops(samples: list[dict[str, Any]]) -> dict[str, Any]:

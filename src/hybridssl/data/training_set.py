@@ -14,6 +14,8 @@ from typing import Literal, Union
 
 from hybridssl.data.sources import PRETRAIN_SPLIT, STREAMED, DataInfo, ImageSet, data_info, decode_index
 from hybridssl.data.sources import load_dataset, record_index
+from hybridssl.data.index import FileIndex
+from hybridssl.data.shards import ShardIndex
 from hybridssl.data.streaming import StreamingSet, default_workers
 from hybridssl.errors import ConfigError
 
@@ -47,6 +49,12 @@ def training_data(
         split = PRETRAIN_SPLIT.get(dataset, "train")
         return load_dataset(dataset, split, data_dir, download=download).take(limit, seed=seed)
     index = record_index(dataset, data_dir, "train").take(limit, seed)
+    return stored_or_streamed(dataset, index, image_size, channels, strict, loader, num_workers)
+
+
+def stored_or_streamed(dataset: str, index: FileIndex | ShardIndex, image_size: int, channels: int, strict: bool = False,
+                       loader: LoaderChoice = "auto", num_workers: int | None = None) -> TrainingData:  # fmt: skip
+    """The one rule for both training and evaluation: decode into memory up to the budget, else stream."""
     stream = loader == "stream" or (loader == "auto" and decoded_bytes(len(index), image_size, channels) > MEMORY_BUDGET_BYTES)
     if stream:
         workers = default_workers() if num_workers is None else num_workers

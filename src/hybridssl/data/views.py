@@ -40,9 +40,9 @@ class Crop:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
 
-def crop_flip_pipeline(size: int, scale: tuple[float, float]) -> nn.Module:
+def crop_flip_pipeline(size: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> nn.Module:
     return K.AugmentationSequential(
-        K.RandomResizedCrop((size, size), scale=scale, resample="bicubic"), K.RandomHorizontalFlip()
+        K.RandomResizedCrop((size, size), scale=scale, ratio=ratio, resample="bicubic"), K.RandomHorizontalFlip()
     )
 
 
@@ -51,7 +51,7 @@ class Views:
 
     def __init__(self, crops: Sequence[Crop], info: DataInfo, finishers: Sequence[nn.Module] | None = None) -> None:
         self.crops = list(crops)
-        self.device_crops = [crop_flip_pipeline(c.size, c.scale) for c in self.crops]
+        self.device_crops = [crop_flip_pipeline(c.size, c.scale, c.ratio) for c in self.crops]
         self.finishers = list(finishers) if finishers is not None else [nn.Identity() for _ in self.crops]
         self.mean = torch.tensor(info.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(info.std).view(1, -1, 1, 1)

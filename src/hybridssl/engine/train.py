@@ -22,7 +22,7 @@ from hybridssl.config import RunConfig
 from hybridssl.files import save_yaml
 from hybridssl.data.loader import InMemoryLoader
 from hybridssl.data.sources import DataInfo
-from hybridssl.data.streaming import StreamingLoader, StreamingSet
+from hybridssl.data.streaming import StreamingLoader, StreamingSet, default_workers
 from hybridssl.data.training_set import TrainingData, training_data, training_info
 from hybridssl.data.views import Crop
 from hybridssl.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
@@ -72,9 +72,12 @@ def global_batch(run_config: RunConfig) -> int:
 
 def load_training_data(run_config: RunConfig) -> TrainingData:
     c = run_config
+    devices = c.devices if isinstance(c.devices, int) else max(1, torch.cuda.device_count())
+    # decoding processes per rank: the node's CPUs shared by its ranks (8 GPUs x 8 workers oversubscribe)
+    workers = c.num_workers if c.num_workers is not None else default_workers(devices)
     images = training_data(
         c.dataset, c.data_dir, image_size=c.image_size, channels=c.channels, strict=c.strict_data, loader=c.loader,
-        limit=c.limit_train, seed=c.seed, num_workers=c.num_workers, download=c.download,
+        limit=c.limit_train, seed=c.seed, num_workers=workers, download=c.download,
     )  # fmt: skip
     if len(images) < global_batch(run_config):
         raise DataError(
@@ -122,7 +125,7 @@ def checkpoints_of(run_config: RunConfig) -> list[Path]:
     return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name == LAST), reverse=True)
 
 
-def resume_checkpoint(run_config: RunConfig, method: Method) -> Path | None:
+def resume_checkpoint(run_config: RunConfig, method: Method, num_images: int | None = None) -> Path | None:
     """With --resume: the newest checkpoint of the run folder, checked against this run; without it,
     a folder that already holds a run is refused rather than mixed with a new one."""
     found = checkpoints_of(run_config)
@@ -143,6 +146,10 @@ def resume_checkpoint(run_config: RunConfig, method: Method) -> Path | None:
     if (config.get("method"), config.get("model")) != (run_config.method, run_config.model):
         raise CheckpointError(problem)
     check_fits(ckpt, method.state_dict(), f"{problem} with other settings", "method.")
+    before = ckpt["hybridssl"].get("data_info", {}).get("num_images")
+    if num_images is not None and before is not None and before != num_images:
+        warnings.warn(f"resume: the training set had {before} images when {path.name} was written and has {num_images} now "
+                      "(files added or removed?): the sample order differs from here on; the resume is not exact", stacklevel=2)  # fmt: skip
     return path
 
 
@@ -250,7 +257,7 @@ def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFa
     if method.resolved:  # settings the method derived from the data or the model, recorded in config.yaml
         run_config = run_config.model_copy(update={"method_args": {**run_config.method_args, **method.resolved}})
     check_queues(method, run_config, len(images))
-    resume_from = resume_checkpoint(run_config, method)
+    resume_from = resume_checkpoint(run_config, method, len(images))
     extra = list(callbacks(run_config, images, info, method.pooling)) if callbacks is not None else []
     if rank_zero_only.rank == 0:
         for stale in checkpoint_dir(run_config).glob(".*.tmp"):  # left by a kill during a save

@@ -10,16 +10,17 @@ crop), decoded by DataLoader workers, with a progress bar; the features, not the
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Union
 
 import torch
 from torch import Tensor
 
-from hybridssl.data.index import has_split_layout
-from hybridssl.data.sources import STREAMED, DataInfo, ImageSet, decode_index, load_dataset, record_index
-from hybridssl.data.streaming import StreamingSet, default_workers, fitted_batches
-from hybridssl.data.training_set import MEMORY_BUDGET_BYTES, LoaderChoice, decoded_bytes
+from hybridssl.data.index import has_split_layout, labels_in
+from hybridssl.data.sources import STREAMED, DataInfo, ImageSet, load_dataset, record_index
+from hybridssl.data.streaming import StreamingSet, fitted_batches
+from hybridssl.data.training_set import LoaderChoice, stored_or_streamed
 from hybridssl.errors import ConfigError, DataError
 from hybridssl.evaluation.features import encoder_features, pixel_features
 from hybridssl.nn.vit import Pooling, ViT
@@ -51,14 +52,12 @@ def eval_split(dataset: str, split: str, data_dir: Path | None, eval_data_dir: P
         root = data_dir if split == "train" else (eval_data_dir or data_dir)
         data: EvalData = load_dataset(dataset, split, root, download=download).take(limit, seed)
     else:
-        source = folder_split(data_dir, eval_data_dir, split) if dataset == "folder" else (eval_data_dir or data_dir)
+        if dataset == "folder":
+            source = folder_split(data_dir, eval_data_dir, split)
+        else:  # a pack holds both splits; --eval-data-dir: another pack's test split
+            source = data_dir if split == "train" else (eval_data_dir or data_dir)
         index = record_index(dataset, source, split).take(limit, seed)
-        size = decoded_bytes(len(index), info.image_size, info.channels)
-        if loader == "stream" or (loader == "auto" and size > MEMORY_BUDGET_BYTES):
-            workers = default_workers() if num_workers is None else num_workers
-            data = StreamingSet(dataset, index, info.image_size, info.channels, num_workers=workers)
-        else:
-            data = decode_index(index, info.image_size, info.channels)
+        data = stored_or_streamed(dataset, index, info.image_size, info.channels, loader=loader, num_workers=num_workers)
     if data.labels is None or (data.labels < 0).all():
         raise DataError(f"the {split} split of {dataset} has no labels; evaluation needs labelled images")
     if isinstance(data, ImageSet):
@@ -89,6 +88,18 @@ def features_and_labels(encoder: ViT | None, data: EvalData, info: DataInfo, poo
     if not feats:
         raise DataError(f"no readable images in {data.index.root}")
     return torch.cat(feats), torch.cat(labels)
+
+
+def with_classes_of(train: EvalData, test: EvalData) -> EvalData:
+    """`test` with its labels numbered by the train split's class names (see data/index.labels_in)."""
+    if test.classes is None or train.classes is None or test.classes == train.classes:
+        return test
+    if isinstance(test, ImageSet):
+        labels = labels_in(test.labels.numpy(), test.classes, train.classes, "the test split")
+        return ImageSet(test.images, torch.from_numpy(labels), train.classes, test.skipped)
+    index = test.index
+    relabelled = replace(index, labels=labels_in(index.labels, index.classes, train.classes, "the test split"), classes=train.classes)
+    return replace(test, index=relabelled)
 
 
 def in_memory(data: EvalData, what: str) -> ImageSet:

@@ -22,7 +22,7 @@ from hybridssl.config import RunConfig
 from hybridssl.data.sources import DataInfo, ImageSet
 from hybridssl.data.streaming import StreamingSet
 from hybridssl.data.training_set import TrainingData
-from hybridssl.evaluation.data import EvalData, eval_split
+from hybridssl.evaluation.data import EvalData, eval_split, with_classes_of
 from hybridssl.errors import DataError
 from hybridssl.evaluation.features import encoder_features
 from hybridssl.evaluation.knn import knn_accuracy
@@ -65,7 +65,7 @@ class KNNMonitor(Callback):
         try:  # the evaluation's test split (a folder: its val/ when it has one)
             test = eval_split(run_config.dataset, "test", run_config.data_dir, None, info, limit=limit, seed=seed,
                               loader=run_config.loader, num_workers=run_config.num_workers)  # fmt: skip
-            queries = labelled_sample(test, limit, seed)
+            queries = labelled_sample(with_classes_of(images, test), limit, seed)
         except DataError:
             pass
         if queries is None or len(queries) == 0:  # no test split: hold out a fifth of the bank

@@ -24,7 +24,7 @@ from hybridssl.settings import ConfigError, StrictModel, format_validation_error
 from hybridssl.engine.checkpoints import TrainedEncoder
 from hybridssl.engine.starting_points import load_start_encoder
 from hybridssl.evaluation.clustering import ClusteringSettings, clustering_metrics
-from hybridssl.evaluation.data import EvalData, eval_split, features_and_labels, in_memory
+from hybridssl.evaluation.data import EvalData, eval_split, features_and_labels, in_memory, with_classes_of
 from hybridssl.evaluation.finetune import FinetuneSettings, finetune
 from hybridssl.evaluation.knn import knn_accuracy
 from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_probe_sweep, train_linear_probe
@@ -120,7 +120,7 @@ class EvalContext:
         split = {"data_dir": req.data_dir, "eval_data_dir": req.eval_data_dir, "info": self.info, "seed": req.seed,
                  "loader": req.loader, "num_workers": req.num_workers, "download": req.download}  # fmt: skip
         self.train = eval_split(req.dataset, "train", limit=req.limit_train, **split)
-        self.test = eval_split(req.dataset, "test", limit=req.limit_test, **split)
+        self.test = with_classes_of(self.train, eval_split(req.dataset, "test", limit=req.limit_test, **split))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.pixels = req.encoder_kind == "raw-pixels"
         self.pooling: str = "none" if self.pixels else req.pooling or trained_pooling
