@@ -60,23 +60,28 @@ def pil_convert_bytes(data: bytes, channels: int) -> Tensor:
         return _to_tensor(_pil_convert(im, channels), channels)
 
 
-def read_image(path: str | Path, channels: int) -> Tensor:
-    """The whole image as uint8 `channels` x H x W; raises on a file no decoder can read."""
+def decode_bytes(data: bytes, channels: int) -> Tensor:
+    """Encoded image bytes -> uint8 `channels` x H x W: torchvision.io, else PIL's conversions."""
     from torchvision.io import ImageReadMode, decode_image
 
+    if not data:
+        raise ValueError("empty file")
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    try:
+        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode, apply_exif_orientation=True)
+        image = image[0] if image.ndim == 4 else image  # an animated GIF/WebP: its first frame
+        if image.dtype == torch.uint8 and image.shape[0] == channels:
+            return image
+    except RuntimeError:
+        pass  # 16-bit PNG, CMYK JPEG, palette with transparency, BMP, TIFF...: PIL below
+    return pil_convert_bytes(data, channels)
+
+
+def read_image(path: str | Path, channels: int) -> Tensor:
+    """The whole image as uint8 `channels` x H x W; raises on a file no decoder can read."""
     path = Path(path)
     if path.suffix.lower() in TORCHVISION_SUFFIXES:
-        data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
-        if data.numel() == 0:
-            raise ValueError("empty file")
-        mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-        try:
-            image = decode_image(data, mode=mode, apply_exif_orientation=True)
-            image = image[0] if image.ndim == 4 else image  # an animated GIF/WebP: its first frame
-            if image.dtype == torch.uint8 and image.shape[0] == channels:
-                return image
-        except RuntimeError:
-            pass  # 16-bit PNG, CMYK JPEG, palette with transparency...: PIL's conversions below
+        return decode_bytes(path.read_bytes(), channels)
     return pil_read(path, channels)
 
 

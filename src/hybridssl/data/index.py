@@ -38,27 +38,14 @@ LIST_SUFFIXES = {".csv", ".txt"}
 INDEX_VERSION = 1
 
 
-@dataclass
-class FileIndex:
-    """Image files (relative to `root` unless absolute) with labels (-1 = unknown) and class names."""
+class LabelledSamples:
+    """What both indexes (files, packed shards) share: labels, classes and seeded subsets by row."""
 
-    root: Path
-    paths: np.ndarray  # bytes ("S"), one per image
-    labels: np.ndarray  # int64
+    labels: np.ndarray  # int64, -1 = unknown
     classes: list[str] | None
 
     def __len__(self) -> int:
-        return len(self.paths)
-
-    def path(self, i: int) -> Path:
-        return self.root / os.fsdecode(bytes(self.paths[i]))
-
-    def describe(self, i: int) -> str:
-        return str(self.path(i))
-
-    def read(self, i: int, channels: int) -> Tensor:
-        """Sample i decoded at full resolution (data/decode.read_image)."""
-        return read_image(self.path(i), channels)
+        return len(self.labels)
 
     @property
     def labelled(self) -> bool:
@@ -70,15 +57,39 @@ class FileIndex:
             return len(self.classes)
         return int(self.labels.max()) + 1 if self.labelled else None
 
-    def select(self, rows: np.ndarray) -> "FileIndex":
-        return FileIndex(self.root, self.paths[rows], self.labels[rows], self.classes)
+    def select(self, rows: np.ndarray):  # pragma: no cover - abstract
+        raise NotImplementedError
 
-    def take(self, limit: int | None, seed: int = 0) -> "FileIndex":
-        """A seeded uniform subset of `limit` files, in index order (chosen before anything is decoded)."""
+    def take(self, limit: int | None, seed: int = 0):
+        """A seeded uniform subset of `limit` samples, in index order (chosen before anything is decoded)."""
         if limit is None or limit >= len(self):
             return self
         rows = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
         return self.select(rows.numpy())
+
+
+@dataclass
+class FileIndex(LabelledSamples):
+    """Image files (relative to `root` unless absolute) with labels (-1 = unknown) and class names."""
+
+    root: Path
+    paths: np.ndarray  # bytes ("S"), one per image
+    labels: np.ndarray  # int64
+    classes: list[str] | None
+
+
+    def path(self, i: int) -> Path:
+        return self.root / os.fsdecode(bytes(self.paths[i]))
+
+    def describe(self, i: int) -> str:
+        return str(self.path(i))
+
+    def read(self, i: int, channels: int) -> Tensor:
+        """Sample i decoded at full resolution (data/decode.read_image)."""
+        return read_image(self.path(i), channels)
+
+    def select(self, rows: np.ndarray) -> "FileIndex":
+        return FileIndex(self.root, self.paths[rows], self.labels[rows], self.classes)
 
 
 def labels_in(labels: np.ndarray, own: list[str] | None, target: list[str] | None, where: str) -> np.ndarray:

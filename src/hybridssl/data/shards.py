@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from hybridssl.data.decode import pil_convert_bytes
+from hybridssl.data.decode import decode_bytes
+from hybridssl.data.index import LabelledSamples
 from hybridssl.errors import DataError
 
 FORMAT = 1
@@ -44,7 +44,7 @@ def split_location(root: str | Path, split: str) -> str:
 
 
 @dataclass
-class ShardIndex:
+class ShardIndex(LabelledSamples):
     """The samples of one packed split: read by index through litdata (opened lazily in each process)."""
 
     root: str
@@ -53,21 +53,8 @@ class ShardIndex:
     classes: list[str] | None
     _dataset: Any = field(default=None, repr=False, compare=False)
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
     def __getstate__(self) -> dict[str, Any]:  # workers open their own reader
         return {**self.__dict__, "_dataset": None}
-
-    @property
-    def labelled(self) -> bool:
-        return bool((self.labels >= 0).any())
-
-    @property
-    def num_classes(self) -> int | None:
-        if self.classes is not None:
-            return len(self.classes)
-        return int(self.labels.max()) + 1 if self.labelled else None
 
     def describe(self, i: int) -> str:
         return f"{self.root} sample {int(self.rows[i])}"
@@ -84,29 +71,6 @@ class ShardIndex:
 
     def select(self, rows: np.ndarray) -> "ShardIndex":
         return ShardIndex(self.root, self.rows[rows], self.labels[rows], self.classes)
-
-    def take(self, limit: int | None, seed: int = 0) -> "ShardIndex":
-        if limit is None or limit >= len(self):
-            return self
-        rows = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-        return self.select(rows.numpy())
-
-
-def decode_bytes(data: bytes, channels: int) -> Tensor:
-    """An encoded image (any format the folder path reads) -> uint8 `channels` x H x W."""
-    from torchvision.io import ImageReadMode, decode_image
-
-    if not data:
-        raise ValueError("empty record")
-    try:
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                             mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB, apply_exif_orientation=True)  # fmt: skip
-        image = image[0] if image.ndim == 4 else image  # an animated image: its first frame
-        if image.dtype == torch.uint8 and image.shape[0] == channels:
-            return image
-    except RuntimeError:
-        pass
-    return pil_convert_bytes(data, channels)
 
 
 def read_meta(root: str | Path) -> dict[str, Any]:
