@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps test-deps demo test test-slow bench clean
+.PHONY: install system-deps test-deps demo test test-slow mutation bench clean
 
 install: $(STAMP)
 
@@ -31,8 +31,15 @@ test: install test-deps
 test-slow: install test-deps
 	$(BIN)/python -m pytest -q -m slow
 
+# Mutation testing of methods, losses, nn and evaluation (docs/testing.md); slow, not part of `make test`.
+# mutmut keeps its results in mutants/ and re-runs only the mutants of functions that changed.
+mutation: install
+	$(BIN)/python -m pip install -q -e '.[mutation]'
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run
+	$(BIN)/python scripts/mutation_score.py --survivors mutants/survivors.txt
+
 bench: install system-deps
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache mutants

@@ -42,3 +42,12 @@ def test_noise_mse_counts_visible_patches_only_and_normalizes_per_patch():
     target = (noise - noise.mean(-1, keepdim=True)) / (noise.var(-1, keepdim=True) + 1e-6).sqrt()
     assert noise_mse(target, noise, mask).item() == pytest.approx(0.0, abs=1e-10)
     assert noise_mse(target, 10 * noise, mask).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_masked_losses_over_one_removed_patch_and_over_none():
+    pred = torch.tensor([[[2.0, 2.0], [7.0, 7.0]]])
+    target = torch.zeros(1, 2, 2)
+    one = torch.tensor([[1.0, 0.0]])
+    assert masked_mse(pred, target, one).item() == 4.0 and masked_l1(pred, target, one).item() == 2.0
+    none = torch.zeros(1, 2)  # nothing removed: zero, not 0 / 0
+    assert masked_mse(pred, target, none).item() == 0.0 and masked_l1(pred, target, none).item() == 0.0

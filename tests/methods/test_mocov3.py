@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
+from hybridssl.losses import info_nce
 from hybridssl.nn.momentum import momentum_at
+from hybridssl.nn.vit import pool
 from tests.methods.toy import WIDTH as DIM
 from tests.methods.toy import batch, build, optimizer, snapshot, train_step
 
@@ -63,11 +65,50 @@ def test_momentum_branch_follows_the_cosine_schedule():
     assert not torch.equal(m.momentum_encoder.module.state_dict()[key], target_before)
 
 
-def test_keys_carry_no_gradient():
-    m = build("mocov3")
-    m(batch(m, 8))["loss"].backward()
-    assert all(p.grad is None for p in m.momentum_encoder.parameters())
-    assert m.predictor[0].weight.grad is not None and m.encoder.blocks[0].attn.qkv.weight.grad is not None
+def perturb(module: torch.nn.Module, scale: float = 0.05) -> None:
+    """Moves the online weights away from their EMA copies, so the two branches give different outputs."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+def test_each_query_meets_the_momentum_key_of_the_other_view():
+    m = build("mocov3").train()
+    perturb(m.encoder)
+    perturb(m.projector)
+    b = batch(m, 16)
+    t = m.cfg.temperature
+    loss = m(b)["loss"]
+    with torch.no_grad():  # the branches by hand, per view (the ViT has no BatchNorm; the heads run per view)
+        q = [m.predictor(m.projector(pool(m.encoder(v), "cls"))) for v in b.views]
+        k = [m.momentum_projector(pool(m.momentum_encoder(v), "cls")) for v in b.views]
+        k_online = [m.projector(pool(m.encoder(v), "cls")) for v in b.views]
+
+    def pair(a, c):
+        return info_nce(q[0], c[a[0]], t, 2 * t) + info_nce(q[1], c[a[1]], t, 2 * t)
+
+    assert loss.item() == pytest.approx(pair((1, 0), k).item(), rel=1e-5)
+    # the test tells the mistakes apart: the same view's key, or keys from the online branch
+    assert abs(pair((0, 1), k).item() - loss.item()) > 0.01
+    assert abs(pair((1, 0), k_online).item() - loss.item()) > 0.01
+
+
+def test_keys_carry_no_gradient_into_the_online_branch():
+    # the online encoder also makes the keys here (momentum 0): only the query path may carry gradient
+    m = build("mocov3", momentum=0.0).train()
+    b = batch(m, 8)
+    m.momentum_encoder.module = m.encoder
+    m.momentum_projector.module = m.projector
+    m(b)["loss"].backward()
+    grads = [p.grad.clone() for p in m.encoder.parameters() if p.requires_grad]
+    m.zero_grad()
+    with torch.no_grad():
+        k = [m.projector(pool(m.encoder(v), "cls")) for v in b.views]
+    q = [m.predictor(m.projector(pool(m.encoder(v), "cls"))) for v in b.views]
+    t = m.cfg.temperature
+    (info_nce(q[0], k[1], t, 2 * t) + info_nce(q[1], k[0], t, 2 * t)).backward()
+    for g, p in zip(grads, [p for p in m.encoder.parameters() if p.requires_grad]):
+        assert torch.allclose(g, p.grad, atol=1e-6)
 
 
 def test_init_from_restarts_the_momentum_branch_from_the_loaded_encoder():

@@ -5,16 +5,30 @@ import torch
 import torch.nn.functional as F
 
 from hybridssl.config import ConfigError
+from hybridssl.losses import nnclr
 from hybridssl.methods import Batch
 from hybridssl.nn.vit import pool
 from tests.methods.toy import batch, build, optimizer, train_step
 
 
-def test_loss_near_log_batch_at_init_and_monitoring_entry():
+def test_loss_near_log_batch_at_init():
     m = build("nnclr")
-    out = m(batch(m, 32))
-    assert out["loss"].item() == pytest.approx(math.log(32), rel=0.05)
-    assert 0 <= out["nn_acc"].item() <= 1 and not out["nn_acc"].requires_grad
+    assert m(batch(m, 32))["loss"].item() == pytest.approx(math.log(32), rel=0.05)
+
+
+def test_nn_acc_is_the_share_of_view_one_neighbours_with_the_query_label(monkeypatch):
+    m = build("nnclr", queue_size=32).train()
+    m(batch(m, 32, seed=1))  # the queue holds 32 labelled entries (labels i % 10)
+    found = []
+    original = m.queue.nearest
+    monkeypatch.setattr(m.queue, "nearest", lambda *a, **k: found.append(original(*a, **k)) or found[-1])
+    b = Batch(batch(m, 32, seed=4).views, torch.arange(100, 132), (torch.arange(32) * 7) % 10)
+    queue_labels = m.queue.labels.clone()  # before this step enqueues its own
+    out = m(b)
+    by_hand = (queue_labels[found[0][1]] == b.labels).float().mean()
+    other_view = (queue_labels[found[1][1]] == b.labels).float().mean()
+    assert 0 < by_hand < 1 and by_hand != other_view  # the test tells view 1's share from view 2's
+    assert out["nn_acc"].item() == pytest.approx(by_hand.item())
     assert "nn_acc" not in m(batch(m, 32, labels=False))  # no labels, no monitoring
 
 
@@ -87,3 +101,22 @@ def test_labels_never_reach_the_loss(name):
         b = batch(m, 16, labels=labels)
         losses.append(m(b)["loss"])
     assert torch.equal(losses[0], losses[1])
+
+
+def test_each_prediction_meets_the_neighbour_of_the_other_view():
+    m = build("nnclr", queue_size=64).train()
+    for seed in range(4):  # a queue of 64 real entries, none from the batch below
+        m(batch(m, 16, seed=seed))
+    b = Batch(batch(m, 16, seed=9).views, torch.arange(100, 116), torch.arange(16) % 10)
+    queue = m.queue.features.clone()
+    loss = m(b)["loss"]
+    with torch.no_grad():  # by hand: z, p per view; the neighbour is the most cosine-similar queue entry
+        z = [m.projector(pool(m.encoder(v), "cls")) for v in b.views]
+        p = [m.predictor(x) for x in z]
+        n = [queue[(F.normalize(x, dim=1) @ queue.T).argmax(dim=1)] for x in z]
+    t = m.cfg.temperature
+    crossed = (nnclr(p[0], n[1], t) + nnclr(p[1], n[0], t)) / 2
+    assert loss.item() == pytest.approx(crossed.item(), rel=1e-5)
+    own = (nnclr(p[0], n[0], t) + nnclr(p[1], n[1], t)) / 2  # the mistake: a view with its own neighbour
+    swapped = (nnclr(n[1], p[0], t) + nnclr(n[0], p[1], t)) / 2  # rows and columns exchanged
+    assert abs(own.item() - loss.item()) > 0.01 and abs(swapped.item() - loss.item()) > 0.01

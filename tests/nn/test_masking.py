@@ -4,11 +4,11 @@ import torch
 from hybridssl.nn.masking import block_mask, gather_tokens, no_mask, random_mask
 
 
-@pytest.mark.parametrize("n,ratio", [(49, 0.75), (196, 0.75), (64, 0.5), (49, 0.0)])
+@pytest.mark.parametrize("n,ratio", [(49, 0.75), (196, 0.75), (64, 0.5), (49, 0.0), (16, 0.99)])
 def test_random_mask_ratio_and_round_trip(n, ratio):
     torch.manual_seed(0)
     m = random_mask(4, n, ratio)
-    keep = int(n * (1 - ratio))
+    keep = max(1, int(n * (1 - ratio)))  # at least one patch stays visible
     assert m.ids_keep.shape == (4, keep)
     assert torch.all(m.mask.sum(1) == n - keep)
     # kept patches are exactly those with mask 0
@@ -75,3 +75,9 @@ def test_block_mask_rejects_a_grid_smaller_than_a_unit_and_bad_ratios():
 def test_no_mask_is_identity():
     m = no_mask(2, 5)
     assert m.mask.sum() == 0 and torch.equal(m.ids_keep[0], torch.arange(5))
+
+
+def test_random_mask_rejects_ratios_outside_0_1():
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="mask ratio must be in"):
+            random_mask(2, 16, bad)

@@ -23,7 +23,6 @@ def nearest(queries: Tensor, bank: Tensor, k: int, bank_chunk: int) -> tuple[Ten
     return best_sims, best_idx
 
 
-@torch.inference_mode()
 def knn_predict(
     train_features: Tensor,
     train_labels: Tensor,
@@ -41,20 +40,21 @@ def knn_predict(
     keeps a running top-k over chunks of the train features (1.28M x 768 train features need 3.9 GB
     for themselves and 256 MB per similarity block).
     """
-    if standardize:
-        mean, std = train_features.mean(0), train_features.std(0) + 1e-5
-        train_features, test_features = (train_features - mean) / std, (test_features - mean) / std
-    train = F.normalize(train_features.float(), dim=1)
-    test = F.normalize(test_features.float(), dim=1)
-    num_classes = int(train_labels.max()) + 1
-    k_max = min(max(ks), len(train))
-    preds: dict[int, list[Tensor]] = {k: [] for k in ks}
-    for start in range(0, len(test), chunk):
-        sims, idx = nearest(test[start : start + chunk], train, k_max, bank_chunk)
-        votes = F.one_hot(train_labels[idx], num_classes).float() * (sims / temperature).exp().unsqueeze(-1)
-        for k in ks:
-            preds[k].append(votes[:, :k].sum(dim=1).argmax(dim=1))
-    return {k: torch.cat(p) for k, p in preds.items()}
+    with torch.inference_mode():
+        if standardize:
+            mean, std = train_features.mean(0), train_features.std(0) + 1e-5
+            train_features, test_features = (train_features - mean) / std, (test_features - mean) / std
+        train = F.normalize(train_features.float(), dim=1)
+        test = F.normalize(test_features.float(), dim=1)
+        num_classes = int(train_labels.max()) + 1
+        k_max = min(max(ks), len(train))
+        preds: dict[int, list[Tensor]] = {k: [] for k in ks}
+        for start in range(0, len(test), chunk):
+            sims, idx = nearest(test[start : start + chunk], train, k_max, bank_chunk)
+            votes = F.one_hot(train_labels[idx], num_classes).float() * (sims / temperature).exp().unsqueeze(-1)
+            for k in ks:
+                preds[k].append(votes[:, :k].sum(dim=1).argmax(dim=1))
+        return {k: torch.cat(p) for k, p in preds.items()}
 
 
 def knn_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,

@@ -90,10 +90,10 @@ def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, setti
     return train_linear_probes(features, labels, num_classes, settings, [settings.base_lr], seed)
 
 
-@torch.inference_mode()
 def head_accuracies(model: ProbeHeads, features: Tensor, labels: Tensor) -> list[float]:
     """Top-1 in percent of every head."""
-    return [100.0 * (logits.argmax(dim=1) == labels).sum().item() / len(labels) for logits in model(features)]
+    with torch.inference_mode():
+        return [100.0 * (logits.argmax(dim=1) == labels).sum().item() / len(labels) for logits in model(features)]
 
 
 def linear_probe_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,

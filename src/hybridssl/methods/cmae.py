@@ -98,10 +98,10 @@ class CMAE(Method):
         mask = self.online_mask(images.shape[0], images.device)
         return self.masked_branch(images, mask)[1], mask
 
-    @torch.no_grad()
     def target_features(self, target_view: Tensor) -> Tensor:
         """Mean patch token of the EMA encoder on the full view, before the final norm."""
-        return pool(self.target_encoder(target_view, final_norm=False), "mean_patch")
+        with torch.no_grad():
+            return pool(self.target_encoder(target_view, final_norm=False), "mean_patch")
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         online, target = batch.views[0], batch.views[1]

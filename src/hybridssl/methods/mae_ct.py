@@ -102,9 +102,9 @@ class MAECTTune(MAECTStage):
         self.topk = cfg.topk or min(paper_k, max(min(5, paper_k), scaled))
         self.resolved.update(topk=self.topk, frozen_blocks=frozen)
 
-    @torch.no_grad()
     def lookup_keys(self, features: tuple[Tensor, ...], projections: list[Tensor]) -> list[Tensor]:
-        return [self.target_projector(h) for h in features]
+        with torch.no_grad():
+            return [self.target_projector(h) for h in features]
 
     def momentum_pairs(self) -> list[tuple[EMA, nn.Module]]:
         return [(self.target_projector, self.projector)]  # from stage 2: starts as a copy of its projector

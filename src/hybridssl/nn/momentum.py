@@ -34,16 +34,16 @@ class EMA(nn.Module):
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
-    @torch.no_grad()
     def update(self, source: nn.Module, momentum: float) -> None:
-        targets = [p for p in self.module.parameters()]
-        sources = [p.detach() for p in source.parameters()]
-        if len(targets) != len(sources):
-            raise ValueError("EMA source and target have different parameters")
-        if momentum == 0.0:
-            torch._foreach_copy_(targets, sources)
-        elif momentum != 1.0:
-            torch._foreach_lerp_(targets, sources, 1.0 - momentum)
-        if self.copy_buffers:
-            for target, buffer in zip(self.module.buffers(), source.buffers()):
-                target.copy_(buffer)
+        with torch.no_grad():
+            targets = [p for p in self.module.parameters()]
+            sources = [p.detach() for p in source.parameters()]
+            if len(targets) != len(sources):
+                raise ValueError("EMA source and target have different parameters")
+            if momentum == 0.0:
+                torch._foreach_copy_(targets, sources)
+            elif momentum != 1.0:
+                torch._foreach_lerp_(targets, sources, 1.0 - momentum)
+            if self.copy_buffers:
+                for target, buffer in zip(self.module.buffers(), source.buffers()):
+                    target.copy_(buffer)

@@ -28,38 +28,38 @@ class FeatureQueue(nn.Module):
     def size(self) -> int:
         return self.features.shape[0]
 
-    @torch.no_grad()
     def enqueue(self, features: Tensor, ids: Tensor, labels: Tensor | None = None) -> None:
         """Writes the batch of every rank (gathered, rank order) at the pointer, wrapping around."""
-        labels = labels if labels is not None else torch.full_like(ids, -1)
-        features = gather_no_grad(F.normalize(features.detach().float(), dim=1))
-        ids, labels = gather_no_grad(ids), gather_no_grad(labels)
-        n = features.shape[0]
-        if n > self.size:
-            raise ValueError(f"a global batch of {n} does not fit a queue of {self.size}")
-        slots = (self.ptr + torch.arange(n, device=self.ptr.device)) % self.size
-        self.features[slots] = features.to(self.features.dtype)
-        self.ids[slots] = ids
-        self.labels[slots] = labels
-        self.ptr.copy_((self.ptr + n) % self.size)
+        with torch.no_grad():
+            labels = labels if labels is not None else torch.full_like(ids, -1)
+            features = gather_no_grad(F.normalize(features.detach().float(), dim=1))
+            ids, labels = gather_no_grad(ids), gather_no_grad(labels)
+            n = features.shape[0]
+            if n > self.size:
+                raise ValueError(f"a global batch of {n} does not fit a queue of {self.size}")
+            slots = (self.ptr + torch.arange(n, device=self.ptr.device)) % self.size
+            self.features[slots] = features.to(self.features.dtype)
+            self.ids[slots] = ids
+            self.labels[slots] = labels
+            self.ptr.copy_((self.ptr + n) % self.size)
 
-    @torch.no_grad()
     def nearest(self, query: Tensor, ids: Tensor | None = None, topk: int = 1) -> tuple[Tensor, Tensor]:
         """Neighbour of each (L2-normalized) query: the most similar entry, or one drawn uniformly from
         the `topk` most similar. Entries holding the query's own sample id are never returned.
 
         Returns (neighbour features B x d, their queue indices B).
         """
-        sims = F.normalize(query.detach().float(), dim=1) @ self.features.float().T
-        if ids is not None:
-            sims = sims.masked_fill(self.ids.unsqueeze(0) == ids.unsqueeze(1), float("-inf"))
-        if topk <= 1:
-            index = sims.argmax(dim=1)
-        else:
-            candidates = sims.topk(min(topk, self.size), dim=1).indices
-            pick = batch_randint(candidates.shape[1], len(query), 1, device=query.device)
-            index = candidates.gather(1, pick).squeeze(1)
-        return self.features[index], index
+        with torch.no_grad():
+            sims = F.normalize(query.detach().float(), dim=1) @ self.features.float().T
+            if ids is not None:
+                sims = sims.masked_fill(self.ids.unsqueeze(0) == ids.unsqueeze(1), float("-inf"))
+            if topk <= 1:
+                index = sims.argmax(dim=1)
+            else:
+                candidates = sims.topk(min(topk, self.size), dim=1).indices
+                pick = batch_randint(candidates.shape[1], len(query), 1, device=query.device)
+                index = candidates.gather(1, pick).squeeze(1)
+            return self.features[index], index
 
     def nn_accuracy(self, index: Tensor, labels: Tensor) -> Tensor:
         """Share of neighbours with the query's label (monitoring only; labels never reach a loss)."""
