@@ -44,7 +44,7 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", help="fashion-mnist (default), cifar10, cifar100, stl10, folder, shards")
     p.add_argument("--data-dir", type=path_or_url, help="dataset root, image folder, train/ + val/ root, or a .csv file list")
     p.add_argument("--download", action="store_true", default=None, help="download the dataset when missing (online)")
-    p.add_argument("--image-size", type=int, help="folder datasets: the training resolution (default 64)")
+    p.add_argument("--image-size", type=int, help="folder and shards datasets: the training resolution (default: the images' median shorter side, at most 224, in whole patches)")
     add_loader_args(p)
     p.add_argument("--channels", type=int, choices=(1, 3), help="folder datasets: 1 (grey) or 3 (RGB, default)")
     p.add_argument("--strict", dest="strict_data", action="store_true", default=None, help="fail on unreadable images")
@@ -144,6 +144,8 @@ def add_encoder_args(p: argparse.ArgumentParser, floors: bool = True, set_flag: 
     p.add_argument("--lowshot-subsets", help="lowshot: e.g. 1%%,10%%,1,2,5,10 (percent of labels or images per class)")
     p.add_argument("--limit-train", type=int, help="use a seeded random subset of N labelled train images")
     p.add_argument("--limit-test", type=int, help="use a seeded random subset of N test images")
+    p.add_argument("--validation", action="store_true",
+                   help="measure on a class-stratified 10%% of the train split instead of the test split (to choose settings)")
     p.add_argument(epochs_flag, dest="epochs", type=int, help="epochs of every trained head (probe, fine-tune, low-shot)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(set_flag, dest="eval_overrides", type=set_arg, action="append", default=[], metavar="PROTOCOL.KEY=VALUE",
@@ -196,6 +198,7 @@ def eval_request_args(args: argparse.Namespace) -> dict[str, Any]:
         "limit_train": positive("limit_train", args.limit_train), "limit_test": positive("limit_test", args.limit_test),
         "epochs": positive("epochs", args.epochs), "pooling": args.pooling, "ks": tuple(sorted(set(number_list("k", args.k)))),
         "seed": args.seed, "download": bool(args.download), "settings": eval_settings(args),
+        "split": "validation" if args.validation else "test",
         **({"loader": args.loader} if getattr(args, "loader", None) else {}),
         "num_workers": positive_or_zero("num_workers", getattr(args, "num_workers", None)),
     }  # fmt: skip

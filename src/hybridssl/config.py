@@ -22,7 +22,9 @@ class RunConfig(StrictModel):
     dataset: str = "fashion-mnist"
     data_dir: Path | None = None  # a URL (s3://...) stays a string: packed shards on object storage
     download: bool = False
-    image_size: PositiveInt = 64  # folder datasets: the training resolution (crops are cut to this size)
+    # folder and shards datasets: the training resolution (crops are cut to it); None: the images' median
+    # shorter side, at most 224, in whole patches (nn.vit.default_image_size); named datasets have their own
+    image_size: PositiveInt | None = None
     channels: Literal[1, 3] = 3  # folder datasets only
     strict_data: bool = False  # folder datasets: an unreadable image is an error, not a warning
     # folder datasets: decode everything into memory first ("memory": fastest for small data) or stream the

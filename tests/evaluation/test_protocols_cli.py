@@ -68,3 +68,21 @@ def test_invalid_settings_fail_before_work_naming_the_field(evaluate, capsys):
     assert len(err) == 5 and all(line.startswith("hybridssl: error:") for line in err)
     assert "finetune.layer_decay" in err[0] and "finetune.nope" in err[1] and "raw pixels" in err[2]
     assert "lowshot.subsets" in err[3] and "all" in err[4]
+
+
+def test_validation_measures_on_a_train_holdout_and_never_reads_the_test_split(evaluate, tmp_path, monkeypatch):
+    import hybridssl.evaluation.run as run
+
+    read = []
+    real = run.eval_split
+    monkeypatch.setattr(run, "eval_split", lambda dataset, split, *a, **k: read.append(split) or real(dataset, split, *a, **k))
+    seen = []
+    real_knn = run.knn_accuracy
+    monkeypatch.setattr(run, "knn_accuracy", lambda tr, trl, te, tel, *a: seen.append((tr, te)) or real_knn(tr, trl, te, tel, *a))
+    assert evaluate("--protocol", "knn", "--validation") == 0
+    assert read == ["train"]
+    (r, *_) = rows(tmp_path)
+    assert r["split"].startswith("validation") and r["train_size"] + r["test_size"] == 200
+    assert 18 <= r["test_size"] <= 22, "10% of each class (rounded per class)"
+    train, held = seen[0]
+    assert not (train.unsqueeze(1) == held.unsqueeze(0)).all(-1).any(), "no held-out image is among the train features"

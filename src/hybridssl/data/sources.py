@@ -46,9 +46,11 @@ class ImageSet:
         """A seeded random subset of `limit` images (stratified by nothing: uniform)."""
         if limit is None or limit >= len(self):
             return self
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-        labels = self.labels[idx] if self.labels is not None else None
-        return ImageSet(self.images[idx], labels, self.classes, self.skipped)
+        return self.select(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit].sort().values)
+
+    def select(self, rows: Tensor) -> "ImageSet":
+        labels = self.labels[rows] if self.labels is not None else None
+        return ImageSet(self.images[rows], labels, self.classes, self.skipped)
 
 
 @dataclass(frozen=True)

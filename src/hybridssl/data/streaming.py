@@ -240,7 +240,13 @@ class StreamingSet:
         return self.index.num_classes
 
     def take(self, limit: int | None, seed: int = 0) -> "StreamingSet":
-        return StreamingSet(self.name, self.index.take(limit, seed), self.image_size, self.channels, self.strict, self.num_workers)
+        return self._with(self.index.take(limit, seed))
+
+    def select(self, rows: Tensor) -> "StreamingSet":
+        return self._with(self.index.select(rows.numpy()))
+
+    def _with(self, index: FileIndex | ShardIndex) -> "StreamingSet":
+        return StreamingSet(self.name, index, self.image_size, self.channels, self.strict, self.num_workers)
 
     def materialize(self, limit: int | None = None, seed: int = 0, progress: str | None = None) -> ImageSet:
         """A seeded subset decoded into memory at image_size (the k-NN monitor's bank, pictures)."""

@@ -18,8 +18,10 @@ from hybridssl.data.index import FileIndex
 from hybridssl.data.shards import ShardIndex
 from hybridssl.data.streaming import StreamingSet, default_workers
 from hybridssl.errors import ConfigError
+from hybridssl.nn.vit import MAX_IMAGE_SIDE, default_image_size
 
 MEMORY_BUDGET_BYTES = 256 * 2**20
+SIZE_SAMPLES = 32  # images decoded to choose a folder's training resolution
 
 TrainingData = Union[ImageSet, StreamingSet]
 LoaderChoice = Literal["auto", "memory", "stream"]
@@ -33,7 +35,7 @@ def training_data(
     dataset: str,
     data_dir: Path | None,
     *,
-    image_size: int,
+    image_size: int | None,
     channels: int,
     strict: bool = False,
     loader: LoaderChoice = "auto",
@@ -42,14 +44,29 @@ def training_data(
     num_workers: int | None = None,
     download: bool = False,
 ) -> TrainingData:
-    """The pretraining split, limited to a seeded subset of `limit` images before anything is decoded."""
+    """The pretraining split, limited to a seeded subset of `limit` images before anything is decoded.
+    A folder or pack without `image_size` trains at its images' typical size (nn.vit.default_image_size)."""
     if dataset not in STREAMED:
         if loader == "stream":
             raise ConfigError(f"loader: {dataset} is loaded into memory; `stream` applies to folder and shards datasets")
         split = PRETRAIN_SPLIT.get(dataset, "train")
         return load_dataset(dataset, split, data_dir, download=download).take(limit, seed=seed)
     index = record_index(dataset, data_dir, "train").take(limit, seed)
+    image_size = image_size or default_image_size(typical_side(index))
     return stored_or_streamed(dataset, index, image_size, channels, strict, loader, num_workers)
+
+
+def typical_side(index: FileIndex | ShardIndex, samples: int = SIZE_SAMPLES) -> int:
+    """The median shorter side of a seeded sample of the images (decoded: every format has its size,
+    not every header reader knows every format). Unreadable samples are skipped here: the loader that
+    follows names every unreadable file and fails when none is readable."""
+    sides = []
+    for i in range(len(sample := index.take(samples, seed=0))):
+        try:
+            sides.append(min(sample.read(i, 1).shape[-2:]))
+        except Exception:  # decoders raise many types for broken files
+            continue
+    return sorted(sides)[len(sides) // 2] if sides else MAX_IMAGE_SIDE
 
 
 def stored_or_streamed(dataset: str, index: FileIndex | ShardIndex, image_size: int, channels: int, strict: bool = False,

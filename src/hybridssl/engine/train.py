@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from hybridssl.config import RunConfig
 from hybridssl.files import save_yaml
 from hybridssl.data.loader import InMemoryLoader
-from hybridssl.data.sources import DataInfo
+from hybridssl.data.sources import STREAMED, DataInfo
 from hybridssl.data.streaming import StreamingLoader, StreamingSet, default_workers
 from hybridssl.data.training_set import TrainingData, training_data, training_info
 from hybridssl.data.views import Crop
@@ -178,6 +178,15 @@ def optimizer_steps(run_config: RunConfig, num_images: int) -> int:
     return min(b for b in budgets if b is not None)
 
 
+def run_plan(run_config: RunConfig, method: Method, num_images: int) -> str:
+    """One line saying what the run will do, in the units that decide what it learns: images, tokens, steps."""
+    enc = method.encoder.cfg
+    steps = optimizer_steps(run_config, num_images)
+    return (f"{run_config.method} on {num_images:,} {run_config.dataset} images at {enc.image_size} px "
+            f"({enc.num_patches} tokens of {enc.patch_size} px), global batch {global_batch(run_config)}: "
+            f"{steps:,} optimizer step{'' if steps == 1 else 's'} ({steps_per_epoch(run_config, num_images):,} per epoch)")
+
+
 def ddp_buffer_sync(method_cls: type[Method]) -> dict[str, bool]:
     """DDP options that skip the per-forward copy of rank 0's buffers where the method allows it."""
     if method_cls.broadcast_buffers:
@@ -256,6 +265,8 @@ def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFa
     method = seeded_method(run_config, info)
     if method.resolved:  # settings the method derived from the data or the model, recorded in config.yaml
         run_config = run_config.model_copy(update={"method_args": {**run_config.method_args, **method.resolved}})
+    if run_config.image_size is None and run_config.dataset in STREAMED:  # chosen from the images
+        run_config = run_config.model_copy(update={"image_size": info.image_size})
     check_queues(method, run_config, len(images))
     resume_from = resume_checkpoint(run_config, method, len(images))
     extra = list(callbacks(run_config, images, info, method.pooling)) if callbacks is not None else []
@@ -266,6 +277,8 @@ def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFa
             preserve_metrics(Path(run_config.output))
         save_yaml(run_config.dump(), Path(run_config.output) / "config.yaml")
     trainer = build_trainer(run_config, METHODS[run_config.method], len(images), extra)
+    if rank_zero_only.rank == 0 and resume_from is None:
+        print(f"hybridssl: {run_plan(run_config, method, len(images))}", flush=True)
     if run_config.accelerator == "cpu" and trainer.world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
     data = PretrainData(images, method.views.crops, run_config.batch_size, run_config.seed, run_config.global_batch_views)

@@ -30,6 +30,7 @@ from hybridssl.evaluation.knn import knn_accuracy
 from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_probe_sweep, train_linear_probe
 from hybridssl.evaluation.lowshot import LowshotSettings, lowshot_trials
 from hybridssl.evaluation.results import append_result
+from hybridssl.evaluation.subsets import stratified_holdout
 from hybridssl.nn.vit import ViT, Pooling
 
 EncoderKind = Literal["trained", "random-init", "raw-pixels"]
@@ -55,6 +56,12 @@ class EvalRequest:
     loader: Literal["auto", "memory", "stream"] = "auto"  # folders: decoded whole, or streamed by workers
     num_workers: int | None = None  # streaming: decoding processes; None: min(8, CPUs - 1)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per protocol: {"finetune": {"layer_decay": 0.65}}
+    # "validation": a class-stratified seeded share of the train split stands in for the test split (the
+    # rest is the train split), so settings are chosen without ever reading the test images
+    split: Literal["test", "validation"] = "test"
+
+
+VALIDATION_FRACTION = 0.1
 
 
 class KnnSettings(StrictModel):
@@ -120,7 +127,11 @@ class EvalContext:
         split = {"data_dir": req.data_dir, "eval_data_dir": req.eval_data_dir, "info": self.info, "seed": req.seed,
                  "loader": req.loader, "num_workers": req.num_workers, "download": req.download}  # fmt: skip
         self.train = eval_split(req.dataset, "train", limit=req.limit_train, **split)
-        self.test = with_classes_of(self.train, eval_split(req.dataset, "test", limit=req.limit_test, **split))
+        if req.split == "validation":
+            fit, held = stratified_holdout(self.train.labels, VALIDATION_FRACTION, req.seed)
+            self.train, self.test = self.train.select(fit), self.train.select(held).take(req.limit_test, req.seed)
+        else:
+            self.test = with_classes_of(self.train, eval_split(req.dataset, "test", limit=req.limit_test, **split))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.pixels = req.encoder_kind == "raw-pixels"
         self.pooling: str = "none" if self.pixels else req.pooling or trained_pooling
@@ -285,6 +296,7 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
         "checkpoint": str(req.checkpoint),
         "encoder": req.encoder_kind,
         "dataset": ctx.req.dataset,
+        "split": req.split if req.split == "test" else f"validation ({VALIDATION_FRACTION:.0%} of train, class-stratified)",
         "train_size": len(ctx.train),
         "test_size": len(ctx.test),
         "pooling": ctx.pooling,

@@ -36,6 +36,19 @@ def default_patch_size(image_size: int) -> int:
     return 4 if image_size <= 32 else 8 if image_size <= 96 else 16
 
 
+MAX_IMAGE_SIDE = 224  # the resolution of the papers' ViTs: ViT/16's 196 tokens
+
+
+def default_image_size(side: int) -> int:
+    """The training resolution for images whose typical shorter side is `side` px: that side, at most
+    224 (ViT/16's 196 tokens) and at least 16, rounded down to whole patches of `default_patch_size`.
+    Small images keep their size (32 px: 64 tokens of 4 px) instead of being upsampled into hundreds
+    of tokens, which costs compute and adds no detail."""
+    size = min(max(side, 16), MAX_IMAGE_SIDE)
+    patch = default_patch_size(size)
+    return size // patch * patch
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     image_size: int

@@ -62,6 +62,22 @@ def find_stages(run_dir: Path) -> list[StageRun]:
     return stages
 
 
+def starting_point(stages: list[StageRun], run_dir: Path) -> StageRun | None:
+    """The checkpoint outside the folder that the run started from (`init_from`), when it is one of
+    ours: a run tuned from a shipped or earlier MAE then shows that MAE's reconstructions too."""
+    from hybridssl.engine.checkpoints import load_checkpoint
+
+    for stage in stages:
+        start = stage.config.get("init_from")
+        if start and Path(start).is_file() and not Path(start).resolve().is_relative_to(run_dir.resolve()):
+            try:
+                config = load_checkpoint(start, mmap=True)["hybridssl"]["config"]
+            except Exception:  # a published (foreign) file: no pictures of it
+                return None
+            return StageRun(Path(start).parent, config, Path(start))
+    return None
+
+
 def final_checkpoint(folder: Path) -> Path | None:
     checkpoints = folder / "checkpoints"
     if (checkpoints / "last.ckpt").is_file():
@@ -237,6 +253,13 @@ def write_report(run_dir: Path, output: Path | None = None, options: ReportOptio
     if not stages and not rows:
         body.append(H.tag("p", "no config.yaml and no results.jsonl found in this folder", class_="note"))
     body += [H.tag("h2", "results"), results_table(rows, run_dir) if rows else H.tag("p", "no results.jsonl yet", class_="note")]
+    start = starting_point(stages, run_dir) if options.pictures else None
+    if start is not None:
+        c = start.config
+        body += [H.tag("h2", f"starting point: {start.checkpoint}"),
+                 H.tag("p", f"init_from of this run: method {c.get('method')}, model {c.get('model')}, "
+                            f"dataset {c.get('dataset')}", class_="meta"),
+                 *stage_pictures(start, images, options)]  # fmt: skip
     for stage in stages:
         body += stage_section(stage, run_dir, images, options, stages=stages)
     output = output or run_dir / "report.html"

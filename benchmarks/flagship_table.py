@@ -1,0 +1,58 @@
+"""The flagship rows of BENCHMARKS.md, read from the results the flagship run recorded (no hand copying).
+
+    python benchmarks/flagship_table.py runs/flagship
+
+Reads OUT/{mae,mae-ct,floors}/results.jsonl and OUT/log.txt (the stage start times) written by
+benchmarks/flagship_mae_ct.sh and prints one markdown row per encoder: k-NN (k=20), linear probe,
+k-means cluster accuracy and NMI, and the linear probe on 1% and 10% of the labels (mean of the seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def pick(results: list[dict], encoder: str, protocol: str, **match) -> str:
+    found = [r for r in results if r["encoder"] == encoder and r["protocol"] == protocol
+             and all(r.get(k, r.get("settings", {}).get(k)) == v for k, v in match.items())]  # fmt: skip
+    return f"{found[-1]['value']:.2f}" if found else "–"
+
+
+def stage_minutes(log: Path) -> dict[str, float]:
+    """Minutes between consecutive stamps of the run's log, keyed by the stamp's text."""
+    stamps = []
+    for line in log.read_text().splitlines():
+        when, _, what = line.partition("] ")
+        stamps.append((datetime.strptime(when.strip("["), "%Y-%m-%dT%H:%M:%SZ"), what))
+    return {what: (later - when).total_seconds() / 60 for (when, what), (later, _) in zip(stamps, stamps[1:])}
+
+
+def main(out: Path) -> None:
+    encoders = [
+        ("MAE", rows(out / "mae" / "results.jsonl"), "trained"),
+        ("MAE-CT (from that MAE)", rows(out / "mae-ct" / "results.jsonl"), "trained"),
+        ("random init (same ViT)", rows(out / "floors" / "results.jsonl"), "random-init"),
+        ("raw pixels", rows(out / "floors" / "results.jsonl"), "raw-pixels"),
+    ]
+    print("| encoder | pooling | k-NN (k=20) | linear | cluster acc | NMI | linear 1% | linear 10% |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, results, kind in encoders:
+        pooling = next((r["pooling"] for r in results if r["encoder"] == kind), "–")
+        print(f"| {name} | {pooling} | {pick(results, kind, 'knn', k=20)} | {pick(results, kind, 'linear')} | "
+              f"{pick(results, kind, 'clustering', metric='cluster_accuracy')} | {pick(results, kind, 'clustering', metric='nmi')} | "
+              f"{pick(results, kind, 'lowshot', subset='1%')} | {pick(results, kind, 'lowshot', subset='10%')} |")  # fmt: skip
+    if (out / "log.txt").is_file():
+        print()
+        for what, minutes in stage_minutes(out / "log.txt").items():
+            print(f"- {what}: {minutes:.1f} min")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/flagship"))
