@@ -79,3 +79,34 @@ def test_contrastive_logits_stay_fp32_under_bf16_autocast():
             mixed = loss()
             assert torch.matmul(a, b.T).dtype == torch.bfloat16, "autocast is on around the loss"
         assert mixed.dtype == torch.float32 and torch.equal(mixed, full), name
+
+
+
+@pytest.mark.parametrize("name", ["nt_xent", "info_nce", "nnclr"])
+def test_two_ranks_compute_what_one_process_computes_on_the_global_batch(monkeypatch, name):
+    import hybridssl.losses as losses
+
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 5), torch.randn(8, 5)
+    loss = getattr(losses, name)
+    one_process = loss(a, b, 0.5).item()
+
+    def gather(local: torch.Tensor) -> torch.Tensor:  # every rank's rows of the same tensor, in rank order
+        for whole in (a, b):
+            if torch.allclose(F.normalize(whole[rows], dim=1), local):
+                return F.normalize(whole, dim=1)
+        raise AssertionError("gathered a tensor that is not an input")
+
+    per_rank = []
+    for r in (0, 1):
+        rows = slice(4 * r, 4 * r + 4)
+        monkeypatch.setattr(losses, "rank", lambda: r)
+        monkeypatch.setattr(losses, "gather_with_grad", gather)
+        monkeypatch.setattr(losses, "gather_no_grad", gather)
+        per_rank.append(loss(a[rows], b[rows], 0.5).item())
+    assert sum(per_rank) / 2 == pytest.approx(one_process, rel=1e-5)
+
+
+def test_nt_xent_default_temperature_is_simclr_0_1():
+    z1, z2 = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)).chunk(2)
+    assert nt_xent(z1, z2).item() == nt_xent(z1, z2, 0.1).item() != nt_xent(z1, z2, 0.2).item()

@@ -43,3 +43,14 @@ def test_settings_validate_subset_names():
 def test_a_subset_larger_than_a_class_names_the_flag():
     with pytest.raises(ValueError, match="lowshot-subsets"):
         lowshot_trials(LABELS, LowshotSettings(subsets=["30"], seeds=1), {"linear": lambda idx, seed: 0.0})
+
+
+def test_settings_records_are_json_values_as_written_to_results_jsonl():
+    import json
+
+    from hybridssl.evaluation.linear import ProbeSettings
+    from hybridssl.evaluation.lowshot import LowshotSettings
+
+    for record in (ProbeSettings().to_dict(), LowshotSettings().to_dict()):
+        assert json.loads(json.dumps(record)) == record
+    assert ProbeSettings().to_dict()["base_lrs"] == [0.01, 0.03, 0.1, 0.3, 1.0]

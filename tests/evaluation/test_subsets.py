@@ -53,3 +53,29 @@ def test_epoch_batches_cover_small_and_large_sets():
     (small,) = epoch_batches(3, 8, g)
     counts = torch.bincount(small, minlength=3)
     assert len(small) == 8 and counts.min() >= 2 and counts.max() <= 3, "a set below one batch is repeated evenly"
+
+
+def test_subset_edges_exactly_all_exactly_one_and_out_of_range():
+    assert class_counts(per_class_subset(LABELS, 20, seed=0)) == [20, 20, 20], "a class of exactly k gives all of it"
+    assert torch.equal(fraction_subset(LABELS, 1.0, seed=0), torch.arange(100))
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+            fraction_subset(LABELS, bad, seed=0)
+
+
+def test_holdout_of_tiny_classes_keeps_one_to_fit_and_holds_one_when_it_can():
+    labels = torch.tensor([0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2])  # classes of 1, 2 and 10 samples
+    fit, held = stratified_holdout(labels, 0.01, seed=0)
+    assert torch.bincount(labels[held], minlength=3).tolist() == [0, 1, 1], "a single sample is never held out"
+    assert torch.bincount(labels[fit], minlength=3).tolist() == [1, 1, 9]
+    fit, held = stratified_holdout(labels, 0.95, seed=0)
+    assert torch.bincount(labels[fit], minlength=3).tolist() == [1, 1, 1], "every class keeps one sample to fit"
+
+
+def test_subset_spec_edges_and_messages():
+    assert SubsetSpec.parse("100%") == SubsetSpec(fraction=1.0)
+    assert SubsetSpec.parse("1") == SubsetSpec(per_class=1) and SubsetSpec.parse("1").name == "1/class"
+    for bad, message in (("100.5%", "must be in"), ("0%", "must be in"), ("0", "must be positive"),
+                         ("five", "expected a percentage like 1%")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            SubsetSpec.parse(bad)

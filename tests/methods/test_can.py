@@ -124,3 +124,53 @@ def test_the_old_spelling_colour_strength_still_works_with_a_warning():
     with pytest.warns(FutureWarning, match="'colour_strength' is now called 'color_strength'"):
         cfg = METHODS["can"].Config.model_validate({"colour_strength": 0.5})
     assert cfg.color_strength == 0.5 and "colour_strength" not in cfg.model_dump()
+
+
+def test_noise_level_embedding_by_hand_plain_rescaled_and_at_sigma_max_zero():
+    sigma = torch.tensor([0.0, 0.01, 0.04])
+    plain, rescaled = build("can"), build("can", rescale_sigma=True)
+    assert torch.allclose(plain.noise_level_embedding(sigma), plain.noise_embed(sincos_scalar(128, sigma)))
+    assert torch.allclose(rescaled.noise_level_embedding(sigma), rescaled.noise_embed(sincos_scalar(128, sigma * 1000 / 0.05)))
+    flat = build("can", rescale_sigma=True, sigma_max=0.0)  # no noise at all: nothing to rescale by
+    assert torch.allclose(flat.noise_level_embedding(sigma), flat.noise_embed(sincos_scalar(128, sigma)))
+    # the embedding MLP is not affine (a hidden nonlinearity): f(0) differs from (f(a) + f(-a)) / 2
+    a = 3 * torch.randn(1, 128, generator=torch.Generator().manual_seed(0))
+    mid = plain.noise_embed(torch.zeros(1, 128))
+    assert not torch.allclose(mid, (plain.noise_embed(a) + plain.noise_embed(-a)) / 2, atol=1e-3)
+
+
+def test_encoder_token_conditioning_adds_the_level_to_every_token():
+    method = build("can", noise_embed_at="encoder_tokens")
+    latent, sigma = torch.randn(2, 25, 32), torch.tensor([0.01, 0.03])
+    mask = __import__("hybridssl.nn.masking", fromlist=["random_mask"]).random_mask(2, 49, 0.5)
+    seen = Capture(method.decoder)
+    method.decode(latent, mask, sigma)
+    tokens = seen.calls[0][0][0]
+    assert torch.allclose(tokens, latent + method.noise_level_embedding(sigma).unsqueeze(1))
+
+
+def test_denoising_target_is_normalised_per_patch_by_default_and_settings_reach_the_losses():
+    method = build("can", temperature=0.3)
+    b = batch(method, 8)
+    out, ((noisy, ids_keep), latent), (_, pred) = step(method, b)
+    visible = 1 - removed_mask(ids_keep)
+    noise = patchify(noisy - torch.cat(b.views), 4)
+    target = (noise - noise.mean(-1, keepdim=True)) / (noise.var(-1, keepdim=True) + 1e-6).sqrt()
+    by_hand = ((pred - target).pow(2).mean(-1) * visible).sum() / visible.sum()
+    assert out["denoising"].item() == pytest.approx(by_hand.item(), rel=1e-4)
+    z = pool(latent, "mean_patch")
+    assert out["contrastive"].item() == pytest.approx(nt_xent(method.projector(z[:8]), method.projector(z[8:]), 0.3).item(), rel=1e-5)
+
+
+def test_views_projector_depth_and_reconstruction_follow_the_settings():
+    images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    views = []
+    for strength in (0.0, 1.0):
+        method = build("can", color_strength=strength)
+        torch.manual_seed(3)
+        views.append(method.views(images))
+    assert not torch.equal(views[0][0], views[1][0]), "the colour strength reaches the augmentation"
+    linears = [m for m in build("can", proj_layers=2).projector.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 2
+    pred, mask = build("can").reconstruct(torch.randn(5, 1, 28, 28))
+    assert pred.shape[0] == 5 and mask.ids_keep.shape == (5, 24)

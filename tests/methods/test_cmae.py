@@ -122,3 +122,13 @@ def test_invalid_settings_name_the_field():
         build("cmae", mask="grid")
     with pytest.raises(ConfigError, match="method_args.block_unit: 8 exceeds the 7x7 patch grid"):
         build("cmae", block_unit=8)
+
+
+def test_projector_and_predictor_hidden_layers_have_biases_and_a_grid_sized_block_is_allowed():
+    method = build("cmae")
+    for head in (method.projector, method.predictor):
+        hidden = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][:-1]
+        assert hidden and all(layer.bias is not None for layer in hidden)
+    assert build("cmae", mask="block", block_unit=7).online_mask(2, torch.device("cpu")).ids_keep.shape[0] == 2
+    pred, mask = method.reconstruct(torch.randn(5, 1, 28, 28))
+    assert pred.shape[0] == 5 and mask.ids_keep.shape[0] == 5

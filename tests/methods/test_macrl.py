@@ -118,3 +118,23 @@ def test_queue_larger_than_the_dataset_is_a_config_error():
     check_queues(build("macrl", queue_size=512), run, 512)
     with pytest.raises(ConfigError, match="fewer than one global batch"):
         check_queues(build("macrl", queue_size=16), run, 512)
+
+
+def test_the_queue_stores_the_momentum_keys_with_their_ids_and_labels():
+    method = build("macrl", queue_size=64)
+    b = batch(method, 8)
+    method(b)
+    stored = method.queue.ptr.item()
+    assert stored == 8
+    assert torch.equal(method.queue.ids[:8], b.ids) and torch.equal(method.queue.labels[:8], b.labels)
+
+
+def test_weak_view_crop_scale_and_momentum_schedule_follow_the_settings(monkeypatch):
+    method = build("macrl", weak_crop_scale=(0.7, 0.9), momentum=0.9, momentum_schedule="constant")
+    assert tuple(method.views.crops[1].scale) == (0.7, 0.9)
+    seen = []
+    monkeypatch.setattr(method, "update_momentum", seen.append)
+    method.after_step(0.5)
+    assert seen == [0.9]
+    pred, mask = method.reconstruct(torch.randn(5, 1, 28, 28))
+    assert pred.shape[0] == 5 and mask.ids_keep.shape[0] == 5

@@ -45,3 +45,8 @@ def test_the_encoder_sees_the_kept_patches_and_only_them():
     assert torch.allclose(same, pred, atol=1e-6)  # the removed pixels never reach the model
     assert (other - pred).abs().max() > 1e-3  # the kept ones do
 
+
+
+def test_one_view_cropped_at_the_configured_scale():
+    method = build("mae", crop_scale=(0.5, 0.9))
+    assert len(method.views) == 1 and tuple(method.views.crops[0].scale) == (0.5, 0.9)

@@ -1,3 +1,4 @@
+import json
 import math
 from functools import partial
 
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from hybridssl.config import ConfigError, RunConfig, resolve
 from hybridssl.data.sources import DataInfo
 from hybridssl.methods import METHODS
+from hybridssl.methods.mae_ct import MAECTHeadConfig, MAECTTuneConfig
 from hybridssl.nn.vit import pool
 from tests.methods import toy
 from tests.methods.toy import batch, optimizer, snapshot, train_step
@@ -171,3 +173,50 @@ def test_recipe_settings_fail_before_training_naming_the_field():
     with pytest.raises(ConfigError, match="method_args.mae.mask_ratio"):
         resolve({"method": "mae-ct", "method_args": {"mae": {"mask_ratio": 1.5}}})
     assert isinstance(resolve({"method": "mae-ct"}), RunConfig)
+
+
+def test_recipe_stage_settings_are_each_stage_own_json_values():
+    args = {"temperature": 0.2, "head_temperature": 0.3, "head_optim": {"base_lr": 0.01}, "tune_optim": {"weight_decay": 0.02}}
+    _, (mae, head, tune) = plan(epochs=10, method_args=args)
+    assert head.method_args["temperature"] == 0.3 and tune.method_args["temperature"] == 0.2
+    assert set(head.method_args) == set(MAECTHeadConfig.model_fields) and set(tune.method_args) == set(MAECTTuneConfig.model_fields)
+    assert (mae.optim, head.optim, tune.optim) == (None, {"base_lr": 0.01}, {"weight_decay": 0.02})
+    assert plan(epochs=10)[1][1].optim == {}, "no head_optim: the stage method's own defaults, not stage 1's optimizer"
+    for stage in (mae, head, tune):  # written to config.yaml as they are
+        assert json.loads(json.dumps(stage.method_args)) == stage.method_args
+
+
+def test_target_projector_batchnorm_statistics_are_copied_even_after_the_branches_part():
+    m = build("mae-ct-tune")
+    opt = optimizer(m)
+    for seed in range(3):  # after the first update the target's weights differ, so would its own statistics
+        train_step(m, batch(m, 16, seed=seed), opt)
+    assert not torch.equal(m.target_projector.module[0].weight, m.projector[0].weight)
+    assert torch.equal(m.target_projector.module[1].running_mean, m.projector[1].running_mean)
+
+
+def test_tune_stage_freezes_up_to_every_block_and_records_what_it_resolved():
+    m = build("mae-ct-tune", frozen_blocks=DEPTH)  # all of them: only the final norm and the heads train
+    assert m.resolved["frozen_blocks"] == DEPTH and not any(p.requires_grad for p in m.encoder.blocks.parameters())
+    assert build("mae-ct-tune").resolved["frozen_blocks"] == DEPTH // 2
+
+
+@pytest.mark.parametrize("augment", ["minimal", "byol"])
+def test_stage_views_follow_the_augment_setting(augment):
+    from hybridssl.data.views import min_crop_scale
+
+    views = build("mae-ct-head", augment=augment).views
+    colour = [type(f).__name__ for f in views.finishers]
+    assert len(views) == 2
+    if augment == "minimal":
+        assert colour == ["Identity", "Identity"]
+        assert all(tuple(c.scale) == (min_crop_scale(toy.INFO), 1.0) for c in views.crops)
+    else:
+        assert colour == ["Sequential", "Sequential"]
+
+
+def test_a_plain_method_is_one_stage_in_the_run_folder():
+    from hybridssl.methods.base import Stage
+
+    run = resolve({"method": "mae", "epochs": 7, "method_args": {"mask_ratio": 0.6}})
+    assert METHODS["mae"].stages(run) == [Stage("", "mae", dict(run.method_args), 7)]

@@ -117,3 +117,28 @@ def test_init_from_restarts_the_momentum_branch_from_the_loaded_encoder():
         m.encoder.blocks[0].mlp.fc1.weight.add_(1.0)  # as if loaded from a checkpoint
     m.after_init_from({"encoder.blocks.0.mlp.fc1.weight"})
     assert torch.equal(m.momentum_encoder.module.blocks[0].mlp.fc1.weight, m.encoder.blocks[0].mlp.fc1.weight)
+
+
+def test_only_qkv_gets_the_mocov3_init_and_heads_are_4096_wide_at_vit_b_width():
+    m = build("mocov3")
+    fc1 = m.encoder.blocks[0].mlp.fc1.weight  # Xavier-uniform on its own fan, not the qkv's one-third fan
+    assert fc1.abs().max() <= math.sqrt(6 / (fc1.shape[0] + fc1.shape[1])) < 0.7 * math.sqrt(6 / (fc1.shape[0] // 3 + fc1.shape[1]))
+    assert m.resolved == {"hidden_dim": 8 * DIM}
+    from hybridssl.methods import METHODS
+    from hybridssl.nn.vit import ViT, vit_config
+    from tests.methods.toy import INFO
+
+    wide = ViT(vit_config("vit-pico", 28, 1, embed_dim=768, depth=1, num_heads=12))
+    cls = METHODS["mocov3"]
+    assert cls(cls.Config(), wide, INFO).resolved == {"hidden_dim": 4096}
+
+
+def test_momentum_batchnorms_keep_their_own_running_statistics():
+    m = build("mocov3")
+    opt = optimizer(m)
+    train_step(m, batch(m, 8), opt)  # at step 0 both branches are equal; they part after the first update
+    train_step(m, batch(m, 8, seed=1), opt)
+    online = [x for x in m.projector if isinstance(x, torch.nn.BatchNorm1d)][0]
+    momentum = [x for x in m.momentum_projector.module if isinstance(x, torch.nn.BatchNorm1d)][0]
+    assert online.num_batches_tracked == momentum.num_batches_tracked == 4  # one per view and step
+    assert not torch.allclose(online.running_mean, momentum.running_mean)

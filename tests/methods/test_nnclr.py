@@ -120,3 +120,36 @@ def test_each_prediction_meets_the_neighbour_of_the_other_view():
     own = (nnclr(p[0], n[0], t) + nnclr(p[1], n[1], t)) / 2  # the mistake: a view with its own neighbour
     swapped = (nnclr(n[1], p[0], t) + nnclr(n[0], p[1], t)) / 2  # rows and columns exchanged
     assert abs(own.item() - loss.item()) > 0.01 and abs(swapped.item() - loss.item()) > 0.01
+
+
+def test_queue_length_rule_at_its_edges():
+    from hybridssl.methods.nnclr import queue_length
+
+    assert queue_length(None, None, 98304) == 98304, "no dataset size known: the paper's length"
+    assert queue_length(None, 4, 98304) == 1 and queue_length(None, 2, 98304) == 1, "at least one entry"
+    assert queue_length(None, 1000, 98304) == 250 and queue_length(7, 1000, 98304) == 7
+
+
+def test_head_widths_layouts_and_resolved_settings_at_toy_and_vit_b_width():
+    m = build("nnclr")
+    linears = [x for x in m.projector if isinstance(x, torch.nn.Linear)]
+    assert len(linears) == 3 and isinstance(m.projector[-1], torch.nn.BatchNorm1d) and m.projector[-1].affine
+    assert m.resolved == {"proj_hidden_dim": 64, "pred_hidden_dim": 256, "queue_size": 128}  # toy 64; 8 x 32 wide
+    from hybridssl.methods import METHODS
+    from hybridssl.nn.vit import ViT, vit_config
+    from tests.methods.toy import INFO
+
+    wide = ViT(vit_config("vit-pico", 28, 1, embed_dim=768, depth=1, num_heads=12))
+    cls = METHODS["nnclr"]
+    assert cls(cls.Config(), wide, INFO).resolved == {"proj_hidden_dim": 2048, "pred_hidden_dim": 4096, "queue_size": 128}
+
+
+def test_topk_reaches_the_lookup_and_label_zero_is_a_label(monkeypatch):
+    m = build("nnclr", queue_size=32, topk=3).train()
+    m(batch(m, 16))
+    asked = []
+    original = m.queue.nearest
+    monkeypatch.setattr(m.queue, "nearest", lambda q, ids, k: asked.append(k) or original(q, ids, k))
+    b = batch(m, 16, seed=1)
+    out = m(Batch(b.views, b.ids + 100, torch.zeros(16, dtype=torch.long)))  # every image of class 0
+    assert asked == [3, 3] and "nn_acc" in out

@@ -42,3 +42,20 @@ def test_init_from_restarts_ema_copies_from_the_loaded_encoder(name, ema):
             p.add_(1.0)
     method.after_init_from(loaded | {f"{ema}.module.cls_token"})
     assert not torch.equal(copy.cls_token, method.encoder.cls_token)
+
+
+@pytest.mark.parametrize("name", ["mae", "cmae", "can", "macrl", "simclr", "mocov3", "nnclr", "mae-ct-head", "mae-ct-tune"])
+def test_a_method_keeps_the_data_description_its_report_reads(name):
+    # run_report draws a checkpoint's reconstructions and embeddings from method.info (size, mean, std)
+    assert build_method(resolve({"method": name}), INFO).info == INFO
+
+
+def test_build_method_sizes_the_encoder_from_the_run_and_names_what_is_wrong():
+    from hybridssl.config import ConfigError
+
+    method = build_method(resolve({"method": "mae", "patch_size": 7, "drop_path": 0.1}), INFO)
+    assert method.encoder.cfg.patch_size == 7 and method.encoder.cfg.drop_path == 0.1
+    with pytest.raises(ConfigError, match="^patch_size: "):
+        build_method(resolve({"method": "mae", "patch_size": 5}), INFO)  # 28 px is not whole 5 px patches
+    with pytest.raises(ConfigError, match="'mae-ct' is a multi-stage recipe; run it with `pretrain`"):
+        build_method(resolve({"method": "mae-ct"}), INFO)

@@ -94,3 +94,43 @@ def test_queue_state_survives_a_state_dict_round_trip():
     r = FeatureQueue(6, 2)
     r.load_state_dict(q.state_dict())
     assert r.ptr.item() == 4 and torch.equal(r.features, q.features) and torch.equal(r.labels, q.labels)
+
+
+def test_schedules_and_norms_are_checked_by_name_and_momentum_stays_at_its_end_past_progress_one():
+    assert momentum_at(1.5, 0.99, 1.0, "cosine") == 1.0 and momentum_at(-0.5, 0.99, 1.0, "cosine") == 0.99
+    for bad in ("cosin", None):
+        with pytest.raises(ValueError, match="momentum schedule"):
+            momentum_at(0.5, 0.99, 1.0, bad)
+        with pytest.raises(ValueError, match="last_norm"):
+            mlp(4, 8, 2, last_norm=bad)
+
+
+def test_ema_refuses_a_source_of_another_shape_by_name():
+    with pytest.raises(ValueError, match="EMA source and target have different parameters"):
+        EMA(nn.Linear(2, 2)).update(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), 0.5)
+
+
+def test_queue_top2_draws_between_the_two_best_and_top1_takes_the_best():
+    torch.manual_seed(0)
+    q = FeatureQueue(size=4, dim=2)
+    angles = torch.tensor([0.0, 0.1, 2.0, 3.0])
+    q.enqueue(torch.stack([angles.cos(), angles.sin()], 1), torch.arange(4))
+    query = torch.tensor([[1.0, 0.0]]).repeat(2000, 1)
+    counts = torch.bincount(q.nearest(query, topk=2)[1], minlength=4).float() / 2000
+    assert counts[2:].sum() == 0 and torch.allclose(counts[:2], torch.full((2,), 0.5), atol=0.05)
+    assert (q.nearest(query, topk=1)[1] == 0).all()
+
+
+def test_nn_accuracy_without_any_labelled_sample_is_a_float_zero():
+    q = FeatureQueue(size=4, dim=2)
+    q.enqueue(torch.randn(4, 2), torch.arange(4), torch.tensor([1, 2, 3, 4]))
+    value = q.nn_accuracy(torch.tensor([0, 1]), torch.tensor([-1, -1]))
+    assert value.dtype == torch.float32 and value.shape == () and value.item() == 0.0
+    assert q.nn_accuracy(torch.tensor([0, 1]), torch.tensor([1, -1])).item() == 1.0
+
+
+def test_head_width_is_the_paper_width_from_vit_s_up_and_at_most_8d_below():
+    from hybridssl.nn.heads import head_width
+
+    assert head_width(4096, 384) == 4096 and head_width(4096, 768) == 4096
+    assert head_width(4096, 383) == 3064 and head_width(4096, 128) == 1024 and head_width(512, 128) == 512

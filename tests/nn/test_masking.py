@@ -81,3 +81,20 @@ def test_random_mask_rejects_ratios_outside_0_1():
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="mask ratio must be in"):
             random_mask(2, 16, bad)
+
+
+def test_block_mask_edges_ratio_zero_grid_of_one_unit_and_at_least_one_block():
+    assert block_mask(2, 4, 0.0).ids_keep.shape == (2, 16), "ratio 0 keeps every block"
+    assert block_mask(2, 2, 0.5).ids_keep.shape == (2, 4), "a grid of exactly one unit: that unit is kept"
+    assert block_mask(2, 4, 0.95).ids_keep.shape == (2, 4), "at least one whole block is kept"
+
+
+def test_block_mask_of_unit_one_keeps_every_patch_independently_of_its_neighbour():
+    # unit 1 is a per-patch random mask: two neighbouring patches (edge rows and columns included) are
+    # kept together as often as any two patches, C(14, 2) / C(16, 4) = 5% at 4 of 16 kept
+    torch.manual_seed(0)
+    m = block_mask(4000, 4, 0.75, unit=1)
+    kept = (1 - m.mask).view(4000, 4, 4)
+    for a, b in [((0, 1), (1, 1)), ((3, 1), (2, 1)), ((1, 0), (1, 1)), ((1, 3), (1, 2))]:
+        together = (kept[:, a[0], a[1]] * kept[:, b[0], b[1]]).mean().item()
+        assert together == pytest.approx(91 / 1820, abs=0.02), (a, b)

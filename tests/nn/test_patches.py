@@ -23,3 +23,8 @@ def test_norm_pix_zero_mean_unit_var():
     n = normalize_patches(p)
     assert torch.allclose(n.mean(-1), torch.zeros(2, 5), atol=1e-5)
     assert torch.allclose(n.var(-1), torch.ones(2, 5), atol=1e-3)
+
+
+def test_unpatchify_a_wide_image():
+    x = torch.randn(2, 3, 8, 12)
+    assert torch.equal(unpatchify(patchify(x, 4), 4, 3, 8, 12), x)

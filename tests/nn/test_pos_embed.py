@@ -42,3 +42,11 @@ def test_resample_grid_keeps_the_cls_row_and_matches_timm():
     assert out.shape == (1, 1 + 7 * 7, 16) and torch.equal(out[:, 0], table[:, 0])
     assert torch.equal(out, resample_abs_pos_embed(table, [7, 7], num_prefix_tokens=1))
     assert resample_grid(table[0], 7).shape == (50, 16) and torch.equal(resample_grid(table, 14), table)
+
+
+def test_sincos_scalar_by_hand():
+    # dim 6: three frequencies 10000^(-i/2) = 1, 0.01, 0.0001; [sin(v f) | cos(v f)]
+    v = torch.tensor([2.0, -30.0])
+    f = torch.tensor([1.0, 0.01, 0.0001])
+    expected = torch.cat([torch.sin(v[:, None] * f), torch.cos(v[:, None] * f)], dim=1)
+    assert torch.allclose(sincos_scalar(6, v), expected, atol=1e-6)

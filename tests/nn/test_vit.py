@@ -66,3 +66,22 @@ def test_freeze_lower_keeps_stem_and_blocks_frozen_in_eval_mode():
     assert all(not p.requires_grad for b in vit.blocks[:3] for p in b.parameters())
     assert all(p.requires_grad for b in vit.blocks[3:] for p in b.parameters())
     assert not vit.blocks[0].training and vit.blocks[3].training
+
+
+def test_timm_rebuilds_the_encoder_from_its_kwargs():
+    import timm
+
+    encoder = ViT(vit_config("vit-pico", 24, 2, patch_size=6, embed_dim=24, depth=1, num_heads=3, mlp_ratio=2.0)).eval()
+    model = timm.create_model("vit_base_patch16_224", pretrained=False, **encoder.cfg.timm_kwargs()).eval()
+    model.load_state_dict(encoder.state_dict())  # strict: same shapes, same names
+    x = torch.randn(2, 2, 24, 24)
+    with torch.no_grad():
+        assert torch.allclose(model.forward_features(x), encoder(x), atol=1e-5)
+        assert torch.allclose(model(x), pool(encoder(x), "cls"), atol=1e-5)  # no classifier, CLS pooled
+
+
+@pytest.mark.parametrize("side,size", [(28, 28), (35, 32), (10, 16), (100, 96), (333, 224), (130, 128)])
+def test_default_image_size_keeps_small_images_and_caps_photos(side, size):
+    from hybridssl.nn.vit import default_image_size, default_patch_size
+
+    assert default_image_size(side) == size and size % default_patch_size(size) == 0

@@ -48,14 +48,15 @@ def kmeans_clusters(features: Tensor, k: int, settings: ClusteringSettings, seed
         return kmeans.fit_predict(x.numpy().astype(np.float64))
 
 
-def clustering_metrics(features: Tensor, labels: Tensor, num_classes: int, settings: ClusteringSettings = ClusteringSettings(),
-                       seed: int = 0) -> dict[str, float | None]:  # fmt: skip
-    """Cluster accuracy and NMI in [0, 1], ARI in [-1, 1], silhouette in [-1, 1] (None if one cluster)."""
+def clustering_metrics(features: Tensor, labels: Tensor, num_classes: int, settings: ClusteringSettings,
+                       seed: int) -> dict[str, float | None]:  # fmt: skip
+    """Cluster accuracy and NMI in [0, 1], ARI in [-1, 1], silhouette in [-1, 1] (None unless 2 <= clusters
+    < samples). The silhouette's cosine distance ignores each feature's length, so it needs no normalising."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
     clusters = kmeans_clusters(features, num_classes, settings, seed)
     y = labels.numpy()
-    x = F.normalize(features.float(), dim=1).numpy() if settings.normalize else features.float().numpy()
+    x = features.float().numpy()
     found = len(np.unique(clusters))
     with sklearn_threads():
         silhouette = (

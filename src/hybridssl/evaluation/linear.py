@@ -63,7 +63,7 @@ class ProbeHeads(nn.Module):
 
 
 def train_linear_probes(
-    features: Tensor, labels: Tensor, num_classes: int, settings: ProbeSettings, base_lrs: Sequence[float], seed: int = 0
+    features: Tensor, labels: Tensor, num_classes: int, settings: ProbeSettings, base_lrs: Sequence[float], seed: int
 ) -> ProbeHeads:
     """Trains one head per base lr on the same batches (their gradients are independent)."""
     generator = torch.Generator().manual_seed(seed)
@@ -71,7 +71,7 @@ def train_linear_probes(
     model = ProbeHeads(features.shape[1], num_classes, len(base_lrs))
     scale = settings.batch_size / 256
     groups = [{"params": head.parameters(), "lr": lr * scale} for head, lr in zip(model.heads, base_lrs)]
-    opt = torch.optim.SGD(groups, lr=base_lrs[0] * scale, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    opt = torch.optim.SGD(groups, momentum=settings.momentum, weight_decay=settings.weight_decay)  # lr: per group
     total = settings.epochs * steps_per_epoch(len(features), settings.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(total, int(settings.warmup_fraction * total)))
     model.train()
@@ -86,7 +86,7 @@ def train_linear_probes(
     return model.eval()
 
 
-def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, settings: ProbeSettings, seed: int = 0) -> ProbeHeads:
+def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, settings: ProbeSettings, seed: int) -> ProbeHeads:
     return train_linear_probes(features, labels, num_classes, settings, [settings.base_lr], seed)
 
 

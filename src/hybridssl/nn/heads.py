@@ -10,7 +10,8 @@ from typing import Literal
 
 from torch import nn
 
-LastNorm = Literal["none", "affine", "nonaffine"]
+LastNorm = Literal["none", "affine", "nonaffine"]  # LAST_NORMS, checked at run time too
+LAST_NORMS = ("none", "affine", "nonaffine")
 
 
 def mlp(
@@ -31,6 +32,8 @@ def mlp(
     """
     if num_layers < 1:
         raise ValueError(f"an MLP needs at least one layer, got {num_layers}")
+    if last_norm not in LAST_NORMS:
+        raise ValueError(f"last_norm must be one of {LAST_NORMS}, got {last_norm!r}")
     layers: list[nn.Module] = []
     dim = in_dim
     for _ in range(num_layers - 1):

@@ -16,6 +16,8 @@ def momentum_at(progress: float, start: float, end: float = 1.0, schedule: Sched
     """constant: `start`; cosine: from `start` at progress 0 to `end` at progress 1 (MoCo v3: 0.99 -> 1)."""
     if schedule == "constant":
         return start
+    if schedule != "cosine":
+        raise ValueError(f"momentum schedule must be constant or cosine, got {schedule!r}")
     return end - (end - start) * (math.cos(math.pi * min(max(progress, 0.0), 1.0)) + 1) / 2
 
 
