@@ -170,7 +170,9 @@ def test_views_projector_depth_and_reconstruction_follow_the_settings():
         torch.manual_seed(3)
         views.append(method.views(images))
     assert not torch.equal(views[0][0], views[1][0]), "the colour strength reaches the augmentation"
-    linears = [m for m in build("can", proj_layers=2).projector.modules() if isinstance(m, torch.nn.Linear)]
-    assert len(linears) == 2
+    for layers in (2, None):  # None: the default, 3
+        method = build("can", proj_layers=layers) if layers else build("can")
+        linears = [m for m in method.projector.modules() if isinstance(m, torch.nn.Linear)]
+        assert len(linears) == (layers or 3)
     pred, mask = build("can").reconstruct(torch.randn(5, 1, 28, 28))
     assert pred.shape[0] == 5 and mask.ids_keep.shape == (5, 24)

@@ -106,7 +106,7 @@ def test_schedules_and_norms_are_checked_by_name_and_momentum_stays_at_its_end_p
 
 
 def test_ema_refuses_a_source_of_another_shape_by_name():
-    with pytest.raises(ValueError, match="EMA source and target have different parameters"):
+    with pytest.raises(ValueError, match="^EMA source and target have different parameters$"):
         EMA(nn.Linear(2, 2)).update(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), 0.5)
 
 
@@ -134,3 +134,12 @@ def test_head_width_is_the_paper_width_from_vit_s_up_and_at_most_8d_below():
 
     assert head_width(4096, 384) == 4096 and head_width(4096, 768) == 4096
     assert head_width(4096, 383) == 3064 and head_width(4096, 128) == 1024 and head_width(512, 128) == 512
+
+
+def test_a_new_queue_holds_no_labels_or_ids_and_refuses_size_zero():
+    q = FeatureQueue(size=3, dim=2)
+    assert q.labels.tolist() == [-1, -1, -1] and q.ids.tolist() == [-1, -1, -1]
+    assert torch.allclose(q.features.norm(dim=1), torch.ones(3))
+    with pytest.raises(ValueError, match="queue size must be positive, got 0"):
+        FeatureQueue(size=0, dim=2)
+    assert FeatureQueue(size=1, dim=2).size == 1

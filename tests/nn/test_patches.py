@@ -28,3 +28,15 @@ def test_norm_pix_zero_mean_unit_var():
 def test_unpatchify_a_wide_image():
     x = torch.randn(2, 3, 8, 12)
     assert torch.equal(unpatchify(patchify(x, 4), 4, 3, 8, 12), x)
+
+
+def test_patchify_refuses_a_side_that_is_not_whole_patches_and_raw_targets_are_the_patches():
+    import pytest
+
+    from hybridssl.nn.patches import pixel_target
+
+    for shape in [(1, 1, 8, 10), (1, 1, 10, 8)]:
+        with pytest.raises(ValueError, match=r"is not divisible by patch size 4"):
+            patchify(torch.randn(shape), 4)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(pixel_target(x, 4, norm_pix=False), patchify(x, 4))
