@@ -9,7 +9,7 @@ from hybridssl.losses import masked_mse, nt_xent
 from hybridssl.nn.patches import patchify, pixel_target
 from hybridssl.nn.pos_embed import sincos_scalar
 from hybridssl.nn.vit import pool
-from tests.methods.toy import Capture, batch, build
+from tests.methods.toy import Capture, batch, build, views_at_colour_strengths
 
 
 def step(method, b, decoder_edit=None, seed=7):
@@ -163,12 +163,7 @@ def test_denoising_target_is_normalised_per_patch_by_default_and_settings_reach_
 
 
 def test_views_projector_depth_and_reconstruction_follow_the_settings():
-    images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
-    views = []
-    for strength in (0.0, 1.0):
-        method = build("can", color_strength=strength)
-        torch.manual_seed(3)
-        views.append(method.views(images))
+    views = views_at_colour_strengths("can", (0.0, 1.0))
     assert not torch.equal(views[0][0], views[1][0]), "the colour strength reaches the augmentation"
     for layers in (2, None):  # None: the default, 3
         method = build("can", proj_layers=layers) if layers else build("can")

@@ -7,7 +7,7 @@ from hybridssl.losses import info_nce
 from hybridssl.nn.momentum import momentum_at
 from hybridssl.nn.vit import pool
 from tests.methods.toy import WIDTH as DIM
-from tests.methods.toy import batch, build, optimizer, snapshot, train_step
+from tests.methods.toy import batch, build, build_at_vit_b_width, optimizer, snapshot, train_step
 
 
 def test_heads_and_momentum_branch_layout():
@@ -124,13 +124,7 @@ def test_only_qkv_gets_the_mocov3_init_and_heads_are_4096_wide_at_vit_b_width():
     fc1 = m.encoder.blocks[0].mlp.fc1.weight  # Xavier-uniform on its own fan, not the qkv's one-third fan
     assert fc1.abs().max() <= math.sqrt(6 / (fc1.shape[0] + fc1.shape[1])) < 0.7 * math.sqrt(6 / (fc1.shape[0] // 3 + fc1.shape[1]))
     assert m.resolved == {"hidden_dim": 8 * DIM}
-    from hybridssl.methods import METHODS
-    from hybridssl.nn.vit import ViT, vit_config
-    from tests.methods.toy import INFO
-
-    wide = ViT(vit_config("vit-pico", 28, 1, embed_dim=768, depth=1, num_heads=12))
-    cls = METHODS["mocov3"]
-    assert cls(cls.Config(), wide, INFO).resolved == {"hidden_dim": 4096}
+    assert build_at_vit_b_width("mocov3").resolved == {"hidden_dim": 4096}
 
 
 def test_momentum_batchnorms_keep_their_own_running_statistics():

@@ -8,7 +8,7 @@ from hybridssl.config import ConfigError
 from hybridssl.losses import nnclr
 from hybridssl.methods import Batch
 from hybridssl.nn.vit import pool
-from tests.methods.toy import batch, build, optimizer, train_step
+from tests.methods.toy import batch, build, build_at_vit_b_width, optimizer, train_step
 
 
 def test_loss_near_log_batch_at_init():
@@ -135,13 +135,7 @@ def test_head_widths_layouts_and_resolved_settings_at_toy_and_vit_b_width():
     linears = [x for x in m.projector if isinstance(x, torch.nn.Linear)]
     assert len(linears) == 3 and isinstance(m.projector[-1], torch.nn.BatchNorm1d) and m.projector[-1].affine
     assert m.resolved == {"proj_hidden_dim": 64, "pred_hidden_dim": 256, "queue_size": 128}  # toy 64; 8 x 32 wide
-    from hybridssl.methods import METHODS
-    from hybridssl.nn.vit import ViT, vit_config
-    from tests.methods.toy import INFO
-
-    wide = ViT(vit_config("vit-pico", 28, 1, embed_dim=768, depth=1, num_heads=12))
-    cls = METHODS["nnclr"]
-    assert cls(cls.Config(), wide, INFO).resolved == {"proj_hidden_dim": 2048, "pred_hidden_dim": 4096, "queue_size": 128}
+    assert build_at_vit_b_width("nnclr").resolved == {"proj_hidden_dim": 2048, "pred_hidden_dim": 4096, "queue_size": 128}
 
 
 def test_topk_reaches_the_lookup_and_label_zero_is_a_label(monkeypatch):

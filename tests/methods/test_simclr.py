@@ -5,7 +5,7 @@ import torch
 
 from hybridssl.methods import Batch
 from tests.methods.toy import WIDTH as DIM
-from tests.methods.toy import batch, build, optimizer, train_step
+from tests.methods.toy import batch, build, build_at_vit_b_width, optimizer, train_step, views_at_colour_strengths
 
 
 def test_two_simclr_views_and_a_scalar_loss():
@@ -49,19 +49,9 @@ def test_projector_is_two_layers_with_an_output_bias_and_2048_wide_at_vit_b_widt
     m = build("simclr")
     linears = [x for x in m.projector if isinstance(x, torch.nn.Linear)]
     assert len(linears) == 2 and linears[0].bias is None and linears[-1].bias is not None
-    from hybridssl.methods import METHODS
-    from hybridssl.nn.vit import ViT, vit_config
-    from tests.methods.toy import INFO
-
-    wide = ViT(vit_config("vit-pico", 28, 1, embed_dim=768, depth=1, num_heads=12))
-    assert METHODS["simclr"](METHODS["simclr"].Config(), wide, INFO).resolved == {"proj_hidden_dim": 2048}
+    assert build_at_vit_b_width("simclr").resolved == {"proj_hidden_dim": 2048}
 
 
 def test_colour_strength_reaches_both_views():
-    images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
-    views = []
-    for strength in (0.0, 1.0):
-        method = build("simclr", color_strength=strength)
-        torch.manual_seed(3)
-        views.append(method.views(images))
+    views = views_at_colour_strengths("simclr", (0.0, 1.0))
     assert not torch.equal(views[0][0], views[1][0]) and not torch.equal(views[0][1], views[1][1])

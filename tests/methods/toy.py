@@ -59,3 +59,21 @@ class Capture:
     def __init__(self, module: torch.nn.Module) -> None:
         self.calls: list[tuple[tuple, object]] = []
         module.register_forward_hook(lambda mod, args, out: self.calls.append((args, out)))
+
+
+def build_at_vit_b_width(name: str) -> Method:
+    """The method on a one-block ViT as wide as ViT-B (768), where head widths take the paper's values."""
+    cls = METHODS[name]
+    encoder = ViT(vit_config("vit-pico", INFO.image_size, INFO.channels, embed_dim=768, depth=1, num_heads=12))
+    return cls(cls.Config(), encoder, INFO)
+
+
+def views_at_colour_strengths(name: str, strengths: tuple[float, ...], seed: int = 3) -> list[list[torch.Tensor]]:
+    """The method's views of one batch, built at each colour strength and drawn with the same seed."""
+    images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    views = []
+    for strength in strengths:
+        method = build(name, color_strength=strength)
+        torch.manual_seed(seed)
+        views.append(method.views(images))
+    return views
