@@ -5,12 +5,18 @@ with one line."""
 from __future__ import annotations
 
 import json
+import pickle
+import time
+import warnings
 
+import numpy as np
 import pytest
 import torch
+from torchvision.io import encode_png
 
 from hybridssl.cli import main
 from hybridssl.data.pack import pack
+from hybridssl.data.shards import ShardIndex
 from hybridssl.data.sources import load_dataset, record_index
 from hybridssl.data.streaming import CropDataset, StreamingLoader
 from hybridssl.data.views import Crop
@@ -96,3 +102,68 @@ def test_packing_leaves_the_process_start_method_alone(tmp_path):
 
     write_split(ArraySource(torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.zeros(4).long().numpy()), str(tmp_path / "s"))
     assert multiprocessing.get_start_method(allow_none=True) == before
+
+
+class _CountingReader:
+    """Stands in for litdata's StreamingDataset: records how many threads are inside a read at once."""
+
+    inside = 0
+    most_inside = 0
+    opened = 0
+    failing = 0  # how many of the next readers opened fail every read
+
+    def __init__(self, root: str, **kwargs) -> None:
+        cls = type(self)
+        cls.opened += 1
+        self.fails = cls.failing > 0
+        cls.failing = max(0, cls.failing - 1)
+
+    def __getitem__(self, row: int) -> dict:
+        cls = type(self)
+        cls.inside += 1
+        cls.most_inside = max(cls.most_inside, cls.inside)
+        time.sleep(0.002)
+        cls.inside -= 1
+        if self.fails:
+            raise AssertionError  # what litdata's reader raised once its chunk state went stale
+        image = torch.full((3, 8, 8), row, dtype=torch.uint8)
+        return {"image": encode_png(image).numpy().tobytes()}
+
+
+@pytest.fixture
+def counting_reader(monkeypatch):
+    import litdata
+
+    monkeypatch.setattr(litdata, "StreamingDataset", _CountingReader)
+    for name, value in (("inside", 0), ("most_inside", 0), ("opened", 0), ("failing", 0)):
+        monkeypatch.setattr(_CountingReader, name, value)
+    return _CountingReader
+
+
+def test_decoding_a_pack_from_threads_reads_one_record_at_a_time(counting_reader):
+    from hybridssl.data.sources import decode_index
+
+    index = ShardIndex("unused", np.arange(32), np.zeros(32, dtype=np.int64), None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decoded = decode_index(index, 8, 3)
+    assert not [w for w in caught if "unreadable" in str(w.message)]
+    assert [int(image[0, 0, 0]) for image in decoded.images] == list(range(32))
+    assert counting_reader.most_inside == 1 and counting_reader.opened == 1
+
+
+def test_a_failed_record_read_is_retried_once_on_a_fresh_reader(counting_reader):
+    index = ShardIndex("unused", np.arange(4), np.zeros(4, dtype=np.int64), None)
+    counting_reader.failing = 1
+    assert int(index.read(3, 3)[0, 0, 0]) == 3 and counting_reader.opened == 2
+    counting_reader.failing = 2  # a record no reader can read is an error (reported as unreadable upstream)
+    index = ShardIndex("unused", np.arange(4), np.zeros(4, dtype=np.int64), None)
+    with pytest.raises(AssertionError):
+        index.read(0, 3)
+
+
+def test_a_pickled_shard_index_opens_its_own_reader(counting_reader):
+    index = ShardIndex("unused", np.arange(4), np.zeros(4, dtype=np.int64), None)
+    index.read(0, 3)
+    copy = pickle.loads(pickle.dumps(index))
+    assert copy._dataset is None and copy.read(1, 3).shape == (3, 8, 8) and counting_reader.opened == 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,22 +53,41 @@ class ShardIndex(LabelledSamples):
     labels: np.ndarray  # int64, -1 = unknown
     classes: list[str] | None
     _dataset: Any = field(default=None, repr=False, compare=False)
+    # litdata's reader keeps the current chunk's map and offsets in its own fields: one thread at a time
+    # (decoding into memory reads from a thread pool; the image decode itself runs unlocked)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:  # workers open their own reader
-        return {**self.__dict__, "_dataset": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_dataset", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _dataset=None, _lock=threading.Lock())
 
     def describe(self, i: int) -> str:
         return f"{self.root} sample {int(self.rows[i])}"
 
     def read(self, i: int, channels: int) -> Tensor:
+        return decode_bytes(self.record_bytes(i), channels)
+
+    def record_bytes(self, i: int) -> bytes:
+        """The stored bytes of sample i. A failed read is retried once on a fresh reader: litdata's reader
+        can be left holding a stale chunk state after an error, failing every later read of that chunk."""
+        with self._lock:
+            try:
+                record = self._reader()[int(self.rows[i])]
+            except Exception:
+                self._dataset = None
+                record = self._reader()[int(self.rows[i])]
+            return bytes(record["image"])  # a copy: the record may view the reader's current chunk map
+
+    def _reader(self) -> Any:
         if self._dataset is None:
             from litdata import StreamingDataset
 
             # one record per read: litdata's default unpacks a window of up to 256 records to return one
             # (measured: 0.45 ms of 1.07 per random read; BENCHMARKS.md, Shards)
             self._dataset = StreamingDataset(self.root, batch_decode=1)
-        record = self._dataset[int(self.rows[i])]
-        return decode_bytes(bytes(record["image"]), channels)
+        return self._dataset
 
     def select(self, rows: np.ndarray) -> "ShardIndex":
         return ShardIndex(self.root, self.rows[rows], self.labels[rows], self.classes)
