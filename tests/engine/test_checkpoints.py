@@ -105,3 +105,20 @@ def test_export_carries_the_input_size_and_normalization_timm_resolves(tiny_mae_
         metadata = f.metadata()
     assert json.loads(metadata["pretrained_cfg"])["mean"] == list(info.mean) and metadata["hybridssl_pooling"] == "mean_patch"
     assert json.loads(metadata["timm_kwargs"]) == json.loads(json.dumps(kwargs))
+
+
+def test_a_release_keeps_what_loaders_read_and_drops_what_only_resuming_needs(tiny_mae_run, tmp_path):
+    from hybridssl.engine.checkpoints import load_method, release_checkpoint
+
+    full = tiny_mae_run / "checkpoints" / "last.ckpt"
+    release_checkpoint(full, tmp_path / "release.ckpt")
+    original, released = load_checkpoint(full), load_checkpoint(tmp_path / "release.ckpt")
+    assert set(released) == {"state_dict", "hybridssl"}, "no optimizer, loop or callback state"
+    assert "rng" not in released["hybridssl"] and released["hybridssl"]["released_from"] == "last.ckpt"
+    assert {k: v for k, v in released["hybridssl"].items() if k != "released_from"} == {
+        k: v for k, v in original["hybridssl"].items() if k != "rng"}
+    assert released["state_dict"].keys() == original["state_dict"].keys()
+    assert all(torch.equal(released["state_dict"][k], v) for k, v in original["state_dict"].items())
+    assert (tmp_path / "release.ckpt").stat().st_size < full.stat().st_size / 2
+    a, b = load_method(full), load_method(tmp_path / "release.ckpt")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

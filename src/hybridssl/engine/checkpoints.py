@@ -207,8 +207,9 @@ def release_checkpoint(checkpoint: str | Path, output: str | Path) -> None:
     """Writes the weights and settings of a checkpoint without its optimizer, loop and RNG state: what
     `--init-from`, `evaluate` and `load_method` read, at a third of the size (no resume from it)."""
     ckpt = load_checkpoint(checkpoint)
+    meta = {k: v for k, v in ckpt["hybridssl"].items() if k != "rng"}
     buffer = io.BytesIO()
-    torch.save({"state_dict": ckpt["state_dict"], "hybridssl": {**ckpt["hybridssl"], "released_from": Path(checkpoint).name}}, buffer)
+    torch.save({"state_dict": ckpt["state_dict"], "hybridssl": {**meta, "released_from": Path(checkpoint).name}}, buffer)
     atomic_write_bytes(output, buffer.getvalue())
 
 
