@@ -187,6 +187,20 @@ def run_plan(run_config: RunConfig, method: Method, num_images: int) -> str:
             f"{steps:,} optimizer step{'' if steps == 1 else 's'} ({steps_per_epoch(run_config, num_images):,} per epoch)")
 
 
+def budget_hint(run_config: RunConfig, method: Method, num_images: int) -> str | None:
+    """A note when the run has fewer optimizer steps than the method was measured to need before its
+    features beat the same ViT at random init: epochs mislead across dataset sizes, steps do not."""
+    needed = type(method).steps_to_beat_random_init
+    steps = optimizer_steps(run_config, num_images)
+    if needed is None or steps >= needed:
+        return None
+    by_steps = run_config.max_steps is not None and steps == run_config.max_steps
+    more = f"--max-steps {needed}" if by_steps else f"--epochs {-(-needed // steps_per_epoch(run_config, num_images))}"
+    return (f"note: {run_config.method}'s features were measured no better than the same ViT at random init before "
+            f"about {needed:,} optimizer steps (vit-pico, Fashion-MNIST, batch 256; BENCHMARKS.md); this run has "
+            f"{steps:,}: for features worth evaluating, give it {more} or more")
+
+
 def ddp_buffer_sync(method_cls: type[Method]) -> dict[str, bool]:
     """DDP options that skip the per-forward copy of rank 0's buffers where the method allows it."""
     if method_cls.broadcast_buffers:
@@ -279,6 +293,8 @@ def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFa
     trainer = build_trainer(run_config, METHODS[run_config.method], len(images), extra)
     if rank_zero_only.rank == 0 and resume_from is None:
         print(f"hybridssl: {run_plan(run_config, method, len(images))}", flush=True)
+        if (hint := budget_hint(run_config, method, len(images))) is not None:
+            print(f"hybridssl: {hint}", flush=True)
     if run_config.accelerator == "cpu" and trainer.world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
     data = PretrainData(images, method.views.crops, run_config.batch_size, run_config.seed, run_config.global_batch_views)

@@ -66,6 +66,9 @@ class Method(nn.Module):
     # every rank by construction (queues written from gathered batches) can skip that copy.
     broadcast_buffers: ClassVar[bool] = True
     eval_pooling: ClassVar[Pooling] = "cls"  # a `pooling` field in the method's Config overrides it
+    # optimizer steps (global batch 256) below which the method's frozen features were measured no better
+    # than the same ViT at random init (BENCHMARKS.md): `pretrain` says so before a shorter run; None: not measured
+    steps_to_beat_random_init: ClassVar[int | None] = None
 
     views: Views
 
