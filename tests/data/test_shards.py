@@ -119,6 +119,8 @@ class _CountingReader:
         cls.failing = max(0, cls.failing - 1)
 
     def __getitem__(self, row: int) -> dict:
+        if row >= 100:  # the fake pack holds 100 records
+            raise IndexError(row)
         cls = type(self)
         cls.inside += 1
         cls.most_inside = max(cls.most_inside, cls.inside)
@@ -155,11 +157,17 @@ def test_decoding_a_pack_from_threads_reads_one_record_at_a_time(counting_reader
 def test_a_failed_record_read_is_retried_once_on_a_fresh_reader(counting_reader):
     index = ShardIndex("unused", np.arange(4), np.zeros(4, dtype=np.int64), None)
     counting_reader.failing = 1
-    assert int(index.read(3, 3)[0, 0, 0]) == 3 and counting_reader.opened == 2
+    with pytest.warns(UserWarning, match="unused sample 3: reading it failed .AssertionError"):
+        assert int(index.read(3, 3)[0, 0, 0]) == 3
+    assert counting_reader.opened == 2
     counting_reader.failing = 2  # a record no reader can read is an error (reported as unreadable upstream)
     index = ShardIndex("unused", np.arange(4), np.zeros(4, dtype=np.int64), None)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError), pytest.warns(UserWarning):
         index.read(0, 3)
+    index = ShardIndex("unused", np.arange(101), np.zeros(101, dtype=np.int64), None)
+    with pytest.raises(IndexError):  # a record the pack does not have: no retry
+        index.read(100, 3)
+    assert counting_reader.opened == 5
 
 
 def test_a_pickled_shard_index_opens_its_own_reader(counting_reader):
@@ -167,3 +175,13 @@ def test_a_pickled_shard_index_opens_its_own_reader(counting_reader):
     index.read(0, 3)
     copy = pickle.loads(pickle.dumps(index))
     assert copy._dataset is None and copy.read(1, 3).shape == (3, 8, 8) and counting_reader.opened == 2
+
+
+def test_a_forked_copy_of_a_shard_index_opens_its_own_reader_and_lock(counting_reader, monkeypatch):
+    import os
+
+    index = ShardIndex("unused", np.arange(4), np.zeros(4, dtype=np.int64), None)
+    index.read(0, 3)
+    index._lock.acquire()  # held by another thread of the parent at the moment of the fork
+    monkeypatch.setattr(os, "getpid", lambda: index._pid + 1)  # now in the child
+    assert index.read(1, 3).shape == (3, 8, 8) and counting_reader.opened == 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,13 @@ class ShardIndex(LabelledSamples):
     # litdata's reader keeps the current chunk's map and offsets in its own fields: one thread at a time
     # (decoding into memory reads from a thread pool; the image decode itself runs unlocked)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _pid: int = field(default_factory=os.getpid, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:  # workers open their own reader
-        return {k: v for k, v in self.__dict__.items() if k not in ("_dataset", "_lock")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_dataset", "_lock", "_pid")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _dataset=None, _lock=threading.Lock())
+        self.__dict__.update(state, _dataset=None, _lock=threading.Lock(), _pid=os.getpid())
 
     def describe(self, i: int) -> str:
         return f"{self.root} sample {int(self.rows[i])}"
@@ -70,12 +72,19 @@ class ShardIndex(LabelledSamples):
         return decode_bytes(self.record_bytes(i), channels)
 
     def record_bytes(self, i: int) -> bytes:
-        """The stored bytes of sample i. A failed read is retried once on a fresh reader: litdata's reader
-        can be left holding a stale chunk state after an error, failing every later read of that chunk."""
+        """The stored bytes of sample i. A failed read is retried once on a fresh reader (with a warning):
+        litdata's reader can be left holding a stale chunk state after an error, failing every later
+        read of that chunk. A missing record or file is not retried."""
+        if self._pid != os.getpid():  # a forked worker: its copy of the lock may have been held at the fork
+            self.__setstate__(self.__getstate__())
         with self._lock:
             try:
                 record = self._reader()[int(self.rows[i])]
-            except Exception:
+            except (IndexError, FileNotFoundError):
+                raise
+            except Exception as exc:  # litdata raises many types, bare AssertionErrors among them
+                warnings.warn(f"{self.describe(i)}: reading it failed ({type(exc).__name__}: {exc}); retrying on a fresh reader",
+                              stacklevel=2)  # fmt: skip
                 self._dataset = None
                 record = self._reader()[int(self.rows[i])]
             return bytes(record["image"])  # a copy: the record may view the reader's current chunk map
