@@ -1,4 +1,4 @@
-# One-command set-up: `make demo` (install, pretrain + evaluate, report) and `make test`.
+# One-command set-up: `make demo` (install, MAE-CT tuning of the shipped MAE + evaluation, report) and `make test`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

@@ -6,7 +6,8 @@
 # The checkpoints are points of one 24-epoch cosine schedule, not separate shorter runs: an early one
 # was taken at a higher learning rate than a short run would end with.
 set -eu
-OUT=${1:-runs/flagship}; shift || true
+OUT=${1:-runs/flagship}
+[ $# -gt 0 ] && shift
 STEPS=${*:-"468 936 1872 5616"}
 HYBRIDSSL=${HYBRIDSSL:-hybridssl}
 LIMIT="--limit-train 20000"

@@ -6,10 +6,10 @@ on the frozen encoder (stage 2) and contrastive tuning of the upper blocks (stag
 with the package (`pretrained/`: vit-pico MAE, 24 epochs on all 60k images, an hour on 2 CPU
 cores; its row in BENCHMARKS.md gives the command), because a demo-sized MAE (2 epochs) learns too
 little to show anything. The demo runs stages 2 and 3 from it on a seeded 20k-image third of the
-training set; the budget is a fixed amount of work (steps, not minutes), so every machine prints the
-same numbers. Everything lands in one folder: the two stage runs, results.jsonl, reconstructions.png
-(from the shipped MAE, the only stage with a pixel decoder), report.html and a printed table that
-puts the tuned encoder next to the MAE it started from, the same ViT at random init and raw pixels.
+training set; the budget is a fixed amount of work (steps, not minutes), the same on every machine.
+Everything lands in one folder: the two stage runs, results.jsonl, reconstructions.png (from the
+shipped MAE, the only stage with a pixel decoder), report.html and a printed table that puts the
+tuned encoder next to the MAE it started from, the same ViT at random init and raw pixels.
 """
 
 from __future__ import annotations

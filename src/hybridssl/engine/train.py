@@ -187,18 +187,30 @@ def run_plan(run_config: RunConfig, method: Method, num_images: int) -> str:
             f"{steps:,} optimizer step{'' if steps == 1 else 's'} ({steps_per_epoch(run_config, num_images):,} per epoch)")
 
 
+MEASURED_BATCH = 256  # the global batch at which `Method.steps_to_beat_random_init` was measured
+
+
 def budget_hint(run_config: RunConfig, method: Method, num_images: int) -> str | None:
-    """A note when the run has fewer optimizer steps than the method was measured to need before its
-    features beat the same ViT at random init: epochs mislead across dataset sizes, steps do not."""
-    needed = type(method).steps_to_beat_random_init
-    steps = optimizer_steps(run_config, num_images)
-    if needed is None or steps >= needed:
+    """A note when the run sees fewer images than its method was measured to need before its linear
+    probe beats the same ViT at random init (steps at batch 256, scaled to this run's batch): epochs
+    mislead across dataset sizes."""
+    measured = type(method).steps_to_beat_random_init
+    if measured is None:
         return None
-    by_steps = run_config.max_steps is not None and steps == run_config.max_steps
-    more = f"--max-steps {needed}" if by_steps else f"--epochs {-(-needed // steps_per_epoch(run_config, num_images))}"
-    return (f"note: {run_config.method}'s features were measured no better than the same ViT at random init before "
-            f"about {needed:,} optimizer steps (vit-pico, Fashion-MNIST, batch 256; BENCHMARKS.md); this run has "
-            f"{steps:,}: for features worth evaluating, give it {more} or more")
+    batch = global_batch(run_config) * run_config.accumulate_grad_batches
+    needed = -(-measured * MEASURED_BATCH // batch)
+    steps = optimizer_steps(run_config, num_images)
+    if steps >= needed:
+        return None
+    flags = []
+    if run_config.epochs is not None and run_config.epochs * steps_per_epoch(run_config, num_images) < needed:
+        flags.append(f"--epochs {-(-needed // steps_per_epoch(run_config, num_images))}")
+    if run_config.max_steps is not None and run_config.max_steps < needed:
+        flags.append(f"--max-steps {needed}")
+    return (f"note: {run_config.method}'s linear probe was measured no better than the same ViT at random init "
+            f"before about {measured:,} optimizer steps at batch {MEASURED_BATCH} (vit-pico, Fashion-MNIST; BENCHMARKS.md), "
+            f"{needed:,} at this run's batch of {batch:,}; this run has {steps:,}: for features worth evaluating, "
+            f"give it {' and '.join(flags)} or more")
 
 
 def ddp_buffer_sync(method_cls: type[Method]) -> dict[str, bool]:
