@@ -4,7 +4,8 @@
 
 Reads OUT/{mae,mae-ct,floors}/results.jsonl and OUT/log.txt (the stage start times) written by
 benchmarks/flagship_mae_ct.sh and prints one markdown row per encoder: k-NN (k=20), linear probe,
-k-means cluster accuracy and NMI, and the linear probe on 1% and 10% of the labels (mean of the seeds).
+fine-tuning (benchmarks/flagship_finetune.sh), k-means cluster accuracy and NMI, and the linear probe
+on 1% and 10% of the labels (mean of the seeds).
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ def main(out: Path) -> None:
         ("random init (same ViT)", rows(out / "floors" / "results.jsonl"), "random-init"),
         ("raw pixels", rows(out / "floors" / "results.jsonl"), "raw-pixels"),
     ]
-    print("| encoder | pooling | k-NN (k=20) | linear | cluster acc | NMI | linear 1% | linear 10% |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| encoder | pooling | k-NN (k=20) | linear | fine-tune | cluster acc | NMI | linear 1% | linear 10% |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, results, kind in encoders:
         pooling = next((r["pooling"] for r in results if r["encoder"] == kind), "–")
         print(f"| {name} | {pooling} | {pick(results, kind, 'knn', k=20)} | {pick(results, kind, 'linear')} | "
-              f"{pick(results, kind, 'clustering', metric='cluster_accuracy')} | {pick(results, kind, 'clustering', metric='nmi')} | "
+              f"{pick(results, kind, 'finetune')} | {pick(results, kind, 'clustering', metric='cluster_accuracy')} | {pick(results, kind, 'clustering', metric='nmi')} | "
               f"{pick(results, kind, 'lowshot', subset='1%')} | {pick(results, kind, 'lowshot', subset='10%')} |")  # fmt: skip
     if (out / "log.txt").is_file():
         print()
