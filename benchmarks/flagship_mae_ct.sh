@@ -13,10 +13,8 @@ EPOCHS=${2:-24}
 HEAD=${3:-1}
 TUNE=${4:-2}
 HYBRIDSSL=${HYBRIDSSL:-hybridssl}
-PROTOCOLS="knn linear clustering"
-LOWSHOT="--set lowshot.heads=[linear] --lowshot-subsets 1%,10%"
 mkdir -p "$OUT"
-stamp() { echo "[$(date -u +%FT%TZ)] $*" | tee -a "$OUT/log.txt"; }
+. "$(dirname "$0")/protocols.sh"
 
 resume=""; [ -d "$OUT/mae/checkpoints" ] && resume="--resume"
 stamp "MAE $EPOCHS epochs"
@@ -27,14 +25,6 @@ PYTHON=$(dirname "$(command -v "$HYBRIDSSL")")/python
 "$PYTHON" -c "import sys; from hybridssl.engine.checkpoints import release_checkpoint as r; r(sys.argv[1], sys.argv[2])" \
     "$MAE" "$OUT/mae-release.ckpt"
 
-evaluate() {  # checkpoint, results folder, extra flags
-    for p in $PROTOCOLS; do
-        stamp "evaluate $p $3 ($1)"
-        $HYBRIDSSL evaluate --checkpoint "$1" --protocol "$p" --output "$2" $3
-    done
-    stamp "evaluate lowshot $3 ($1)"
-    $HYBRIDSSL evaluate --checkpoint "$1" --protocol lowshot $LOWSHOT --output "$2" $3
-}
 [ -f "$OUT/mae/results.jsonl" ] || evaluate "$MAE" "$OUT/mae" ""
 
 resume=""; [ -d "$OUT/mae-ct" ] && resume="--resume"

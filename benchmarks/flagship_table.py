@@ -1,11 +1,11 @@
-"""The flagship rows of BENCHMARKS.md, read from the results the flagship run recorded (no hand copying).
+"""The rows of BENCHMARKS.md's results at real budgets, read from the recorded results (no hand copying).
 
     python benchmarks/flagship_table.py runs/flagship
 
 Reads OUT/{mae,mae-ct,floors}/results.jsonl and OUT/log.txt (the stage start times) written by
-benchmarks/flagship_mae_ct.sh and prints one markdown row per encoder: k-NN (k=20), linear probe,
-fine-tuning (benchmarks/flagship_finetune.sh), k-means cluster accuracy and NMI, and the linear probe
-on 1% and 10% of the labels (mean of the seeds).
+benchmarks/flagship_mae_ct.sh, and OUT/<method>/results.jsonl of benchmarks/results_row.sh, and prints
+one markdown row per encoder: k-NN (k=20), linear probe, fine-tuning (benchmarks/flagship_finetune.sh),
+k-means cluster accuracy and NMI, and the linear probe on 1% and 10% of the labels (mean of the seeds).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
+
+ROW_METHODS = ["cmae", "can", "macrl", "simclr", "mocov3", "nnclr"]  # benchmarks/results_row.sh
 
 
 def rows(path: Path) -> list[dict]:
@@ -39,6 +41,8 @@ def main(out: Path) -> None:
     encoders = [
         ("MAE", rows(out / "mae" / "results.jsonl"), "trained"),
         ("MAE-CT (from that MAE)", rows(out / "mae-ct" / "results.jsonl"), "trained"),
+        *((f"{method} (its config)", rows(out / method / "results.jsonl"), "trained") for method in ROW_METHODS
+          if (out / method / "results.jsonl").is_file()),
         ("random init (same ViT)", rows(out / "floors" / "results.jsonl"), "random-init"),
         ("raw pixels", rows(out / "floors" / "results.jsonl"), "raw-pixels"),
     ]
