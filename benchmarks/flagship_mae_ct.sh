@@ -16,22 +16,23 @@ HYBRIDSSL=${HYBRIDSSL:-hybridssl}
 mkdir -p "$OUT"
 . "$(dirname "$0")/protocols.sh"
 
-resume=""; [ -d "$OUT/mae/checkpoints" ] && resume="--resume"
 stamp "MAE $EPOCHS epochs"
 $HYBRIDSSL pretrain --method mae --dataset fashion-mnist --model vit-pico --epochs "$EPOCHS" --batch-size 256 \
-    --checkpoint-every-epochs 2 --no-progress-bar --output "$OUT/mae" $resume
+    --checkpoint-every-epochs 2 --no-progress-bar --output "$OUT/mae" --resume
 MAE="$OUT/mae/checkpoints/last.ckpt"
 PYTHON=$(dirname "$(command -v "$HYBRIDSSL")")/python
 "$PYTHON" -c "import sys; from hybridssl.engine.checkpoints import release_checkpoint as r; r(sys.argv[1], sys.argv[2])" \
     "$MAE" "$OUT/mae-release.ckpt"
 
-[ -f "$OUT/mae/results.jsonl" ] || evaluate "$MAE" "$OUT/mae" ""
+evaluate "$MAE" "$OUT/mae" ""
 
-resume=""; [ -d "$OUT/mae-ct" ] && resume="--resume"
 stamp "MAE-CT head $HEAD + tune $TUNE epochs from $MAE"
 $HYBRIDSSL pretrain --method mae-ct --init-from "$MAE" --dataset fashion-mnist --model vit-pico --batch-size 256 \
-    --set method_args.head_epochs="$HEAD" --set method_args.tune_epochs="$TUNE" --no-progress-bar --output "$OUT/mae-ct" $resume
+    --set method_args.head_epochs="$HEAD" --set method_args.tune_epochs="$TUNE" --no-progress-bar --output "$OUT/mae-ct" --resume
 CT="$OUT/mae-ct/stage3-tune/checkpoints/last.ckpt"
-[ -f "$OUT/mae-ct/results.jsonl" ] || evaluate "$CT" "$OUT/mae-ct" ""
-[ -f "$OUT/floors/results.jsonl" ] || { evaluate "$MAE" "$OUT/floors" "--random-init"; PROTOCOLS="knn linear" evaluate "$MAE" "$OUT/floors" "--raw-pixels"; }
+evaluate "$CT" "$OUT/mae-ct" ""
+evaluate "$MAE" "$OUT/floors" "--random-init"
+measure "$MAE" "$OUT/floors" knn "--raw-pixels"
+measure "$MAE" "$OUT/floors" linear "--raw-pixels"
+measure "$MAE" "$OUT/floors" lowshot "--raw-pixels"
 stamp "done"

@@ -3,9 +3,10 @@
     python benchmarks/flagship_table.py runs/flagship
 
 Reads OUT/{mae,mae-ct,floors}/results.jsonl and OUT/log.txt (the stage start times) written by
-benchmarks/flagship_mae_ct.sh, and OUT/<method>/results.jsonl of benchmarks/results_row.sh, and prints
-one markdown row per encoder: k-NN (k=20), linear probe, fine-tuning (benchmarks/flagship_finetune.sh),
-k-means cluster accuracy and NMI, and the linear probe on 1% and 10% of the labels (mean of the seeds).
+benchmarks/flagship_mae_ct.sh, and OUT/rows/<method>/{results.jsonl,log.txt} of
+benchmarks/results_row.sh, and prints one markdown row per encoder: k-NN (k=20), linear probe,
+fine-tuning (benchmarks/flagship_finetune.sh), k-means cluster accuracy and NMI, and the linear probe on
+1% and 10% of the labels (mean of the seeds).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-
-ROW_METHODS = ["cmae", "can", "macrl", "simclr", "mocov3", "nnclr"]  # benchmarks/results_row.sh
 
 
 def rows(path: Path) -> list[dict]:
@@ -29,20 +28,25 @@ def pick(results: list[dict], encoder: str, protocol: str, **match) -> str:
 
 
 def stage_minutes(log: Path) -> dict[str, float]:
-    """Minutes between consecutive stamps of the run's log, keyed by the stamp's text."""
+    """Minutes between consecutive stamps of one run's log, keyed by the stamp's text and summed over
+    the sessions that resumed it. A stage cut off by a killed session is not counted (no end time)."""
     stamps = []
     for line in log.read_text().splitlines():
         when, _, what = line.partition("] ")
         stamps.append((datetime.strptime(when.strip("["), "%Y-%m-%dT%H:%M:%SZ"), what))
-    return {what: (later - when).total_seconds() / 60 for (when, what), (later, _) in zip(stamps, stamps[1:])}
+    minutes: dict[str, float] = {}
+    for (when, what), (later, following) in zip(stamps, stamps[1:]):
+        if following != "session start" and what != "session start" and not what.endswith("done"):
+            minutes[what] = minutes.get(what, 0.0) + (later - when).total_seconds() / 60
+    return minutes
 
 
 def main(out: Path) -> None:
     encoders = [
         ("MAE", rows(out / "mae" / "results.jsonl"), "trained"),
         ("MAE-CT (from that MAE)", rows(out / "mae-ct" / "results.jsonl"), "trained"),
-        *((f"{method} (its config)", rows(out / method / "results.jsonl"), "trained") for method in ROW_METHODS
-          if (out / method / "results.jsonl").is_file()),
+        *((f"{row.name} (its config)", rows(row / "results.jsonl"), "trained")
+          for row in sorted((out / "rows").glob("*"))),
         ("random init (same ViT)", rows(out / "floors" / "results.jsonl"), "random-init"),
         ("raw pixels", rows(out / "floors" / "results.jsonl"), "raw-pixels"),
     ]
@@ -53,10 +57,11 @@ def main(out: Path) -> None:
         print(f"| {name} | {pooling} | {pick(results, kind, 'knn', k=20)} | {pick(results, kind, 'linear')} | "
               f"{pick(results, kind, 'finetune')} | {pick(results, kind, 'clustering', metric='cluster_accuracy')} | {pick(results, kind, 'clustering', metric='nmi')} | "
               f"{pick(results, kind, 'lowshot', subset='1%')} | {pick(results, kind, 'lowshot', subset='10%')} |")  # fmt: skip
-    if (out / "log.txt").is_file():
-        print()
-        for what, minutes in stage_minutes(out / "log.txt").items():
-            print(f"- {what}: {minutes:.1f} min")
+    for log in [out / "log.txt", *sorted((out / "rows").glob("*/log.txt"))]:
+        if log.is_file():
+            print()
+            for what, minutes in stage_minutes(log).items():
+                print(f"- {what}: {minutes:.1f} min")
 
 
 if __name__ == "__main__":
