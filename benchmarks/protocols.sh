@@ -14,11 +14,8 @@ measure() {  # checkpoint, results folder, protocol, extra flags: once (a killed
     done_list="$2/protocols-done.txt"
     if [ -f "$done_list" ] && grep -qxF "$3 $4" "$done_list"; then return 0; fi
     stamp "evaluate $3 $4 ($1)"
-    if [ "$3" = lowshot ]; then
-        $HYBRIDSSL evaluate --checkpoint "$1" --protocol lowshot $LOWSHOT --output "$2" $4 $EVAL_FLAGS
-    else
-        $HYBRIDSSL evaluate --checkpoint "$1" --protocol "$3" --output "$2" $4 $EVAL_FLAGS
-    fi
+    settings=""; [ "$3" = lowshot ] && settings=$LOWSHOT
+    $HYBRIDSSL evaluate --checkpoint "$1" --protocol "$3" $settings --output "$2" $4 $EVAL_FLAGS
     echo "$3 $4" >> "$done_list"
 }
 

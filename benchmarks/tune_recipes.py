@@ -1,15 +1,15 @@
 """Short selection runs behind configs/<method>/fashion-mnist.yaml ("Recipes for small images", BENCHMARKS.md).
 
-Every method starts from its config (the papers' defaults) and gets three or four runs of one budget: 2
-epochs on a seeded 20k-image subset (40k images seen: 156 steps at batch 256). Round 1 compares the
-config's base lr with 3x it, and 9x when 3x wins; round 2 takes the chosen lr to batch 128 (twice the
-steps for the same images; the lr is scaled by the batch as always). Within 0.5 points of the best score
-(the noise) the paper's setting is kept, and the lower of two rates (short runs favour high rates; the
-long schedules these recipes are for do not). MAE-CT tunes the shipped MAE (head 1 + tune 1 epoch on the
-subset; the lr swept is stage 3's). Each run is scored by k-NN (k = 20) on a class-stratified 10%
-hold-out of the train split (`evaluate --validation`): the test split is never looked at. Resumable: a
-run whose score is recorded is not run again. Prints one markdown row per run, then the shipped MAE's
-score (MAE-CT's start) and the floors' (the random-init ViT, raw pixels).
+Every method starts from the code's defaults (its section of docs/methods.md) and gets three or four
+runs of one budget: 2 epochs on a seeded 20k-image subset (40k images seen: 156 steps at batch 256).
+Round 1 compares the default base lr with 3x it, and 9x when 3x wins; round 2 takes the chosen lr to
+batch 128 (twice the steps for the same images; the lr is scaled by the batch as always). Within 0.5
+points of the best score (the noise) the default is kept, and the lower of two rates (short runs favour
+high rates; the long schedules these recipes are for do not). MAE-CT tunes the shipped MAE (head 1 +
+tune 1 epoch on the subset; the lr swept is stage 3's). Each run is scored by k-NN (k = 20) on a
+class-stratified 10% hold-out of the train split (`evaluate --validation`): the test split is never
+looked at. Resumable: a run whose score is recorded is not run again. Prints one markdown row per run,
+then the shipped MAE's score (MAE-CT's start) and the floors' (the random-init ViT, raw pixels).
 
     python benchmarks/tune_recipes.py [OUT] [--methods mae,mae-ct,...]
 """
@@ -23,8 +23,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import yaml
-
+from hybridssl.config import resolve
 from hybridssl.methods.mae_ct import MAE_CT_OPTIM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,13 +34,9 @@ SUBSET, EPOCHS = 20000, 2
 TIE = 0.5  # hold-out points: about the standard error of a k-NN score on 6,000 images
 
 
-def config_path(method: str) -> Path:
-    return ROOT / "configs" / method / "fashion-mnist.yaml"
-
-
 def pretrain_args(method: str, lr: float, batch: int, out: Path) -> list[str]:
-    args = [HYBRIDSSL, "pretrain", "--config", str(config_path(method)), "--limit-train", str(SUBSET),
-            "--batch-size", str(batch), "--output", str(out), "--no-progress-bar"]
+    args = [HYBRIDSSL, "pretrain", "--method", method, "--dataset", "fashion-mnist", "--model", "vit-pico",
+            "--limit-train", str(SUBSET), "--batch-size", str(batch), "--output", str(out), "--no-progress-bar"]
     if method == "mae-ct":  # the lr of stage 3, which tunes the encoder (--lr is stage 1's, skipped here)
         return [*args, "--init-from", str(SHIPPED_MAE), "--set", "method_args.head_epochs=1",
                 "--set", "method_args.tune_epochs=1", "--set", f"method_args.tune_optim.base_lr={lr!r}"]
@@ -91,8 +86,9 @@ def run(method: str, name: str, lr: float, batch: int, root: Path) -> dict:
 
 
 def tune(method: str, root: Path) -> list[dict]:
-    paper = MAE_CT_OPTIM if method == "mae-ct" else yaml.safe_load(config_path(method).read_text())["optim"]
-    base = paper["base_lr"]
+    # the code's defaults, not the config file: that holds what these runs chose, and rerunning from it
+    # would start the grid at the chosen rate
+    base = MAE_CT_OPTIM["base_lr"] if method == "mae-ct" else resolve({"method": method}).optim.base_lr
     rows = [run(method, "lr1x-b256", base, 256, root), run(method, "lr3x-b256", 3 * base, 256, root)]
     if rows[1]["holdout_knn20"] > rows[0]["holdout_knn20"]:  # the best lr at the grid's edge: go one further
         rows.append(run(method, "lr9x-b256", 9 * base, 256, root))
@@ -102,12 +98,12 @@ def tune(method: str, root: Path) -> list[dict]:
 
 
 def choose(rows: list[dict]) -> dict:
-    """Among the runs within TIE of the best score: the fewest changes from the paper's recipe (rows[0]),
-    then the lowest lr, then the best score. A change has to beat the paper by more than the noise."""
-    paper = rows[0]
+    """Among the runs within TIE of the best score: the fewest changes from the default recipe (rows[0]),
+    then the lowest lr, then the best score. A change has to beat the default by more than the noise."""
+    default = rows[0]
     top = max(r["holdout_knn20"] for r in rows)
     close = [r for r in rows if r["holdout_knn20"] >= top - TIE]
-    changes = lambda r: (r["base_lr"] != paper["base_lr"]) + (r["batch_size"] != paper["batch_size"])  # noqa: E731
+    changes = lambda r: (r["base_lr"] != default["base_lr"]) + (r["batch_size"] != default["batch_size"])  # noqa: E731
     return min(close, key=lambda r: (changes(r), r["base_lr"], -r["holdout_knn20"]))
 
 
