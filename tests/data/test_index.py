@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,18 @@ def test_a_file_list_with_class_names_or_integers_and_relative_paths(tmp_path):
     with pytest.raises(DataError, match="line 2 has no label"):
         file_index(mixed)
     assert len(load_dataset("folder", "train", names, image_size=8)) == 3
+
+
+def test_images_beside_class_folders_are_named_as_unused_every_time(tmp_path):
+    jpeg(tmp_path / "d" / "cats" / "1.jpg"), jpeg(tmp_path / "d" / "loose.jpg")
+    for attempt in ("listed", "from the cache"):
+        with pytest.warns(UserWarning, match=r"1 image\(s\) directly in .*loose.jpg.*not used.*1 classes"):
+            index = file_index(tmp_path / "d")
+        assert index.classes == ["cats"] and len(index) == 1, attempt
+    jpeg(tmp_path / "clean" / "cats" / "1.jpg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        file_index(tmp_path / "clean")
 
 
 def test_the_index_is_cached_and_rebuilt_when_a_folder_changes(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,11 +239,25 @@ def file_index(source: Path, cache: bool = True) -> FileIndex:
     if source.is_file():
         return read_file_list(source)
     cache_file = _cache_file(source)
-    if cache:
-        found = _load_cached(cache_file, source)
-        if found is not None:
-            return found
-    index, dirs = list_folder(source)
-    if cache:
-        _save_cached(cache_file, index, dirs)
+    index = _load_cached(cache_file, source) if cache else None
+    if index is None:
+        index, dirs = list_folder(source)
+        if cache:
+            _save_cached(cache_file, index, dirs)
+    _warn_ignored_top_level(index)
     return index
+
+
+def _warn_ignored_top_level(index: FileIndex) -> None:
+    """Class folders are the label source, so images lying beside them belong to no class and are left
+    out; a user who meant "every image below this folder" would otherwise lose them without a word."""
+    if index.classes is None:
+        return
+    with os.scandir(index.root) as entries:
+        loose = [e.name for e in entries if not e.name.startswith(".") and e.is_file()
+                 and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES]  # fmt: skip
+    if loose:
+        warnings.warn(
+            f"{len(loose)} image(s) directly in {index.root} (e.g. {sorted(loose)[0]}) are not used: its "
+            f"sub-folders are read as {len(index.classes)} classes. Move them into a class folder, or name "
+            "every image in a file list (--data-dir list.csv)", stacklevel=3)
