@@ -1,18 +1,19 @@
 """The rows of BENCHMARKS.md's results at real budgets, read from the recorded results (no hand copying).
 
-    python benchmarks/flagship_table.py runs/flagship
+    python benchmarks/flagship_table.py runs/flagship [--figure docs/figures/results-real-budgets.png]
 
-Reads OUT/{mae,mae-ct,floors}/results.jsonl and OUT/log.txt (the stage start times) written by
+Reads OUT/{mae,mae-ct,floors}/results.jsonl (and OUT/mae-ct-tune8/, the longer tuning, when present) and OUT/log.txt (the stage start times) written by
 benchmarks/flagship_mae_ct.sh, and OUT/rows/<method>/{results.jsonl,log.txt} of
 benchmarks/results_row.sh, and prints one markdown row per encoder: k-NN (k=20), linear probe,
 fine-tuning (benchmarks/flagship_finetune.sh), k-means cluster accuracy and NMI, and the linear probe on
-1% and 10% of the labels (mean of the seeds).
+1% and 10% of the labels (mean of the seeds). --figure also draws k-NN and linear probe of every
+measured encoder against the floors (hybridssl.report.scores).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -21,10 +22,15 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def pick(results: list[dict], encoder: str, protocol: str, **match) -> str:
+def value(results: list[dict], encoder: str, protocol: str, **match) -> float | None:
     found = [r for r in results if r["encoder"] == encoder and r["protocol"] == protocol
              and all(r.get(k, r.get("settings", {}).get(k)) == v for k, v in match.items())]  # fmt: skip
-    return f"{found[-1]['value']:.2f}" if found else "–"
+    return found[-1]["value"] if found else None
+
+
+def pick(results: list[dict], encoder: str, protocol: str, **match) -> str:
+    found = value(results, encoder, protocol, **match)
+    return "–" if found is None else f"{found:.2f}"
 
 
 def stage_minutes(log: Path) -> dict[str, float]:
@@ -41,10 +47,28 @@ def stage_minutes(log: Path) -> dict[str, float]:
     return minutes
 
 
-def main(out: Path) -> None:
+def probes(results: list[dict], kind: str) -> dict[str, float | None]:
+    return {"k-NN (k=20)": value(results, kind, "knn", k=20), "linear": value(results, kind, "linear")}
+
+
+def draw(encoders: list[tuple[str, list[dict], str]], path: Path) -> None:
+    from hybridssl.report.scores import scores_png
+
+    trained = [(name, probes(results, kind)) for name, results, kind in encoders if kind == "trained"]
+    floors = [(name, probes(results, kind)) for name, results, kind in encoders if kind != "trained"]
+    png = scores_png([(n, s) for n, s in trained if any(v is not None for v in s.values())], floors,
+                     "Fashion-MNIST test top-1, frozen vit-pico features (BENCHMARKS.md, results at real budgets)")
+    if png is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+        print(f"\nwrote {path}")
+
+
+def main(out: Path, figure: Path | None = None) -> None:
     encoders = [
         ("MAE", rows(out / "mae" / "results.jsonl"), "trained"),
         ("MAE-CT (from that MAE)", rows(out / "mae-ct" / "results.jsonl"), "trained"),
+        *((("MAE-CT, tune 8 epochs", rows(longer), "trained"),) if (longer := out / "mae-ct-tune8" / "results.jsonl").is_file() else ()),
         *((f"{row.name} (its config)", rows(row / "results.jsonl"), "trained")
           for row in sorted((out / "rows").glob("*"))),
         ("random init (same ViT)", rows(out / "floors" / "results.jsonl"), "random-init"),
@@ -62,7 +86,13 @@ def main(out: Path) -> None:
             print()
             for what, minutes in stage_minutes(log).items():
                 print(f"- {what}: {minutes:.1f} min")
+    if figure is not None:
+        draw(encoders, figure)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/flagship"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, nargs="?", default=Path("runs/flagship"))
+    parser.add_argument("--figure", type=Path, help="also write the dot plot of k-NN and linear probe here (PNG)")
+    args = parser.parse_args()
+    main(args.out, args.figure)

@@ -119,7 +119,7 @@ def test_compare_trains_and_evaluates_two_methods_and_resumes(fmnist_dir, tmp_pa
         assert record["epochs"] == record["stages"][0]["epochs"] and record["results"]
         assert {r["protocol"] for r in record["results"]} == {"knn", "linear", "finetune", "lowshot", "clustering"}
         assert f"method {method}" in page
-    assert page.count("data:image/png;base64") >= 2 and "<table>" in page
+    assert page.count("data:image/png;base64") >= 2 and "<table>" in page and "against the floors" in page
     # a second run finds everything done: no training, no evaluation, the same tables
     mtime = (out / methods[0] / "checkpoints" / "last.ckpt").stat().st_mtime
     capsys.readouterr()

@@ -121,6 +121,21 @@ def tables(all_entries: list[dict[str, Any]]) -> dict[str, tuple[list[str], list
     return {"main": (main_head, main), "lowshot": (low_head, lowshot if low else []), "clustering": (clu_head, clustering if clustered else [])}
 
 
+def probes_png(all_entries: list[dict[str, Any]]) -> bytes | None:
+    from hybridssl.report.scores import scores_png
+
+    pickers = dict(MAIN)
+
+    def probes(e: dict[str, Any]) -> dict[str, float | None]:
+        cells = {name: pickers[name](e["rows"]) for name in ("k-NN", "linear")}
+        return {name: None if cell is None else cell.get("value") for name, cell in cells.items()}
+
+    methods = [(e["name"], probes(e)) for e in all_entries if e["kind"] == "method"]
+    floors = [(e["name"] + (f", {pooling_of(e)}" if e["kind"] == "random-init" else ""), probes(e))
+              for e in all_entries if e["kind"] != "method"]  # fmt: skip
+    return scores_png(methods, floors)
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
@@ -177,6 +192,8 @@ def write_comparison(req, records: dict[str, dict[str, Any]]) -> dict[str, Path]
     body: list[Any] = [H.tag("h1", title), H.tag("p", ["Command: ", H.tag("code", req.command())], class_="meta")]
     body += [H.tag("p", line, class_="meta") for line in header[1:]]
     body += [H.tag("h2", "results"), H.table(*built["main"])]
+    if (png := probes_png(all_entries)) is not None:
+        body.append(H.figure(png, "k-NN and linear probe of each method (dots) against the floors (lines)"))
     if built["lowshot"][1]:
         body += [H.tag("h2", "low-shot"), H.table(*built["lowshot"])]
     if built["clustering"][1]:
