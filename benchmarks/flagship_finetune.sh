@@ -2,13 +2,24 @@
 # The fine-tune column of the flagship rows (BENCHMARKS.md, results at real budgets): the MAE, the
 # MAE-CT tuned from it and the same ViT at random init (supervised from scratch), each fine-tuned end to
 # end on all 60k labelled images for EPOCHS epochs (the protocol's other settings at their defaults).
-# Resumable: an encoder whose fine-tune finished is not run again.
-#   sh benchmarks/flagship_finetune.sh [FLAGSHIP_OUT] [EPOCHS]
+# Resumable: an encoder whose fine-tune finished is not run again, and a killed fine-tune continues
+# after its last finished epoch (evaluate keeps its state in the encoder's folder).
+# Further arguments name rows of benchmarks/results_row.sh (OUT/rows/NAME) to fine-tune instead,
+# e.g. the pair CMAE's claim is about: sh benchmarks/flagship_finetune.sh runs/flagship 50 mae cmae
+#   sh benchmarks/flagship_finetune.sh [FLAGSHIP_OUT] [EPOCHS] [ROW ...]
 set -eu
 OUT=${1:-runs/flagship}
 EPOCHS=${2:-3}
+[ $# -ge 2 ] && shift 2 || shift $#
 HYBRIDSSL=${HYBRIDSSL:-hybridssl}
 . "$(dirname "$0")/protocols.sh"
+if [ $# -gt 0 ]; then
+    for ROW in "$@"; do
+        measure "$OUT/rows/$ROW/checkpoints/last.ckpt" "$OUT/rows/$ROW" finetune "--epochs $EPOCHS"
+    done
+    stamp "finetune $* done"
+    exit 0
+fi
 MAE="$OUT/mae/checkpoints/last.ckpt"
 CT="$OUT/mae-ct/stage3-tune/checkpoints/last.ckpt"
 measure "$MAE" "$OUT/mae" finetune "--epochs $EPOCHS"

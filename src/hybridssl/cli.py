@@ -391,11 +391,20 @@ def preload_tcmalloc() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "hybridssl", *sys.argv[1:]], env)
 
 
+RESUME_HINTS = {
+    "pretrain": "resume with --resume",
+    "evaluate": "run the same command again: a fine-tune continues after its last finished epoch; "
+    "rows already written stay, and the protocols that had finished run again",
+    "compare": "run the same command again: finished runs and evaluations are kept",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         preload_tcmalloc()
     from hybridssl.errors import USER_ERRORS
 
+    args = None
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
@@ -403,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hybridssl: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("hybridssl: interrupted; resume with --resume", file=sys.stderr)
+        hint = RESUME_HINTS.get(getattr(args, "command", None))
+        print("hybridssl: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
 
 

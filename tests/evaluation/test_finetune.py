@@ -3,7 +3,7 @@ import torch
 
 from hybridssl.data.sources import DataInfo
 from hybridssl.evaluation.features import encoder_features
-from hybridssl.evaluation.finetune import FinetuneSettings, finetune, with_drop_path
+from hybridssl.evaluation.finetune import FinetuneSettings, Progress, finetune, with_drop_path
 from hybridssl.evaluation.linear import ProbeSettings, linear_probe_accuracy
 from hybridssl.nn.vit import ViT, ViTConfig
 from tests.conftest import toy_images
@@ -57,3 +57,52 @@ def test_drop_path_rebuild_keeps_the_weights():
     assert rebuilt.cfg.drop_path == 0.1 and encoder.cfg.drop_path == 0.0
     assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in encoder.state_dict().items())
     assert rebuilt.blocks[-1].drop_path1.drop_prob == 0.1
+
+
+def test_a_killed_finetune_resumes_after_its_last_epoch_with_the_uninterrupted_result(tmp_path, monkeypatch):
+    (xtr, ytr), (xte, yte) = toy(96, 0), toy(32, 1)
+    settings = FinetuneSettings(epochs=3, batch_size=32, base_lr=3e-2, drop_path=0.1)  # crops, flips, drop-path: random
+    args = (xtr, ytr, xte, yte, INFO, 4, "mean_patch", settings, 0)
+    whole = finetune(blind_encoder(), *args)
+
+    saves: list[int] = []
+    original = Progress.save
+
+    def counted(self, state, kill_at=None):
+        original(self, state)
+        saves.append(state["epochs_done"])
+        if state["epochs_done"] == kill_at:
+            raise KeyboardInterrupt
+
+    progress = Progress(tmp_path / "progress.pt", "run")
+    monkeypatch.setattr(Progress, "save", lambda self, state: counted(self, state, kill_at=2))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(blind_encoder(), *args, progress=progress)
+    assert saves == [1, 2] and progress.path.is_file()
+    monkeypatch.setattr(Progress, "save", lambda self, state: counted(self, state))
+    saves.clear()
+    resumed = finetune(blind_encoder(), *args, progress=progress)
+    assert saves == [3], "epochs 1 and 2 are not trained again"
+    assert (resumed.final_train_loss, resumed.test_top1, resumed.steps) == (whole.final_train_loss, whole.test_top1, whole.steps)
+    assert resumed.resumed_after_epoch == 2 and whole.resumed_after_epoch == 0
+
+    # killed after the last epoch (during the test pass): no epoch is trained again
+    saves.clear()
+    again = finetune(blind_encoder(), *args, progress=progress)
+    assert saves == [] and again.test_top1 == whole.test_top1 and again.resumed_after_epoch == 3
+
+
+def test_a_state_of_other_settings_or_an_unreadable_one_is_not_used(tmp_path, monkeypatch):
+    (xtr, ytr), (xte, yte) = toy(96, 0), toy(32, 1)
+    settings = FinetuneSettings(epochs=2, batch_size=32, base_lr=3e-2, drop_path=0.1)
+    whole = finetune(blind_encoder(), xtr, ytr, xte, yte, INFO, 4, "mean_patch", settings, 0)
+    path = tmp_path / "progress.pt"
+    other = settings.model_copy(update={"base_lr": 1e-2, "epochs": 1})
+    finetune(blind_encoder(), xtr, ytr, xte, yte, INFO, 4, "mean_patch", other, 0, progress=Progress(path, "other"))
+    assert path.is_file()
+    fresh = finetune(blind_encoder(), xtr, ytr, xte, yte, INFO, 4, "mean_patch", settings, 0, progress=Progress(path, "run"))
+    assert fresh.resumed_after_epoch == 0 and fresh.final_train_loss == whole.final_train_loss
+    path.write_bytes(b"torn")
+    with pytest.warns(UserWarning, match="unreadable progress file"):
+        torn = finetune(blind_encoder(), xtr, ytr, xte, yte, INFO, 4, "mean_patch", settings, 0, progress=Progress(path, "run"))
+    assert torn.resumed_after_epoch == 0 and torn.final_train_loss == whole.final_train_loss

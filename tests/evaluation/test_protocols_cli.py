@@ -86,3 +86,31 @@ def test_validation_measures_on_a_train_holdout_and_never_reads_the_test_split(e
     assert 18 <= r["test_size"] <= 22, "10% of each class (rounded per class)"
     train, held = seen[0]
     assert not (train.unsqueeze(1) == held.unsqueeze(0)).all(-1).any(), "no held-out image is among the train features"
+
+
+def test_a_killed_finetune_evaluation_resumes_from_its_output_folder(evaluate, tmp_path, monkeypatch, capsys):
+    from hybridssl.evaluation.finetune import Progress
+
+    original = Progress.save
+
+    def killed(self, state):
+        original(self, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Progress, "save", killed)
+    assert evaluate("--protocol", "finetune", "--epochs", "2") == 130
+    assert "run the same command again" in capsys.readouterr().err
+    saved = list((tmp_path / "finetune-progress").glob("*.pt"))
+    assert len(saved) == 1 and not (tmp_path / "results.jsonl").exists()
+    monkeypatch.setattr(Progress, "save", original)
+    assert evaluate("--protocol", "finetune", "--epochs", "2") == 0
+    assert "resuming after epoch 1 of 2" in capsys.readouterr().err
+    (row,) = rows(tmp_path)
+    assert row["protocol"] == "finetune" and row["resumed_after_epoch"] == 1 and row["finetune_seconds"] > 0
+    assert not saved[0].exists(), "the state goes once the row is written"
+    # other settings are another fine-tune: it starts from the beginning
+    monkeypatch.setattr(Progress, "save", killed)
+    assert evaluate("--protocol", "finetune", "--epochs", "2") == 130
+    monkeypatch.setattr(Progress, "save", original)
+    assert evaluate("--protocol", "finetune", "--epochs", "2", "--set", "finetune.layer_decay=0.5") == 0
+    assert "resuming" not in capsys.readouterr().err and "resumed_after_epoch" not in rows(tmp_path)[-1]

@@ -12,18 +12,29 @@ stem), 50 epochs, batch 128, base lr 1e-3, and crop + flip only (the heavy regul
 schedules to pay off). Drop-path 0.1, label smoothing 0.1, weight decay 0.05 and betas (0.9, 0.999)
 are the papers' values. The reported number is the test top-1 after the last epoch (never the best
 epoch: that would select on the test set).
+
+Fine-tuning a large encoder takes hours, so it can resume: given a `Progress` (a file and a key), the
+whole state (weights, optimizer, schedule, the batch order's and the augmentation's random generators)
+is written there atomically after every epoch, and a later call with the same file and key continues
+after the last finished epoch (on CPU with the result of an uninterrupted run, bit for bit). A file
+with another key, or one that cannot be read, is not used. The caller removes the file once the
+result is stored: a kill between the last epoch and that point costs only the test pass.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
+from hybridssl.files import atomic_write
 from hybridssl.settings import StrictModel
 from hybridssl.data.sources import DataInfo
 from hybridssl.data.views import crop_flip, identity, to_unit
@@ -71,7 +82,8 @@ class FinetuneResult:
     final_train_loss: float
     steps: int
     lr: float
-    seconds: float
+    seconds: float  # over every session of a resumed fine-tune
+    resumed_after_epoch: int = 0  # 0: not resumed
 
 
 def with_drop_path(encoder: ViT, drop_path: float) -> ViT:
@@ -93,6 +105,29 @@ def classifier_accuracy(model: nn.Module, images: Tensor, labels: Tensor, info: 
     return 100.0 * correct / len(images)
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a resumable fine-tune keeps its state, and what must match for the state to be used."""
+
+    path: Path
+    key: str
+
+    def load(self) -> dict | None:
+        """The saved state, or None when there is none for this key (an unreadable file, e.g. of an older
+        version, is reported and not used: the fine-tune starts over and overwrites it)."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a torn or foreign file: torch raises many types
+            warnings.warn(f"finetune: ignoring unreadable progress file {self.path} ({exc})", stacklevel=3)
+            return None
+        return state if isinstance(state, dict) and state.get("key") == self.key else None
+
+    def save(self, state: dict) -> None:
+        atomic_write(self.path, lambda f: torch.save({**state, "key": self.key}, f), unique=True)
+
+
 def finetune(
     encoder: ViT,
     train_images: Tensor,
@@ -105,8 +140,10 @@ def finetune(
     settings: FinetuneSettings = FinetuneSettings(),
     seed: int = 0,
     device: str | torch.device = "cpu",
+    progress: Progress | None = None,
 ) -> FinetuneResult:
-    """Fine-tunes a copy of `encoder` (uint8 images in, the caller's encoder untouched) and tests it."""
+    """Fine-tunes a copy of `encoder` (uint8 images in, the caller's encoder untouched) and tests it;
+    resumable through `progress` (module docstring)."""
     start = time.perf_counter()
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -123,8 +160,18 @@ def finetune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(total, warmup, settings.min_lr_fraction))
     augment = crop_flip(info, num_views=1, scale=settings.crop_scale)
     images, labels = train_images.to(device), train_labels.to(device)
-    loss = torch.zeros(())
-    for _ in range(settings.epochs):
+    loss, first_epoch, earlier_seconds = torch.zeros(()), 0, 0.0
+    if progress is not None and (saved := progress.load()) is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"])
+        if device.type == "cuda" and "cuda_rng" in saved:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        loss, first_epoch, earlier_seconds = saved["loss"], saved["epochs_done"], saved["seconds"]
+        print(f"finetune: resuming after epoch {first_epoch} of {settings.epochs} ({progress.path})", file=sys.stderr, flush=True)
+    for epoch in range(first_epoch, settings.epochs):
         model.train()
         for idx in epoch_batches(len(images), settings.batch_size, generator):
             idx = idx.to(device)
@@ -138,5 +185,13 @@ def finetune(
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
             scheduler.step()
+        if progress is not None:
+            print(f"finetune: epoch {epoch + 1}/{settings.epochs}, train loss {loss.item():.4f}", file=sys.stderr, flush=True)
+            progress.save({
+                "epochs_done": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                "loss": loss.detach().cpu(), "seconds": earlier_seconds + time.perf_counter() - start,
+            })  # fmt: skip
     top1 = classifier_accuracy(model, test_images, test_labels, info, settings.eval_batch_size, device)
-    return FinetuneResult(top1, float(loss.item()), total, lr, time.perf_counter() - start)
+    return FinetuneResult(top1, float(loss.item()), total, lr, earlier_seconds + time.perf_counter() - start, first_epoch)

@@ -9,6 +9,8 @@ its row alone. Settings are validated before any feature is computed; errors nam
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,7 +27,8 @@ from hybridssl.engine.checkpoints import TrainedEncoder
 from hybridssl.engine.starting_points import load_start_encoder
 from hybridssl.evaluation.clustering import ClusteringSettings, clustering_metrics
 from hybridssl.evaluation.data import EvalData, eval_split, features_and_labels, in_memory, with_classes_of
-from hybridssl.evaluation.finetune import FinetuneSettings, finetune
+from hybridssl import __version__
+from hybridssl.evaluation.finetune import FinetuneResult, FinetuneSettings, Progress, finetune
 from hybridssl.evaluation.knn import knn_accuracy
 from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_probe_sweep, train_linear_probe
 from hybridssl.evaluation.lowshot import LowshotSettings, lowshot_trials
@@ -111,10 +114,20 @@ def resolve_settings(req: EvalRequest, protocols: list[str]) -> dict[str, BaseMo
     return resolved
 
 
+def file_stamp(path: Path) -> tuple[str, int, int] | None:
+    """Path, size and modification time; None when it cannot be read (loading it reports why)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
 class EvalContext:
     """The images, encoder and (lazily) the frozen features that the protocols share."""
 
     def __init__(self, req: EvalRequest) -> None:
+        self.checkpoint_stamp = file_stamp(req.checkpoint)  # before loading: what a fine-tune's progress is keyed to
         self.encoder, self.info, self.config, trained_pooling = encoder_for(req)
         # the dataset (and its folder) the checkpoint was trained on, unless told otherwise
         trained_on = self.config.get("dataset")
@@ -136,6 +149,7 @@ class EvalContext:
         self.pixels = req.encoder_kind == "raw-pixels"
         self.pooling: str = "none" if self.pixels else req.pooling or trained_pooling
         self.feature_seconds = 0.0
+        self.stored_progress: list[Progress] = []  # fine-tune states to remove once their rows are written
 
     @cached_property
     def num_classes(self) -> int:
@@ -173,13 +187,33 @@ class EvalContext:
     def test_labels(self) -> Tensor:
         return self._test[1]
 
-    def finetune(self, settings: FinetuneSettings, train_idx: Tensor | None = None, seed: int | None = None):
+    def finetune(self, settings: FinetuneSettings, train_idx: Tensor | None = None, seed: int | None = None,
+                 resumable: bool = False) -> FinetuneResult:  # fmt: skip
         train, test = in_memory(self.train, "finetune train split"), in_memory(self.test, "finetune test split")
         images, labels = train.images, train.labels
         if train_idx is not None:
             images, labels = images[train_idx], labels[train_idx]
-        return finetune(self.encoder, images, labels, test.images, test.labels, self.info, self.num_classes,
-                        self.pooling, settings, self.req.seed if seed is None else seed, self.device)  # type: ignore[arg-type]  # fmt: skip
+        progress = self.finetune_progress(settings) if resumable else None
+        result = finetune(self.encoder, images, labels, test.images, test.labels, self.info, self.num_classes,
+                          self.pooling, settings, self.req.seed if seed is None else seed, self.device, progress)  # type: ignore[arg-type]  # fmt: skip
+        if progress is not None:
+            self.stored_progress.append(progress)
+        return result
+
+    def finetune_progress(self, settings: FinetuneSettings) -> Progress:
+        """Where a fine-tune of this request keeps its resumable state, keyed by everything that decides
+        it: the checkpoint as loaded (path, size, modification time), the encoder kind, the data, every
+        setting, the device type and the library's version."""
+        req = self.req
+        key = json.dumps({
+            "checkpoint": self.checkpoint_stamp, "encoder": req.encoder_kind,
+            "dataset": req.dataset, "data_dir": str(req.data_dir), "eval_data_dir": str(req.eval_data_dir),
+            "split": req.split, "limit_train": req.limit_train, "limit_test": req.limit_test,
+            "image_size": req.image_size, "train_size": len(self.train), "test_size": len(self.test),
+            "pooling": self.pooling, "seed": req.seed, "settings": settings.to_dict(),
+            "device": self.device.type, "version": __version__,
+        }, sort_keys=True)  # fmt: skip
+        return Progress(req.output / "finetune-progress" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt", key)
 
 
 Row = dict[str, Any]
@@ -217,9 +251,11 @@ def finetune_record(s: FinetuneSettings) -> dict[str, Any]:
 
 
 def run_finetune(ctx: EvalContext, s: FinetuneSettings) -> list[Row]:
-    result = ctx.finetune(s)
+    result = ctx.finetune(s, resumable=True)
     record = {**finetune_record(s), "steps": result.steps, "lr": result.lr}
-    return [{"settings": record, "metric": "top1", "value": result.test_top1, "final_train_loss": result.final_train_loss}]
+    resumed = {"resumed_after_epoch": result.resumed_after_epoch, "finetune_seconds": round(result.seconds, 2)}
+    return [{"settings": record, "metric": "top1", "value": result.test_top1, "final_train_loss": result.final_train_loss,
+             **(resumed if result.resumed_after_epoch else {})}]  # fmt: skip
 
 
 def run_clustering(ctx: EvalContext, s: ClusteringSettings) -> list[Row]:
@@ -308,6 +344,9 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
         rows = RUNNERS[protocol](ctx, settings)
         timing = {"feature_seconds": round(ctx.feature_seconds - features_before, 2), "wall_seconds": round(time.perf_counter() - start, 2)}
         written += [append_result(req.output, {**base, "protocol": protocol, **row, **timing}) for row in rows]
+        for progress in ctx.stored_progress:  # its result is stored: the state is no longer needed
+            progress.path.unlink(missing_ok=True)
+        ctx.stored_progress.clear()
     return written
 
 
