@@ -53,7 +53,8 @@ def test_report_holds_curves_reconstructions_embedding_and_the_results_table(rep
     run, path = reported_run
     page = path.read_text()
     assert path == run / "report.html"
-    assert len(images_in(page)) == 3, "curves, reconstruction grid, embedding map"
+    assert len(images_in(page)) == 4, "curves, reconstruction grid, embedding map, results figure"
+    assert "against the floors" in page
     for words in ("learning curves", "masked reconstructions", "t-SNE", "coloured by class", "config.yaml"):
         assert words in page
     table = page[page.index('<table class="results">') : page.index("</table>")]
@@ -103,7 +104,7 @@ def test_report_renders_in_headless_chromium_without_console_errors(reported_run
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
     assert console == [], console
     dom = done.stdout
-    assert 'data-images="3"' in dom and 'data-broken="0"' in dom
+    assert 'data-images="4"' in dom and 'data-broken="0"' in dom
     assert '<table class="results">' in dom and "cluster_accuracy" in dom
 
 

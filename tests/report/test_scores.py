@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hybridssl.report.scores import scores_figure, scores_png
+from hybridssl.report.scores import probe_scores, scores_figure, scores_png
 
 
 def dots(fig) -> dict[tuple[str, float], float]:
@@ -43,3 +43,15 @@ def test_every_measured_value_is_a_dot_on_its_encoders_row_and_floors_are_lines(
 def test_nothing_measured_draws_nothing_and_a_figure_is_a_png():
     assert scores_png([]) is None and scores_png([("mae", {"k-NN": None})]) is None
     assert scores_png([("mae", {"k-NN": 80.0})], [("raw pixels", {"k-NN": 85.0})]).startswith(b"\x89PNG")
+
+
+def test_probe_scores_take_the_k_nearest_20_and_the_latest_row():
+    def knn(k, value):
+        return {"protocol": "knn", "settings": {"k": k}, "value": value}
+
+    rows = [knn(10, 70.0), knn(200, 60.0), knn(20, 71.0), {"protocol": "linear", "value": 80.0},
+            knn(20, 72.0), {"protocol": "linear", "value": 81.0}, {"protocol": "clustering", "value": 50.0}]  # fmt: skip
+    assert probe_scores(rows) == {"k-NN (k=20)": 72.0, "linear": 81.0}
+    assert probe_scores([knn(10, 70.0), knn(200, 60.0)]) == {"k-NN (k=10)": 70.0, "linear": None}
+    assert probe_scores([{"protocol": "knn", "value": 5.0}]) == {"k-NN": 5.0, "linear": None}, "a row without k"
+    assert probe_scores([]) == {"k-NN": None, "linear": None}

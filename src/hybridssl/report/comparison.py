@@ -122,16 +122,10 @@ def tables(all_entries: list[dict[str, Any]]) -> dict[str, tuple[list[str], list
 
 
 def probes_png(all_entries: list[dict[str, Any]]) -> bytes | None:
-    from hybridssl.report.scores import scores_png
+    from hybridssl.report.scores import probe_scores, scores_png
 
-    pickers = dict(MAIN)
-
-    def probes(e: dict[str, Any]) -> dict[str, float | None]:
-        cells = {name: pickers[name](e["rows"]) for name in ("k-NN", "linear")}
-        return {name: None if cell is None else cell.get("value") for name, cell in cells.items()}
-
-    methods = [(e["name"], probes(e)) for e in all_entries if e["kind"] == "method"]
-    floors = [(e["name"] + (f", {pooling_of(e)}" if e["kind"] == "random-init" else ""), probes(e))
+    methods = [(e["name"], probe_scores(e["rows"])) for e in all_entries if e["kind"] == "method"]
+    floors = [(e["name"] + (f", {pooling_of(e)}" if e["kind"] == "random-init" else ""), probe_scores(e["rows"]))
               for e in all_entries if e["kind"] != "method"]  # fmt: skip
     return scores_png(methods, floors)
 

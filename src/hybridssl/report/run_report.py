@@ -24,6 +24,7 @@ from hybridssl.engine.stages import STAGES_FILE
 from hybridssl.files import atomic_write_text
 from hybridssl.report import html as H
 from hybridssl.report.curves import curves_png, read_metrics
+from hybridssl.report.scores import probe_scores, scores_png
 
 PROTOCOL_ORDER = ("knn", "linear", "finetune", "lowshot", "clustering")
 ENCODER_ORDER = ("trained", "random-init", "raw-pixels")
@@ -235,6 +236,23 @@ def results_table(rows: list[dict[str, Any]], run_dir: Path | None = None) -> H.
     return H.table(headers, body, class_="results")
 
 
+def results_figure(rows: list[dict[str, Any]], run_dir: Path) -> bytes | None:
+    """The results as one dot plot: every trained checkpoint's k-NN and linear probe against the floors."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r.get("encoder", ""), r.get("checkpoint", ""), r.get("pooling", "")), []).append(r)
+    trained, floors = [], []
+    for (kind, checkpoint, pooling), found in groups.items():
+        path = Path(checkpoint)
+        if path.is_absolute() and path.is_relative_to(run_dir.resolve()):
+            path = path.relative_to(run_dir.resolve())
+        if kind == "trained":
+            trained.append((f"{found[0].get('method', '')} ({path})", probe_scores(found)))
+        else:
+            floors.append((f"{kind.replace('-', ' ')}, {pooling}" if kind == "random-init" else kind.replace("-", " "), probe_scores(found)))
+    return scores_png(trained, floors)
+
+
 def write_report(run_dir: Path, output: Path | None = None, options: ReportOptions | None = None) -> Path:
     from hybridssl.evaluation.results import read_results
 
@@ -253,6 +271,8 @@ def write_report(run_dir: Path, output: Path | None = None, options: ReportOptio
     if not stages and not rows:
         body.append(H.tag("p", "no config.yaml and no results.jsonl found in this folder", class_="note"))
     body += [H.tag("h2", "results"), results_table(rows, run_dir) if rows else H.tag("p", "no results.jsonl yet", class_="note")]
+    if rows and (png := results_figure(rows, run_dir)) is not None:
+        body.append(H.figure(png, "k-NN and linear probe of each checkpoint (dots) against the floors (lines)"))
     start = starting_point(stages, run_dir) if options.pictures else None
     if start is not None:
         c = start.config

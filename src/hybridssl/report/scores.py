@@ -18,6 +18,21 @@ Scores = Mapping[str, float | None]  # protocol name -> test top-1 %, None when 
 FLOOR_STYLES = ("--", ":", "-.")
 
 
+def probe_scores(rows: Sequence[Mapping]) -> dict[str, float | None]:
+    """k-NN (the k closest to 20, the small-data default) and linear probe of one encoder's result rows
+    (results.jsonl); the latest row counts when a protocol was measured twice."""
+    def k_of(row: Mapping) -> int | None:
+        return (row.get("settings") or {}).get("k")
+
+    knn = [r for r in rows if r.get("protocol") == "knn"]
+    linear = [r for r in rows if r.get("protocol") == "linear"]
+    k = min((k_of(r) for r in knn if k_of(r) is not None), key=lambda k: (abs(k - 20), k), default=None)
+    return {
+        "k-NN" if k is None else f"k-NN (k={k})": next((r.get("value") for r in reversed(knn) if k_of(r) == k), None),
+        "linear": linear[-1].get("value") if linear else None,
+    }
+
+
 def scores_png(encoders: Sequence[tuple[str, Scores]], floors: Sequence[tuple[str, Scores]] = (), title: str = "") -> bytes | None:
     """The figure as PNG bytes; None when nothing was measured."""
     fig = scores_figure(encoders, floors, title)
