@@ -2,11 +2,11 @@
 
     python benchmarks/flagship_table.py runs/flagship [--figure docs/figures/results-real-budgets.png]
 
-Reads OUT/{mae,mae-ct,floors}/results.jsonl (and OUT/mae-ct-tune8/, the longer tuning, when present) and OUT/log.txt (the stage start times) written by
-benchmarks/flagship_mae_ct.sh, and OUT/rows/<method>/{results.jsonl,log.txt} of
-benchmarks/results_row.sh, and prints one markdown row per encoder: k-NN (k=20), linear probe,
-fine-tuning (benchmarks/flagship_finetune.sh), k-means cluster accuracy and NMI, and the linear probe on
-1% and 10% of the labels (mean of the seeds). --figure also draws k-NN and linear probe of every
+Reads OUT/{mae,mae-ct,floors}/results.jsonl (and OUT/mae-ct-tune8/, the longer tuning, when present)
+and OUT/log.txt (the stage start times) written by benchmarks/flagship_mae_ct.sh, and
+OUT/rows/<method>/{results.jsonl,log.txt} of benchmarks/results_row.sh, and prints one markdown row per
+encoder: k-NN (k=20), linear probe, fine-tuning (benchmarks/flagship_finetune.sh), k-means cluster
+accuracy and NMI, and the linear probe on 1% and 10% of the labels (mean of the seeds). --figure also draws k-NN and linear probe of every
 measured encoder against the floors (hybridssl.report.scores).
 """
 
