@@ -69,7 +69,7 @@ def main(out: Path, figure: Path | None = None) -> None:
         ("MAE (paper recipe)", rows(out / "mae" / "results.jsonl"), "trained"),
         ("MAE-CT (from that MAE)", rows(out / "mae-ct" / "results.jsonl"), "trained"),
         *((("MAE-CT, tune 8 epochs", rows(longer), "trained"),) if (longer := out / "mae-ct-tune8" / "results.jsonl").is_file() else ()),
-        *((f"{row.name} (small-image recipe)", rows(row / "results.jsonl"), "trained")
+        *((f"{row.name} ({'on the mae row' if row.name.startswith('mae-ct') else 'small-image recipe'})", rows(row / "results.jsonl"), "trained")
           for row in sorted((out / "rows").glob("*"))),
         ("random init (same ViT)", rows(out / "floors" / "results.jsonl"), "random-init"),
         ("raw pixels", rows(out / "floors" / "results.jsonl"), "raw-pixels"),
