@@ -22,15 +22,10 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def value(results: list[dict], encoder: str, protocol: str, **match) -> float | None:
+def pick(results: list[dict], encoder: str, protocol: str, **match) -> str:
     found = [r for r in results if r["encoder"] == encoder and r["protocol"] == protocol
              and all(r.get(k, r.get("settings", {}).get(k)) == v for k, v in match.items())]  # fmt: skip
-    return found[-1]["value"] if found else None
-
-
-def pick(results: list[dict], encoder: str, protocol: str, **match) -> str:
-    found = value(results, encoder, protocol, **match)
-    return "–" if found is None else f"{found:.2f}"
+    return f"{found[-1]['value']:.2f}" if found else "–"
 
 
 def stage_minutes(log: Path) -> dict[str, float]:
@@ -47,12 +42,11 @@ def stage_minutes(log: Path) -> dict[str, float]:
     return minutes
 
 
-def probes(results: list[dict], kind: str) -> dict[str, float | None]:
-    return {"k-NN (k=20)": value(results, kind, "knn", k=20), "linear": value(results, kind, "linear")}
-
-
 def draw(encoders: list[tuple[str, list[dict], str]], path: Path) -> None:
-    from hybridssl.report.scores import scores_png
+    from hybridssl.report.scores import probe_scores, scores_png
+
+    def probes(results: list[dict], kind: str) -> dict[str, float | None]:
+        return probe_scores([r for r in results if r["encoder"] == kind])
 
     trained = [(name, probes(results, kind)) for name, results, kind in encoders if kind == "trained"]
     floors = [(name, probes(results, kind)) for name, results, kind in encoders if kind != "trained"]

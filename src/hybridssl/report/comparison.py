@@ -15,6 +15,7 @@ from typing import Any
 
 from hybridssl.files import atomic_write_text
 from hybridssl.evaluation.results import machine, read_results
+from hybridssl.report.scores import probe_scores, scores_png
 
 Row = dict[str, Any]
 Cell = Row | None
@@ -122,8 +123,6 @@ def tables(all_entries: list[dict[str, Any]]) -> dict[str, tuple[list[str], list
 
 
 def probes_png(all_entries: list[dict[str, Any]]) -> bytes | None:
-    from hybridssl.report.scores import probe_scores, scores_png
-
     methods = [(e["name"], probe_scores(e["rows"])) for e in all_entries if e["kind"] == "method"]
     floors = [(e["name"] + (f", {pooling_of(e)}" if e["kind"] == "random-init" else ""), probe_scores(e["rows"]))
               for e in all_entries if e["kind"] != "method"]  # fmt: skip
