@@ -70,6 +70,7 @@ def main(out: Path, figure: Path | None = None) -> None:
     ]
     print("| encoder | pooling | k-NN (k=20) | linear | fine-tune | cluster acc | NMI | linear 1% | linear 10% |")
     print("|---|---|---|---|---|---|---|---|---|")
+    encoders = [(name, results, kind) for name, results, kind in encoders if any(r["encoder"] == kind for r in results)]
     for name, results, kind in encoders:
         pooling = next((r["pooling"] for r in results if r["encoder"] == kind), "–")
         print(f"| {name} | {pooling} | {pick(results, kind, 'knn', k=20)} | {pick(results, kind, 'linear')} | "

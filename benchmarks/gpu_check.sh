@@ -1,6 +1,8 @@
 #!/bin/sh
 # The ready GPU check: one run on a CUDA machine that answers "does hybridssl work and how fast is it here".
 #   sh benchmarks/gpu_check.sh [OUT_DIR]            (default OUT_DIR: runs/gpu-check)
+# On the `device` tool's machine (no kornia or pydantic there): `. benchmarks/device_env.sh && sh benchmarks/gpu_check.sh`
+# with .device-bundle carried (benchmarks/device_bundle.sh makes it here).
 # Steps: (a) nvidia-smi, torch/CUDA versions and the measured bf16 matmul peak; (b) `pytest -m cuda`
 # (exit 5, "no tests ran", is fine); (c) the training step of every method at vit-base/16, 224 px,
 # batch 128, bf16 (img/s, MFU against the measured peak, peak memory); (d) a 4096-JPEG photo folder

@@ -1,0 +1,60 @@
+"""benchmarks/results_gpu.py: the epochs it fits into the time given, and (slow) its toy run on the CPU,
+so the one-call GPU results table cannot rot between the sessions that are lent a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "results_gpu.py"
+
+
+def script():
+    spec = importlib.util.spec_from_file_location("results_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_epochs_fit_the_slowest_row() -> None:
+    rg = script()
+    # 60k images at 1,000 img/s: 60 s x 1.3 overhead = 78 s per epoch; 10 minutes hold 7 of them
+    rates = {"simclr": 1000.0, "can": 4000.0}
+    assert rg.choose_epochs(rates, minutes=10, max_epochs=100, images=60_000) == 7
+    assert rg.choose_epochs(rates, minutes=10, max_epochs=5, images=60_000) == 5
+    assert rg.choose_epochs(rates, minutes=0.1, max_epochs=100, images=60_000) == 1
+
+
+def test_the_mae_row_holds_its_mae_ct_stages() -> None:
+    rg = script()
+    rates = {"mae": 6000.0, "mae-ct": 2000.0}  # 13 s per MAE epoch, 39 s per MAE-CT epoch
+    stages = rg.MAE_CT_EPOCHS * 60_000 / 2000 * rg.OVERHEAD
+    expected = int((600 - stages) // (60_000 / 6000 * rg.OVERHEAD))
+    assert rg.choose_epochs(rates, minutes=10, max_epochs=1000, images=60_000) == expected
+    assert expected < 600 // (60_000 / 6000 * rg.OVERHEAD)  # without the stages more would fit
+
+
+@pytest.mark.slow
+def test_toy_run_writes_the_whole_table(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+    env.pop("HYBRIDSSL", None)
+    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--toy", "--rows", "mae,simclr", "--finetune-epochs", "1"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["epochs"] == 1 and set(plan["images_per_second"]) == {"mae", "simclr", "mae-ct"}
+    lines = [line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| ")][1:]  # below the header
+    table = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in lines}
+    assert set(table) == {"mae (small-image recipe)", "mae-ct (on the mae row)", "simclr (small-image recipe)",
+                          "random init (same ViT)", "raw pixels"}  # fmt: skip
+    for name, cells in table.items():  # k-NN, linear and (not for raw pixels) fine-tune measured
+        assert all(c != "–" for c in cells[2:4]), name
+        assert (cells[4] == "–") == (name == "raw pixels"), name
+    assert (tmp_path / "results.png").stat().st_size > 0
