@@ -130,6 +130,8 @@ def add_evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", required=True, help="knn, linear, finetune, lowshot, clustering or all")
     add_encoder_args(p)
     p.add_argument("--output", type=Path, required=True, help="folder whose results.jsonl gets the results")
+    p.add_argument("--again", action="store_true",
+                   help="measure a protocol even when results.jsonl holds it for the same checkpoint, data and settings")
 
 
 def add_encoder_args(p: argparse.ArgumentParser, floors: bool = True, set_flag: str = "--set", epochs_flag: str = "--epochs") -> None:
@@ -211,7 +213,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     kind = "random-init" if args.random_init else "raw-pixels" if args.raw_pixels else "trained"
     req = EvalRequest(checkpoint=args.checkpoint, dataset=args.dataset, protocol=args.protocol, output=args.output,
-                      encoder_kind=kind, image_size=positive("image_size", args.image_size), **eval_request_args(args))  # fmt: skip
+                      encoder_kind=kind, image_size=positive("image_size", args.image_size), again=args.again,
+                      **eval_request_args(args))  # fmt: skip
     for r in evaluate(req):
         print(describe(r))
     print(f"hybridssl: results appended to {args.output / 'results.jsonl'}")
@@ -393,8 +396,8 @@ def preload_tcmalloc() -> None:
 
 RESUME_HINTS = {
     "pretrain": "resume with --resume",
-    "evaluate": "run the same command again: a fine-tune continues after its last finished epoch; "
-    "rows already written stay, and the protocols that had finished run again",
+    "evaluate": "run the same command again: the protocols that had finished are kept, not run again, "
+    "and a fine-tune continues after its last finished epoch",
     "compare": "run the same command again: finished runs and evaluations are kept",
 }
 

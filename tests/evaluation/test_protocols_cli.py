@@ -109,8 +109,53 @@ def test_a_killed_finetune_evaluation_resumes_from_its_output_folder(evaluate, t
     assert row["protocol"] == "finetune" and row["resumed_after_epoch"] == 1 and row["finetune_seconds"] > 0
     assert not saved[0].exists(), "the state goes once the row is written"
     # other settings are another fine-tune: it starts from the beginning
+    assert evaluate("--protocol", "finetune", "--epochs", "2") == 0 and len(rows(tmp_path)) == 1, "measured: kept"
     monkeypatch.setattr(Progress, "save", killed)
-    assert evaluate("--protocol", "finetune", "--epochs", "2") == 130
+    assert evaluate("--protocol", "finetune", "--epochs", "2", "--again") == 130
     monkeypatch.setattr(Progress, "save", original)
     assert evaluate("--protocol", "finetune", "--epochs", "2", "--set", "finetune.layer_decay=0.5") == 0
     assert "resuming" not in capsys.readouterr().err and "resumed_after_epoch" not in rows(tmp_path)[-1]
+
+
+def test_a_rerun_measures_only_what_results_do_not_hold(evaluate, tmp_path, capsys, monkeypatch):
+    import hybridssl.evaluation.run as run
+
+    assert evaluate("--protocol", "knn") == 0
+    first = rows(tmp_path)
+    assert len(first) == 3 and len({r["measurement"] for r in first}) == 1
+    capsys.readouterr()
+    calls = []
+    real_knn, real_linear = run.RUNNERS["knn"], run.RUNNERS["linear"]
+    monkeypatch.setitem(run.RUNNERS, "knn", lambda ctx, s: calls.append("knn") or real_knn(ctx, s))
+    monkeypatch.setitem(run.RUNNERS, "linear", lambda ctx, s: calls.append("linear") or real_linear(ctx, s))
+    assert evaluate("--protocol", "all", "--raw-pixels") == 0 and calls.count("knn") == 1  # another encoder kind
+    calls.clear()
+    capsys.readouterr()
+    # knn is kept (its rows printed again, not appended); linear, new, is measured
+    assert evaluate("--protocol", "knn") == 0 and evaluate("--protocol", "linear") == 0
+    assert calls == ["linear"]
+    out, err = capsys.readouterr()
+    assert "knn: already measured" in err and out.count("knn ") == 3
+    mine = [r for r in rows(tmp_path) if r["encoder"] == "trained"]
+    assert [r["protocol"] for r in mine] == ["knn"] * 3 + ["linear"]
+    # another setting, another seed, --again, or a rewritten checkpoint: measured again
+    assert evaluate("--protocol", "knn", "--k", "5") == 0 and calls == ["linear", "knn"]
+    assert evaluate("--protocol", "knn", "--seed", "1") == 0 and calls.count("knn") == 2
+    assert evaluate("--protocol", "knn", "--again") == 0 and calls.count("knn") == 3
+    assert len({r["measurement"] for r in rows(tmp_path) if r["protocol"] == "knn" and r["encoder"] == "trained"}) == 3
+
+
+def test_the_measurement_key_follows_the_checkpoint_file(tiny_mae_run, fmnist_dir, tmp_path):
+    import os
+
+    from hybridssl.evaluation.run import EvalContext, EvalRequest, resolve_settings
+
+    ckpt = tmp_path / "copy.ckpt"
+    ckpt.write_bytes((tiny_mae_run / "checkpoints" / "last.ckpt").read_bytes())
+    req = EvalRequest(checkpoint=ckpt, dataset=None, protocol="knn", output=tmp_path, data_dir=fmnist_dir, limit_train=64, limit_test=32)
+    settings = resolve_settings(req, ["knn", "lowshot"])
+    key = EvalContext(req).measurement("knn", settings)
+    assert EvalContext(req).measurement("knn", settings) == key
+    assert EvalContext(req).measurement("lowshot", settings) != key
+    os.utime(ckpt, ns=(0, 10**18))  # retrained in place: another file
+    assert EvalContext(req).measurement("knn", settings) != key

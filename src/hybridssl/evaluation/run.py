@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,7 @@ from hybridssl.evaluation.finetune import FinetuneResult, FinetuneSettings, Prog
 from hybridssl.evaluation.knn import knn_accuracy
 from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_probe_sweep, train_linear_probe
 from hybridssl.evaluation.lowshot import LowshotSettings, lowshot_trials
-from hybridssl.evaluation.results import append_result
+from hybridssl.evaluation.results import RESULTS, append_result, read_results
 from hybridssl.evaluation.subsets import stratified_holdout
 from hybridssl.nn.vit import ViT, Pooling
 
@@ -62,6 +63,7 @@ class EvalRequest:
     # "validation": a class-stratified seeded share of the train split stands in for the test split (the
     # rest is the train split), so settings are chosen without ever reading the test images
     split: Literal["test", "validation"] = "test"
+    again: bool = False  # measure even what results.jsonl already holds for the same checkpoint, data and settings
 
 
 VALIDATION_FRACTION = 0.1
@@ -200,20 +202,34 @@ class EvalContext:
             self.stored_progress.append(progress)
         return result
 
-    def finetune_progress(self, settings: FinetuneSettings) -> Progress:
-        """Where a fine-tune of this request keeps its resumable state, keyed by everything that decides
-        it: the checkpoint as loaded (path, size, modification time), the encoder kind, the data, every
-        setting, the device type and the library's version."""
+    def identity(self) -> dict[str, Any]:
+        """What decides every protocol's numbers besides its settings: the checkpoint as loaded (path, size,
+        modification time), the encoder kind, the data, the pooling, the seed and the library's version."""
         req = self.req
-        key = json.dumps({
+        return {
             "checkpoint": self.checkpoint_stamp, "encoder": req.encoder_kind,
             "dataset": req.dataset, "data_dir": str(req.data_dir), "eval_data_dir": str(req.eval_data_dir),
             "split": req.split, "limit_train": req.limit_train, "limit_test": req.limit_test,
             "image_size": req.image_size, "train_size": len(self.train), "test_size": len(self.test),
-            "pooling": self.pooling, "seed": req.seed, "settings": settings.to_dict(),
-            "device": self.device.type, "version": __version__,
-        }, sort_keys=True)  # fmt: skip
-        return Progress(req.output / "finetune-progress" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt", key)
+            "pooling": self.pooling, "seed": req.seed, "version": __version__,
+        }  # fmt: skip
+
+    def finetune_progress(self, settings: FinetuneSettings) -> Progress:
+        """Where a fine-tune of this request keeps its resumable state, keyed by its identity, every
+        setting and the device type (a resumed run is bit-identical only on the same kind of device)."""
+        key = json.dumps({**self.identity(), "settings": settings.to_dict(), "device": self.device.type}, sort_keys=True)
+        return Progress(self.req.output / "finetune-progress" / f"{digest(key)}.pt", key)
+
+    def measurement(self, protocol: str, settings: dict[str, BaseModel]) -> str:
+        """The key of one protocol's result, kept in its rows: a rerun with the same key is already
+        measured. Low-shot's heads are trained with the linear and fine-tune settings, so those count."""
+        used = ("lowshot", "linear", "finetune") if protocol == "lowshot" else (protocol,)
+        key = {**self.identity(), "protocol": protocol, "settings": {n: settings[n].model_dump(mode="json") for n in used}}
+        return digest(json.dumps(key, sort_keys=True))
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 Row = dict[str, Any]
@@ -320,9 +336,22 @@ def protocols_for(req: EvalRequest, names: Sequence[str] | None = None) -> list[
     return list(dict.fromkeys(chosen))
 
 
+def measured(output: Path) -> dict[str, list[dict[str, Any]]]:
+    """The rows of output/results.jsonl by measurement key, the latest of each result (k, metric, head,
+    subset) when a key was measured more than once; rows written before keys existed have none."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in read_results(output / RESULTS):
+        if "measurement" in row:
+            result = json.dumps([row.get(f) for f in ("metric", "head", "subset")] + [row["settings"].get("k")])
+            found.setdefault(row["measurement"], {})[result] = row
+    return {key: list(rows.values()) for key, rows in found.items()}
+
+
 def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Runs `protocols` (default: req.protocol; `all` = every one that applies) on one set of images and
-    features, and appends one record per result to req.output/results.jsonl as each protocol ends."""
+    features, and appends one record per result to req.output/results.jsonl as each protocol ends.
+    A protocol whose result is already there for the same checkpoint, data and settings is not run again
+    (its rows are returned; a rerun after a kill redoes only what was unfinished) unless req.again."""
     protocols = protocols_for(req, protocols)
     settings = resolve_settings(req, protocols)
     ctx = EvalContext(req)
@@ -339,11 +368,18 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
         "seed": req.seed,
     }
     written = []
+    before = {} if req.again else measured(req.output)
     for protocol in protocols:
+        key = ctx.measurement(protocol, settings)
+        if key in before:
+            print(f"{protocol}: already measured for this checkpoint, data and settings ({before[key][-1]['time']}); "
+                  f"kept, not run again (--again measures it anew)", file=sys.stderr, flush=True)  # fmt: skip
+            written += before[key]
+            continue
         start, features_before = time.perf_counter(), ctx.feature_seconds
         rows = RUNNERS[protocol](ctx, settings)
         timing = {"feature_seconds": round(ctx.feature_seconds - features_before, 2), "wall_seconds": round(time.perf_counter() - start, 2)}
-        written += [append_result(req.output, {**base, "protocol": protocol, **row, **timing}) for row in rows]
+        written += [append_result(req.output, {**base, "protocol": protocol, **row, **timing, "measurement": key}) for row in rows]
         for progress in ctx.stored_progress:  # its result is stored: the state is no longer needed
             progress.path.unlink(missing_ok=True)
         ctx.stored_progress.clear()
