@@ -23,6 +23,8 @@ done
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d "$BUNDLE/wheels" $SPECS
 FOUND=$("$PYTHON" -c "from hybridssl.data.sources import _find_fashion_mnist as f; print(f(None, False))")
-cp "$FOUND"/*-ubyte* "$BUNDLE/data/fashion-mnist/"
+for name in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+    cp "$FOUND/$name.gz" "$BUNDLE/data/fashion-mnist/"  # the compressed files only: 30 MB, not 55 more
+done
 ls "$BUNDLE/wheels"
 du -sh "$BUNDLE"

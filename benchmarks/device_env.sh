@@ -12,7 +12,7 @@ fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$BUNDLE"/wheels/*.whl \
     || { echo "device_env: installing the wheels failed" >&2; return 1 2>/dev/null || exit 1; }
 export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-export HYBRIDSSL_DATA="$PWD/$BUNDLE/data"
+case $BUNDLE in /*) export HYBRIDSSL_DATA="$BUNDLE/data" ;; *) export HYBRIDSSL_DATA="$PWD/$BUNDLE/data" ;; esac
 export PYTHON=python3 HYBRIDSSL="python3 -m hybridssl" PYTHONUNBUFFERED=1
 python3 -c "import hybridssl.cli, kornia, torch; print('device_env: hybridssl from src/, torch', torch.__version__, 'cuda', torch.cuda.is_available())" \
     || { echo "device_env: hybridssl does not import" >&2; return 1 2>/dev/null || exit 1; }

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -80,6 +81,8 @@ def measure_steps(methods: dict[str, str], toy: bool) -> dict[str, float]:
     for method, proc in procs.items():
         stdout, _ = proc.communicate()
         if proc.returncode != 0:
+            for other in procs.values():
+                other.kill()
             raise SystemExit(f"bench of {method} failed (exit {proc.returncode})")
         rates[method] = float(json.loads(stdout.strip().splitlines()[-1])["images_per_second"])
     return rates
@@ -97,12 +100,15 @@ def choose_epochs(rates: dict[str, float], minutes: float, max_epochs: int, imag
 def plan(out: Path, rows: list[str], args: argparse.Namespace) -> dict:
     path = out / "plan.json"
     if path.is_file():  # a rerun continues the rows with the epochs they started with
-        return json.loads(path.read_text())
+        kept = json.loads(path.read_text())
+        if kept["rows"] != rows or kept.get("toy", False) != args.toy:
+            raise SystemExit(f"{path} was planned for rows {kept['rows']} (toy: {kept.get('toy', False)}): rerun with those, or use another OUT")
+        return kept
     stamp(out, "bench")
     rates = measure_steps({**{m: m for m in rows}, **({"mae-ct": "mae-ct-tune"} if "mae" in rows else {})}, args.toy)
     images = TOY["images"] if args.toy else TRAIN_IMAGES
     chosen = {"epochs": 1 if args.toy else choose_epochs(rates, args.minutes, args.max_epochs, images),
-              "images_per_second": rates, "minutes": args.minutes, "max_epochs": args.max_epochs, "rows": rows}  # fmt: skip
+              "images_per_second": rates, "minutes": args.minutes, "max_epochs": args.max_epochs, "rows": rows, "toy": args.toy}  # fmt: skip
     path.write_text(json.dumps(chosen, indent=1))
     return chosen
 
@@ -110,13 +116,22 @@ def plan(out: Path, rows: list[str], args: argparse.Namespace) -> dict:
 def launch(out: Path, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     (out / "logs").mkdir(exist_ok=True)
     with (out / "logs" / f"{name}.log").open("a") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)  # a group: stop() reaches the children
 
 
-def run_jobs(out: Path, rows: list[str], epochs: str, finetune_epochs: int, env: dict[str, str]) -> dict[str, int]:
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the job's whole process group (the shell script and the hybridssl it runs)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def run_jobs(out: Path, rows: list[str], epochs: str, finetune_epochs: int, env: dict[str, str], deadline: float) -> dict[str, int]:
     """Every job side by side, each started as soon as what it needs is done: the rows at once; mae-ct,
-    the floors and the random-init fine-tune after the MAE row; a row's fine-tune after the row. Logs in
-    OUT/logs/NAME.log; returns each job's exit code."""
+    the floors and the random-init fine-tune after the MAE row; a row's fine-tune after the row. At the
+    deadline (time.monotonic) the jobs still running are stopped (exit code -15; a rerun continues them).
+    Logs in OUT/logs/NAME.log; returns each job's exit code."""
     row, finetune = str(HERE / "results_row.sh"), str(HERE / "flagship_finetune.sh")
     mae = str(out / "rows" / "mae" / "checkpoints" / "last.ckpt")
 
@@ -133,13 +148,21 @@ def run_jobs(out: Path, rows: list[str], epochs: str, finetune_epochs: int, env:
 
     running = {m: launch(out, m, ["sh", row, m, str(out), epochs], env) for m in rows}
     codes: dict[str, int] = {}
-    while running:
-        time.sleep(1)
-        for name in [n for n, proc in running.items() if proc.poll() is not None]:
-            codes[name] = running.pop(name).returncode
-            stamp(out, f"{name} {'done' if codes[name] == 0 else f'FAILED (exit {codes[name]})'}")
-            if codes[name] == 0:
-                running |= {job: launch(out, job, cmd, env) for job, cmd in after(name).items()}
+    try:
+        while running:
+            time.sleep(1)
+            if time.monotonic() > deadline:
+                stamp(out, f"deadline: stopping {', '.join(running)}")
+                break
+            for name in [n for n, proc in running.items() if proc.poll() is not None]:
+                codes[name] = running.pop(name).returncode
+                stamp(out, f"{name} {'done' if codes[name] == 0 else f'FAILED (exit {codes[name]})'}")
+                if codes[name] == 0:
+                    running |= {job: launch(out, job, cmd, env) for job, cmd in after(name).items()}
+    finally:  # the deadline, an interrupt or an error: no job runs on unwatched (their own sessions miss Ctrl-C)
+        for proc in running.values():
+            stop(proc)
+        codes |= {name: proc.wait() for name, proc in running.items()}
     return codes
 
 
@@ -149,12 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=4.0, help="pretraining time the epochs are fitted to (default 4)")
     parser.add_argument("--max-epochs", type=int, default=100)
     parser.add_argument("--finetune-epochs", type=int, default=15, help="0: no fine-tune column")
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of rows (default {','.join(ROWS)}; mae brings mae-ct)")
+    parser.add_argument("--deadline", type=float, default=9.0,
+                        help="minutes after which running jobs are stopped and the table of what finished is written (default 9)")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"comma list of rows (default {','.join(ROWS)}); mae brings mae-ct and the floors, which start from it")
     parser.add_argument("--toy", action="store_true", help="toy sizes on the CPU, to check the script")
     args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    deadline = time.monotonic() + args.deadline * 60
+    stamp(out, "session start")  # flagship_table.py's stage times: a stage cut by a kill has no end
     rows = [r for r in args.rows.split(",") if r]
     if unknown := sorted(set(rows) - set(ROWS)):
         parser.error(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
@@ -163,14 +191,22 @@ def main(argv: list[str] | None = None) -> int:
     stamp(out, f"rows at {epochs} epochs: {', '.join(rows)}" + ("; then mae-ct" if "mae" in rows else ""))
     flags = {"PRETRAIN_FLAGS": TOY["pretrain"], "EVAL_FLAGS": TOY["eval"], "TUNE_EPOCHS": "1"} if args.toy else {}
     env = child_env(len(rows) + 2, **flags)  # + mae-ct and the floors beside the rows
-    codes = run_jobs(out, rows, epochs, args.finetune_epochs, env)
+    codes: dict[str, int] = {}
+    try:
+        codes = run_jobs(out, rows, epochs, args.finetune_epochs, env, deadline)
+    finally:  # the table of whatever finished, also after an interrupt
+        table = write_table(out, env)
     failed = {name: code for name, code in codes.items() if code}
+    stamp(out, f"done in {(time.perf_counter() - start) / 60:.1f} min" + (f"; failed or stopped: {failed} (logs in {out / 'logs'})" if failed else ""))
+    return 1 if failed or table.returncode else 0
+
+
+def write_table(out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     table = subprocess.run([sys.executable, str(HERE / "flagship_table.py"), str(out), "--figure", str(out / "results.png")],
                            capture_output=True, text=True, env=env)  # fmt: skip
     (out / "table.md").write_text(table.stdout)
     print(table.stdout, table.stderr[-2000:], sep="\n")
-    stamp(out, f"done in {(time.perf_counter() - start) / 60:.1f} min" + (f"; failed: {failed} (logs in {out / 'logs'})" if failed else ""))
-    return 1 if failed or table.returncode else 0
+    return table
 
 
 if __name__ == "__main__":

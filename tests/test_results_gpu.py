@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,24 @@ def test_the_mae_row_holds_its_mae_ct_stages() -> None:
     expected = int((600 - stages) // (60_000 / 6000 * rg.OVERHEAD))
     assert rg.choose_epochs(rates, minutes=10, max_epochs=1000, images=60_000) == expected
     assert expected < 600 // (60_000 / 6000 * rg.OVERHEAD)  # without the stages more would fit
+
+
+def test_the_deadline_stops_every_job_and_what_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rg = script()
+    children = tmp_path / "children"
+
+    def launch(out, name, cmd, env):  # a job that starts a child of its own, as results_row.sh starts hybridssl
+        return subprocess.Popen(["sh", "-c", f"sleep 60 & echo $! >> {children}; wait"], start_new_session=True)
+
+    monkeypatch.setattr(rg, "launch", launch)
+    start = time.monotonic()
+    codes = rg.run_jobs(tmp_path, ["mae", "simclr"], "1", 0, {}, deadline=time.monotonic() + 2)
+    assert time.monotonic() - start < 15 and codes == {"mae": -signal.SIGTERM, "simclr": -signal.SIGTERM}
+    time.sleep(0.5)
+    for pid in children.read_text().split():
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().split(")")[1].split()[0] == "Z", f"child {pid} still runs"
+    assert "deadline: stopping mae, simclr" in (tmp_path / "log.txt").read_text()
 
 
 @pytest.mark.slow

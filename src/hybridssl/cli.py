@@ -215,9 +215,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     req = EvalRequest(checkpoint=args.checkpoint, dataset=args.dataset, protocol=args.protocol, output=args.output,
                       encoder_kind=kind, image_size=positive("image_size", args.image_size), again=args.again,
                       **eval_request_args(args))  # fmt: skip
+    results = args.output / "results.jsonl"
+    lines = len(results.read_text().splitlines()) if results.is_file() else 0
     for r in evaluate(req):
         print(describe(r))
-    print(f"hybridssl: results appended to {args.output / 'results.jsonl'}")
+    appended = (len(results.read_text().splitlines()) if results.is_file() else 0) - lines
+    print(f"hybridssl: {appended} result(s) appended to {results}" if appended else
+          f"hybridssl: every result was already in {results} (--again measures anew)")  # fmt: skip
     return 0
 
 

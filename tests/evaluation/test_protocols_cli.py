@@ -159,3 +159,37 @@ def test_the_measurement_key_follows_the_checkpoint_file(tiny_mae_run, fmnist_di
     assert EvalContext(req).measurement("lowshot", settings) != key
     os.utime(ckpt, ns=(0, 10**18))  # retrained in place: another file
     assert EvalContext(req).measurement("knn", settings) != key
+
+
+def test_the_key_holds_the_encoder_kind_and_lowshot_its_heads_settings(evaluate, tmp_path, capsys, monkeypatch):
+    import hybridssl.evaluation.run as run
+
+    calls = []
+    for name in ("knn", "lowshot"):
+        real = run.RUNNERS[name]
+        monkeypatch.setitem(run.RUNNERS, name, lambda ctx, s, real=real, name=name: calls.append(name) or real(ctx, s))
+    same_pooling = ["--pooling", "mean_patch"]
+    assert evaluate("--protocol", "knn", *same_pooling) == 0 and evaluate("--protocol", "knn", "--random-init", *same_pooling) == 0
+    assert calls == ["knn", "knn"], "the untrained twin at the same pooling is another measurement"
+    linear_only = ["--set", "lowshot.heads=[linear]", "--lowshot-subsets", "10%,2", "--seeds", "2"]
+    assert evaluate("--protocol", "lowshot", *linear_only) == 0
+    capsys.readouterr()
+    assert evaluate("--protocol", "lowshot", *linear_only) == 0 and calls.count("lowshot") == 1
+    out = capsys.readouterr().out
+    assert out.count("lowshot") == 2 and "10%" in out and "2/class" in out, "every kept row comes back, one per subset"
+    assert evaluate("--protocol", "lowshot", *linear_only, "--set", "finetune.layer_decay=0.5") == 0
+    assert calls.count("lowshot") == 2, "low-shot's key holds the fine-tune settings its heads use"
+
+
+def test_a_protocol_cut_between_its_rows_or_a_torn_line_is_not_measured(evaluate, tmp_path, monkeypatch):
+    import hybridssl.evaluation.run as run
+
+    assert evaluate("--protocol", "knn") == 0
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    (tmp_path / "results.jsonl").write_text("\n".join(lines[:2]) + '\n{"protocol": "kn\n')  # killed while writing row 3
+    calls = []
+    real = run.RUNNERS["knn"]
+    monkeypatch.setitem(run.RUNNERS, "knn", lambda ctx, s: calls.append("knn") or real(ctx, s))
+    with pytest.warns(UserWarning, match="torn line"):
+        assert evaluate("--protocol", "knn") == 0
+    assert calls == ["knn"]

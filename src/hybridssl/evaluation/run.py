@@ -13,6 +13,7 @@ import hashlib
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -33,7 +34,7 @@ from hybridssl.evaluation.finetune import FinetuneResult, FinetuneSettings, Prog
 from hybridssl.evaluation.knn import knn_accuracy
 from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_probe_sweep, train_linear_probe
 from hybridssl.evaluation.lowshot import LowshotSettings, lowshot_trials
-from hybridssl.evaluation.results import RESULTS, append_result, read_results
+from hybridssl.evaluation.results import RESULTS, append_result
 from hybridssl.evaluation.subsets import stratified_holdout
 from hybridssl.nn.vit import ViT, Pooling
 
@@ -338,13 +339,22 @@ def protocols_for(req: EvalRequest, names: Sequence[str] | None = None) -> list[
 
 def measured(output: Path) -> dict[str, list[dict[str, Any]]]:
     """The rows of output/results.jsonl by measurement key, the latest of each result (k, metric, head,
-    subset) when a key was measured more than once; rows written before keys existed have none."""
+    subset) when a key was measured more than once. A key counts only when all the rows its protocol
+    wrote are there (a kill between two rows leaves it unmeasured); rows written before keys existed
+    have none, and a line that does not parse (torn by a kill) is skipped with a warning."""
+    path = output / RESULTS
     found: dict[str, dict[str, dict[str, Any]]] = {}
-    for row in read_results(output / RESULTS):
+    for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], start=1):
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}:{number}: not a result (a torn line?); skipped", stacklevel=2)
+            continue
         if "measurement" in row:
             result = json.dumps([row.get(f) for f in ("metric", "head", "subset")] + [row["settings"].get("k")])
             found.setdefault(row["measurement"], {})[result] = row
-    return {key: list(rows.values()) for key, rows in found.items()}
+    return {key: list(rows.values()) for key, rows in found.items()
+            if len(rows) >= max(r.get("measurement_rows", 1) for r in rows.values())}  # fmt: skip
 
 
 def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -379,7 +389,8 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
         start, features_before = time.perf_counter(), ctx.feature_seconds
         rows = RUNNERS[protocol](ctx, settings)
         timing = {"feature_seconds": round(ctx.feature_seconds - features_before, 2), "wall_seconds": round(time.perf_counter() - start, 2)}
-        written += [append_result(req.output, {**base, "protocol": protocol, **row, **timing, "measurement": key}) for row in rows]
+        measurement = {"measurement": key, "measurement_rows": len(rows)}
+        written += [append_result(req.output, {**base, "protocol": protocol, **row, **timing, **measurement}) for row in rows]
         for progress in ctx.stored_progress:  # its result is stored: the state is no longer needed
             progress.path.unlink(missing_ok=True)
         ctx.stored_progress.clear()
