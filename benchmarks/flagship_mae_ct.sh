@@ -31,8 +31,5 @@ $HYBRIDSSL pretrain --method mae-ct --init-from "$MAE" --dataset fashion-mnist -
     --set method_args.head_epochs="$HEAD" --set method_args.tune_epochs="$TUNE" --no-progress-bar --output "$OUT/mae-ct" --resume
 CT="$OUT/mae-ct/stage3-tune/checkpoints/last.ckpt"
 evaluate "$CT" "$OUT/mae-ct" ""
-evaluate "$MAE" "$OUT/floors" "--random-init"
-measure "$MAE" "$OUT/floors" knn "--raw-pixels"
-measure "$MAE" "$OUT/floors" linear "--raw-pixels"
-measure "$MAE" "$OUT/floors" lowshot "--raw-pixels"
+HYBRIDSSL="$HYBRIDSSL" sh "$(dirname "$0")/floors.sh" "$OUT" "$MAE"
 stamp "done"

@@ -3,23 +3,21 @@
     python benchmarks/flagship_table.py runs/flagship [--figure docs/figures/results-real-budgets.png]
 
 Reads OUT/{mae,mae-ct,floors}/results.jsonl (and OUT/mae-ct-tune8/, the longer tuning, when present)
-and OUT/log.txt (the stage start times) written by benchmarks/flagship_mae_ct.sh, and
-OUT/rows/<method>/{results.jsonl,log.txt} of benchmarks/results_row.sh, and prints one markdown row per
-encoder: k-NN (k=20), linear probe, fine-tuning (benchmarks/flagship_finetune.sh), k-means cluster
-accuracy and NMI, and the linear probe on 1% and 10% of the labels (mean of the seeds). --figure also draws k-NN and linear probe of every
-measured encoder against the floors (hybridssl.report.scores).
+and OUT/log.txt (the stage start times) written by benchmarks/flagship_mae_ct.sh, OUT/floors/log.txt
+of benchmarks/floors.sh, and OUT/rows/<method>/{results.jsonl,log.txt} of benchmarks/results_row.sh,
+and prints one markdown row per encoder that has results: k-NN (k=20), linear probe, fine-tuning
+(benchmarks/flagship_finetune.sh), k-means cluster accuracy and NMI, and the linear probe on 1% and 10%
+of the labels (mean of the seeds). --figure also draws k-NN and linear probe of every measured encoder
+against the floors (hybridssl.report.scores).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import datetime
 from pathlib import Path
 
-
-def rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+from hybridssl.evaluation.results import read_results
 
 
 def pick(results: list[dict], encoder: str, protocol: str, **match) -> str:
@@ -60,13 +58,13 @@ def draw(encoders: list[tuple[str, list[dict], str]], path: Path) -> None:
 
 def main(out: Path, figure: Path | None = None) -> None:
     encoders = [
-        ("MAE (paper recipe)", rows(out / "mae" / "results.jsonl"), "trained"),
-        ("MAE-CT (from that MAE)", rows(out / "mae-ct" / "results.jsonl"), "trained"),
-        *((("MAE-CT, tune 8 epochs", rows(longer), "trained"),) if (longer := out / "mae-ct-tune8" / "results.jsonl").is_file() else ()),
-        *((f"{row.name} ({'on the mae row' if row.name.startswith('mae-ct') else 'small-image recipe'})", rows(row / "results.jsonl"), "trained")
+        ("MAE (paper recipe)", read_results(out / "mae" / "results.jsonl"), "trained"),
+        ("MAE-CT (from that MAE)", read_results(out / "mae-ct" / "results.jsonl"), "trained"),
+        *((("MAE-CT, tune 8 epochs", read_results(longer), "trained"),) if (longer := out / "mae-ct-tune8" / "results.jsonl").is_file() else ()),
+        *((f"{row.name} ({'on the mae row' if row.name.startswith('mae-ct') else 'small-image recipe'})", read_results(row / "results.jsonl"), "trained")
           for row in sorted((out / "rows").glob("*"))),
-        ("random init (same ViT)", rows(out / "floors" / "results.jsonl"), "random-init"),
-        ("raw pixels", rows(out / "floors" / "results.jsonl"), "raw-pixels"),
+        ("random init (same ViT)", read_results(out / "floors" / "results.jsonl"), "random-init"),
+        ("raw pixels", read_results(out / "floors" / "results.jsonl"), "raw-pixels"),
     ]
     print("| encoder | pooling | k-NN (k=20) | linear | fine-tune | cluster acc | NMI | linear 1% | linear 10% |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -76,7 +74,7 @@ def main(out: Path, figure: Path | None = None) -> None:
         print(f"| {name} | {pooling} | {pick(results, kind, 'knn', k=20)} | {pick(results, kind, 'linear')} | "
               f"{pick(results, kind, 'finetune')} | {pick(results, kind, 'clustering', metric='cluster_accuracy')} | {pick(results, kind, 'clustering', metric='nmi')} | "
               f"{pick(results, kind, 'lowshot', subset='1%')} | {pick(results, kind, 'lowshot', subset='10%')} |")  # fmt: skip
-    for log in [out / "log.txt", *sorted((out / "rows").glob("*/log.txt"))]:
+    for log in [out / "log.txt", out / "floors" / "log.txt", *sorted((out / "rows").glob("*/log.txt"))]:
         if log.is_file():
             print()
             for what, minutes in stage_minutes(log).items():
