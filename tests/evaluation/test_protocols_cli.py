@@ -193,3 +193,16 @@ def test_a_protocol_cut_between_its_rows_or_a_torn_line_is_not_measured(evaluate
     with pytest.warns(UserWarning, match="torn line"):
         assert evaluate("--protocol", "knn") == 0
     assert calls == ["knn"]
+
+
+def test_a_row_appended_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
+    """A kill mid-write leaves a last line without its newline; the next row must not be glued to it."""
+    from hybridssl.evaluation.results import append_result, read_results
+
+    append_result(tmp_path, {"metric": "top1", "value": 1.0})
+    with open(tmp_path / "results.jsonl", "a") as f:
+        f.write('{"metric": "to')  # killed while writing
+    append_result(tmp_path, {"metric": "top1", "value": 2.0})
+    with pytest.warns(UserWarning, match=r"results.jsonl:2: .*torn line"):
+        rows = read_results(tmp_path)
+    assert [r["value"] for r in rows] == [1.0, 2.0]

@@ -13,7 +13,6 @@ import hashlib
 import json
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -34,7 +33,7 @@ from hybridssl.evaluation.finetune import FinetuneResult, FinetuneSettings, Prog
 from hybridssl.evaluation.knn import knn_accuracy
 from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_probe_sweep, train_linear_probe
 from hybridssl.evaluation.lowshot import LowshotSettings, lowshot_trials
-from hybridssl.evaluation.results import RESULTS, append_result
+from hybridssl.evaluation.results import RESULTS, append_result, result_rows
 from hybridssl.evaluation.subsets import stratified_holdout
 from hybridssl.nn.vit import ViT, Pooling
 
@@ -344,12 +343,7 @@ def measured(output: Path) -> dict[str, list[dict[str, Any]]]:
     have none, and a line that does not parse (torn by a kill) is skipped with a warning."""
     path = output / RESULTS
     found: dict[str, dict[str, dict[str, Any]]] = {}
-    for number, line in enumerate(path.read_text().splitlines() if path.is_file() else [], start=1):
-        try:
-            row = json.loads(line) if line.strip() else {}
-        except json.JSONDecodeError:
-            warnings.warn(f"{path}:{number}: not a result (a torn line?); skipped", stacklevel=2)
-            continue
+    for row in result_rows(path) if path.is_file() else []:
         if "measurement" in row:
             result = json.dumps([row.get(f) for f in ("metric", "head", "subset")] + [row["settings"].get("k")])
             found.setdefault(row["measurement"], {})[result] = row
