@@ -34,7 +34,8 @@ mae-ct*)
     ;;
 *)
     stamp "$METHOD $EPOCHS epochs"
-    $HYBRIDSSL pretrain --config "$CONFIG" --epochs "$EPOCHS" --checkpoint-every-epochs 2 --no-progress-bar \
+    # a checkpoint every epoch (a session's end loses at most one), the newest two kept
+    $HYBRIDSSL pretrain --config "$CONFIG" --epochs "$EPOCHS" --checkpoint-every-epochs 1 --keep-checkpoints 2 --no-progress-bar \
         --output "$ROW" --resume $PRETRAIN_FLAGS
     evaluate "$ROW/checkpoints/last.ckpt" "$ROW" ""
     ;;

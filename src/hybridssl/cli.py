@@ -59,6 +59,7 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--checkpoint-every-steps", type=int)
     p.add_argument("--checkpoint-every-epochs", type=int)
+    p.add_argument("--keep-checkpoints", type=int, metavar="N", help="keep only the newest N periodic checkpoints")
     p.add_argument("--devices", type=devices_arg, help="N or auto")
     p.add_argument("--num-nodes", type=int)
     p.add_argument("--accelerator", help="cpu, gpu or auto")

@@ -1,11 +1,14 @@
-"""Small Lightning callbacks: data position, throughput in the progress bar, final checkpoint."""
+"""Small Lightning callbacks: data position, throughput in the progress bar, final checkpoint, disk room."""
 
 from __future__ import annotations
 
+import shutil
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 
@@ -78,6 +81,54 @@ class FinalCheckpoint(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
+
+
+def checkpoint_bytes(module: torch.nn.Module) -> int:
+    """About the size of one training checkpoint: the module's state (weights, EMA copies, queues) and
+    two optimizer moments per trainable weight (AdamW's; the other optimizers keep at most that)."""
+    state = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    moments = sum(2 * p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+    return state + moments
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space where `folder` is or will be (its nearest existing parent)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def disk_room_warning(per_checkpoint: int, saves_left: int, keep: int | None, free: int, folder: Path) -> str | None:
+    """The warning to print when the checkpoints still to come need more than `free` bytes, else None."""
+    kept = saves_left if keep is None else min(keep, saves_left)
+    need = per_checkpoint * (kept + 1)  # + last.ckpt (or, when keeping N, the new file written before the oldest goes)
+    if need <= free:
+        return None
+    what = f"{kept} periodic checkpoints and last.ckpt" if kept else "last.ckpt"
+    return (f"disk: the checkpoints still to come need about {size(need)} ({what}, about {size(per_checkpoint)} each) "
+            f"but {folder} has {size(free)} free, and a full disk stops the run at a save; keep fewer "
+            f"(keep_checkpoints, --keep-checkpoints N) or save less often (checkpoint_every_epochs)")
+
+
+def size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+class DiskRoom(Callback):
+    """Warns before the first step when the run's checkpoints will not fit on its disk: a full disk
+    stops a run at a save, possibly days in (the atomic write keeps the last good checkpoint)."""
+
+    def __init__(self, folder: Path, every_steps: int, keep: int | None) -> None:
+        self.folder, self.every_steps, self.keep = Path(folder), every_steps, keep
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        saves_left = trainer.max_steps // self.every_steps - trainer.global_step // self.every_steps
+        message = disk_room_warning(checkpoint_bytes(pl_module), saves_left, self.keep, free_bytes(self.folder), self.folder)
+        if message is not None:
+            warnings.warn(message, stacklevel=1)
 
 
 class ProgressBar(TQDMProgressBar):

@@ -26,7 +26,7 @@ from hybridssl.data.streaming import StreamingLoader, StreamingSet, default_work
 from hybridssl.data.training_set import TrainingData, training_data, training_info
 from hybridssl.data.views import Crop
 from hybridssl.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
-from hybridssl.engine.callbacks import DataPosition, FinalCheckpoint, ProgressBar, Throughput
+from hybridssl.engine.callbacks import DataPosition, DiskRoom, FinalCheckpoint, ProgressBar, Throughput
 from hybridssl.engine.checkpoints import AtomicCheckpointIO, check_fits, load_checkpoint, run_label, trained_with
 from hybridssl.engine.logs import preserve_metrics
 from hybridssl.engine.module import PretrainModule
@@ -178,6 +178,11 @@ def optimizer_steps(run_config: RunConfig, num_images: int) -> int:
     return min(b for b in budgets if b is not None)
 
 
+def checkpoint_every(run_config: RunConfig, num_images: int) -> int:
+    """Optimizer steps between periodic checkpoints."""
+    return run_config.checkpoint_every_steps or run_config.checkpoint_every_epochs * steps_per_epoch(run_config, num_images)
+
+
 def run_plan(run_config: RunConfig, method: Method, num_images: int) -> str:
     """One line saying what the run will do, in the units that decide what it learns: images, tokens, steps."""
     enc = method.encoder.cfg
@@ -235,14 +240,18 @@ def build_trainer(
     batchnorm_sync = [(TorchSyncBatchNorm() if uses_cuda(run_config) else GlobalBatchNormSync())] if multi else []
     # epoch checkpoints too are taken after the epoch's last step, not at Lightning's epoch end: a run
     # resumed from an epoch-end save ended its next epoch after one batch (measured)
-    every_steps = run_config.checkpoint_every_steps or run_config.checkpoint_every_epochs * steps_per_epoch(run_config, num_images)
+    every_steps = checkpoint_every(run_config, num_images)
+    keep = run_config.keep_checkpoints
     periodic = ModelCheckpoint(
         dirpath=checkpoint_dir(run_config),
         filename="step{step:07d}",
         auto_insert_metric_name=False,
         every_n_train_steps=every_steps,
         every_n_epochs=None,
-        save_top_k=-1,
+        # the newest `keep` by step; Lightning writes the new file before it deletes the oldest
+        monitor="step" if keep else None,
+        mode="max",
+        save_top_k=keep or -1,
         save_last=False,  # last.ckpt is written once, at the end (FinalCheckpoint), not as a second copy of each save
     )
     return L.Trainer(
@@ -264,6 +273,7 @@ def build_trainer(
             *([ProgressBar()] if run_config.progress_bar else []),
             periodic,
             FinalCheckpoint(checkpoint_dir(run_config) / LAST),
+            DiskRoom(checkpoint_dir(run_config), every_steps, keep),
             *extra_callbacks,
         ],
         logger=[TensorBoardLogger(out, name="logs", version="tensorboard"), CSVLogger(out, name="logs", version="csv")],
@@ -281,6 +291,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # on resume the CSV logger announces it will delete metrics.csv: logs.preserve_metrics has moved it to a part
+    warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")  # frozen blocks
 

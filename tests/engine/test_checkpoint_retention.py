@@ -1,0 +1,75 @@
+"""keep_checkpoints prunes the oldest periodic checkpoints, also across a resume; DiskRoom warns
+before the first step when the checkpoints to come will not fit."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from hybridssl.engine import callbacks
+from hybridssl.engine.callbacks import checkpoint_bytes, disk_room_warning
+from hybridssl.engine.checkpoints import load_checkpoint
+from tests.conftest import pretrain_tiny
+
+
+def saved(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").iterdir())
+
+
+def test_keep_checkpoints_keeps_the_newest_and_a_resume_goes_on_pruning(fmnist_dir, tmp_path):
+    every = ("--checkpoint-every-steps", "2", "--keep-checkpoints", "2")
+    run = pretrain_tiny(fmnist_dir, tmp_path / "run", "mae", 6, *every)
+    assert saved(run) == ["last.ckpt", "step0000004.ckpt", "step0000006.ckpt"]
+    assert load_checkpoint(run / "checkpoints" / "step0000006.ckpt")["global_step"] == 6
+
+    pretrain_tiny(fmnist_dir, run, "mae", 10, *every, "--resume")  # a longer budget, resumed
+    assert saved(run) == ["last.ckpt", "step0000008.ckpt", "step0000010.ckpt"]
+
+
+def test_without_keep_every_checkpoint_stays(fmnist_dir, tmp_path):
+    run = pretrain_tiny(fmnist_dir, tmp_path / "run", "mae", 6, "--checkpoint-every-steps", "2")
+    assert saved(run) == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt", "step0000006.ckpt"]
+
+
+def test_checkpoint_size_estimate_matches_a_written_checkpoint(fmnist_dir, tmp_path):
+    """The estimate (state + AdamW's two moments per trainable weight) is within 10% of the real file."""
+    from hybridssl.engine.module import PretrainModule  # noqa: F401  (the estimate is taken on it)
+
+    seen: list[int] = []
+    original = callbacks.checkpoint_bytes
+    run = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(callbacks, "checkpoint_bytes", lambda m: seen.append(original(m)) or seen[-1])
+        pretrain_tiny(fmnist_dir, run, "mae", 2, "--checkpoint-every-steps", "2")
+    real = (run / "checkpoints" / "step0000002.ckpt").stat().st_size
+    assert seen and abs(seen[0] - real) / real < 0.1, (seen, real)
+
+
+def test_disk_room_warning_counts_kept_checkpoints_and_last():
+    gb = 10**9
+    assert disk_room_warning(gb, saves_left=9, keep=None, free=10 * gb, folder=Path("c")) is None  # 9 + last = 10 GB
+    too_many = disk_room_warning(gb, saves_left=10, keep=None, free=10 * gb, folder=Path("c"))
+    assert too_many is not None and "11.0 GB" in too_many and "10 periodic" in too_many and "keep_checkpoints" in too_many
+    assert disk_room_warning(gb, saves_left=100, keep=3, free=4 * gb, folder=Path("c")) is None  # 3 kept + 1
+    assert disk_room_warning(gb, saves_left=100, keep=4, free=4 * gb, folder=Path("c")) is not None
+    assert disk_room_warning(gb, saves_left=0, keep=None, free=gb, folder=Path("c")) is None  # only last.ckpt
+
+
+def test_a_run_that_will_not_fit_warns_before_its_first_step(fmnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(callbacks, "free_bytes", lambda folder: 1000)
+    with pytest.warns(UserWarning, match=r"disk: .*last.ckpt.* keep fewer \(keep_checkpoints"):
+        pretrain_tiny(fmnist_dir, tmp_path / "run", "mae", 2)
+    monkeypatch.setattr(callbacks, "free_bytes", lambda folder: 10**12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message="^(?!disk: )")
+        pretrain_tiny(fmnist_dir, tmp_path / "run2", "mae", 2)
+
+
+def test_checkpoint_bytes_counts_moments_of_trainable_weights_only():
+    module = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 10))  # 110 floats each
+    module[0].requires_grad_(False)
+    assert checkpoint_bytes(module) == 4 * (220 + 2 * 110)
