@@ -36,8 +36,6 @@ def test_without_keep_every_checkpoint_stays(fmnist_dir, tmp_path):
 
 def test_checkpoint_size_estimate_matches_a_written_checkpoint(fmnist_dir, tmp_path):
     """The estimate (state + AdamW's two moments per trainable weight) is within 10% of the real file."""
-    from hybridssl.engine.module import PretrainModule  # noqa: F401  (the estimate is taken on it)
-
     seen: list[int] = []
     original = callbacks.checkpoint_bytes
     run = tmp_path / "run"

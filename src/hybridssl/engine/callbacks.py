@@ -106,12 +106,12 @@ def disk_room_warning(per_checkpoint: int, saves_left: int, keep: int | None, fr
     if need <= free:
         return None
     what = f"{kept} periodic checkpoints and last.ckpt" if kept else "last.ckpt"
-    return (f"disk: the checkpoints still to come need about {size(need)} ({what}, about {size(per_checkpoint)} each) "
-            f"but {folder} has {size(free)} free, and a full disk stops the run at a save; keep fewer "
+    return (f"disk: the checkpoints still to come need about {human_size(need)} ({what}, about {human_size(per_checkpoint)} each) "
+            f"but {folder} has {human_size(free)} free, and a full disk stops the run at a save; keep fewer "
             f"(keep_checkpoints, --keep-checkpoints N) or save less often (checkpoint_every_epochs)")
 
 
-def size(n: int) -> str:
+def human_size(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
