@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="hybridssl", description="Self-supervised ViT pretraining: MIM + contrastive hybrids.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_pretrain_args(sub.add_parser("pretrain", help="pretrain an encoder"))
-    add_evaluate_args(sub.add_parser("evaluate", help="k-NN / linear probe of a checkpoint"))
+    add_evaluate_args(sub.add_parser("evaluate", help="k-NN, linear probe, fine-tuning, low-shot or clustering of a checkpoint"))
     add_compare_args(sub.add_parser("compare", help="train and evaluate several methods under one budget; comparison tables"))
     p = sub.add_parser("report", help="one self-contained HTML page for a run folder: config, curves, pictures, results")
     p.add_argument("run_dir", type=Path)

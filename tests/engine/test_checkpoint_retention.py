@@ -71,3 +71,36 @@ def test_checkpoint_bytes_counts_moments_of_trainable_weights_only():
     module = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 10))  # 110 floats each
     module[0].requires_grad_(False)
     assert checkpoint_bytes(module) == 4 * (220 + 2 * 110)
+
+
+def test_a_resume_with_another_checkpoint_frequency_says_the_old_files_stay(fmnist_dir, tmp_path):
+    """In place of Lightning's request to pass the old ModelCheckpoint (which a user cannot), one warning
+    names both plans; the files written before are kept, the new plan prunes only its own."""
+    run = pretrain_tiny(fmnist_dir, tmp_path / "run", "mae", 4, "--checkpoint-every-steps", "2")
+    with pytest.warns(UserWarning) as seen:
+        pretrain_tiny(fmnist_dir, run, "mae", 9, "--checkpoint-every-steps", "3", "--keep-checkpoints", "1", "--resume")
+    messages = [str(w.message) for w in seen]
+    ours = [m for m in messages if m.startswith("resume: checkpoints were written")]
+    assert len(ours) == 1, messages
+    assert "every 2 steps, keeping all up to step 4" in ours[0] and "from here every 3 steps, keeping the newest ones" in ours[0]
+    assert not [m for m in messages if "callbacks used to create the checkpoint" in m], messages
+    assert saved(run) == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt", "step0000009.ckpt"]
+
+
+def test_a_resume_with_the_same_checkpoint_settings_is_quiet(fmnist_dir, tmp_path):
+    every = ("--checkpoint-every-steps", "2")
+    run = pretrain_tiny(fmnist_dir, tmp_path / "run", "mae", 2, *every)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        pretrain_tiny(fmnist_dir, run, "mae", 4, *every, "--resume")
+    assert not [w for w in seen if "checkpoints were written" in str(w.message)]
+
+
+def test_checkpoint_plan_reads_lightning_state_keys_and_never_fails():
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from hybridssl.engine.callbacks import checkpoint_plan
+
+    assert checkpoint_plan(ModelCheckpoint(every_n_train_steps=5, monitor="step").state_key) == "every 5 steps, keeping the newest ones"
+    assert checkpoint_plan(ModelCheckpoint(every_n_epochs=2).state_key) == "every 2 epochs, keeping all"
+    assert checkpoint_plan("ModelCheckpoint<something else>") == "ModelCheckpoint<something else>"

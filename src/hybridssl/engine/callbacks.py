@@ -1,7 +1,9 @@
-"""Small Lightning callbacks: data position, throughput in the progress bar, final checkpoint, disk room."""
+"""Small Lightning callbacks: data position, throughput in the progress bar, final checkpoint, disk room,
+checkpoint settings changed on a resume."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import time
 import warnings
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 
 
 class DataPosition(Callback):
@@ -129,6 +131,36 @@ class DiskRoom(Callback):
         message = disk_room_warning(checkpoint_bytes(pl_module), saves_left, self.keep, free_bytes(self.folder), self.folder)
         if message is not None:
             warnings.warn(message, stacklevel=1)
+
+
+def checkpoint_plan(state_key: str) -> str:
+    """ "every N steps, keeping all" from a ModelCheckpoint state key (Lightning writes its settings as a
+    dict repr); the key itself when it reads otherwise."""
+    try:
+        settings = ast.literal_eval(state_key.removeprefix("ModelCheckpoint"))
+        kept = "the newest ones" if settings.get("monitor") else "all"
+        steps, epochs = settings.get("every_n_train_steps"), settings.get("every_n_epochs")
+    except (ValueError, SyntaxError, AttributeError):
+        return state_key
+    return f"every {f'{steps} steps' if steps else f'{epochs} epochs'}, keeping {kept}"
+
+
+class CheckpointSettings(Callback):
+    """On a resume whose checkpoint frequency or keep_checkpoints differs from the run's so far, says what
+    that means: the files written before stay, outside the new pruning. (Lightning's own warning asks for
+    the old callback to be passed, which a user cannot do; quiet_lightning hides it.)"""
+
+    def __init__(self, periodic: ModelCheckpoint) -> None:
+        self.periodic = periodic
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        before = [key for key in checkpoint.get("callbacks", {}) if key.startswith("ModelCheckpoint")]
+        if not trainer.is_global_zero or not before or self.periodic.state_key in before:
+            return
+        warnings.warn(
+            f"resume: checkpoints were written {checkpoint_plan(before[0])} up to step {checkpoint.get('global_step')}, "
+            f"from here {checkpoint_plan(self.periodic.state_key)}; the ones written before stay on disk, "
+            f"outside keep_checkpoints' pruning", stacklevel=1)  # fmt: skip
 
 
 class ProgressBar(TQDMProgressBar):

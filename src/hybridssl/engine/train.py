@@ -26,7 +26,7 @@ from hybridssl.data.streaming import StreamingLoader, StreamingSet, default_work
 from hybridssl.data.training_set import TrainingData, training_data, training_info
 from hybridssl.data.views import Crop
 from hybridssl.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
-from hybridssl.engine.callbacks import DataPosition, DiskRoom, FinalCheckpoint, ProgressBar, Throughput
+from hybridssl.engine.callbacks import CheckpointSettings, DataPosition, DiskRoom, FinalCheckpoint, ProgressBar, Throughput
 from hybridssl.engine.checkpoints import AtomicCheckpointIO, check_fits, load_checkpoint, run_label, trained_with
 from hybridssl.engine.logs import preserve_metrics
 from hybridssl.engine.module import PretrainModule
@@ -274,6 +274,7 @@ def build_trainer(
             periodic,
             FinalCheckpoint(checkpoint_dir(run_config) / LAST),
             DiskRoom(checkpoint_dir(run_config), every_steps, keep),
+            CheckpointSettings(periodic),
             *extra_callbacks,
         ],
         logger=[TensorBoardLogger(out, name="logs", version="tensorboard"), CSVLogger(out, name="logs", version="csv")],
@@ -291,6 +292,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # a resume with other checkpoint settings: CheckpointSettings says what that means instead
+    warnings.filterwarnings("ignore", message=r'.*Please add the following callbacks: \[("ModelCheckpoint\{[^}]*\}"(, )?)+\]')
     # on resume the CSV logger announces it will delete metrics.csv: logs.preserve_metrics has moved it to a part
     warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
