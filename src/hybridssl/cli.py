@@ -315,7 +315,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from hybridssl.engine.bench import bench
 
-    flags = {"method": args.method, "model": args.model, "batch_size": args.batch_size, "patch_size": args.patch_size}
+    flags = {"method": args.method, "model": args.model, "batch_size": args.batch_size, "patch_size": args.patch_size,
+             "grad_checkpointing": args.grad_checkpointing or None}  # fmt: skip
     for key, value in args.overrides:
         flags.setdefault("method_args", {})[key.removeprefix("method_args.")] = value
     result = bench({k: v for k, v in flags.items() if v is not None}, steps=args.steps, warmup=args.warmup,
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--set", dest="overrides", type=set_arg, action="append", default=[], metavar="method_args.KEY=VALUE")
     p.add_argument("--compile", action="store_true", help="torch.compile the method's forward")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in the backward (less memory)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     p = sub.add_parser("demo", help="MAE-CT tuning of the shipped Fashion-MNIST MAE on the CPU, evaluated against its floors, then a report")
     p.add_argument("--output", type=Path, default=Path("runs/demo"))

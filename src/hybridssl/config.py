@@ -52,6 +52,9 @@ class RunConfig(StrictModel):
     # rank augments the whole global batch and keeps its rows, so N ranks draw exactly what one process
     # draws (N x the augmentation work: for equivalence tests)
     global_batch_views: bool = False
+    # activation checkpointing of every transformer block (encoder and decoders): each block's activations
+    # are recomputed in the backward, for a larger batch per GPU (ViT-L/H) at about a third more compute
+    grad_checkpointing: bool = False
     compile: bool = False  # torch.compile the method's forward (measured 1.04x on CPU after ~40 s; BENCHMARKS.md)
     num_nodes: PositiveInt = 1
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "auto"

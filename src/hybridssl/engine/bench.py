@@ -121,6 +121,7 @@ def bench(flags: dict[str, Any], steps: int = 10, warmup: int = 3, dataset: str 
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "precision": "bf16-mixed" if bf16 else "fp32",
         "compiled": compile,
+        "grad_checkpointing": run_config.grad_checkpointing,
         "flops_per_step": flops,
         "achieved_flops": flops / seconds,
         "matmul_peak_flops": peak_flops,

@@ -23,7 +23,7 @@ from hybridssl.data.views import Views
 from hybridssl.nn.masking import Mask
 from hybridssl.nn.momentum import EMA
 from hybridssl.nn.param_groups import param_groups
-from hybridssl.nn.vit import Pooling, ViT, vit_config
+from hybridssl.nn.vit import Pooling, ViT, set_grad_checkpointing, vit_config
 
 
 @dataclass
@@ -159,4 +159,6 @@ def build_method(run_config, info: DataInfo) -> Method:
     cls = METHODS[run_config.method]
     if not issubclass(cls, Method):
         raise ConfigError(f"method: {run_config.method!r} is a multi-stage recipe; run it with `pretrain`")
-    return cls(cls.Config.model_validate(run_config.method_args), encoder, info)
+    method = cls(cls.Config.model_validate(run_config.method_args), encoder, info)
+    set_grad_checkpointing(method, run_config.grad_checkpointing)
+    return method

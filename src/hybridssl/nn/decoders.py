@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from hybridssl.nn.masking import gather_tokens
 from hybridssl.nn.pos_embed import sincos_2d
-from hybridssl.nn.vit import ViTConfig, init_mae_style, transformer_blocks
+from hybridssl.nn.vit import ViTConfig, init_mae_style, run_blocks, transformer_blocks
 
 
 class TokenDecoder(nn.Module):
@@ -28,6 +28,7 @@ class TokenDecoder(nn.Module):
         self.blocks = transformer_blocks(dim, depth, num_heads, mlp_ratio)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, out_dim)
+        self.grad_checkpointing = False  # nn.vit.set_grad_checkpointing
         init_mae_style(self)
         nn.init.normal_(self.mask_token, std=0.02)
 
@@ -40,7 +41,7 @@ class TokenDecoder(nn.Module):
         x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed
         if cond is not None:
             x = x + cond.unsqueeze(1)
-        return self.head(self.norm(self.blocks(x))[:, 1:])
+        return self.head(self.norm(run_blocks(self.blocks, x, self.grad_checkpointing))[:, 1:])
 
 
 def pixel_decoder(encoder: ViTConfig, dim: int, depth: int, num_heads: int) -> TokenDecoder:

@@ -1,4 +1,5 @@
-"""ViT encoder from timm blocks, with token dropping by index and a frozen-prefix option.
+"""ViT encoder from timm blocks, with token dropping by index, a frozen-prefix option and activation
+checkpointing.
 
 Attribute names mirror `timm.models.vision_transformer.VisionTransformer`, so the state dict is
 loadable by timm as is (see `engine/checkpoints.py: export_encoder`).
@@ -14,6 +15,7 @@ import torch
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from hybridssl.nn.masking import gather_tokens
 from hybridssl.nn.pos_embed import sincos_2d
@@ -104,6 +106,24 @@ def transformer_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float = 
     )
 
 
+def run_blocks(blocks: nn.Sequential, x: Tensor, checkpointed: bool) -> Tensor:
+    """The blocks in order; checkpointed (while gradients are recorded), each block keeps only its input
+    and recomputes its activations in the backward: activation memory of one block instead of all, for
+    about one more forward of compute. The recompute replays the RNG (drop-path), so gradients match."""
+    if not (checkpointed and torch.is_grad_enabled()):
+        return blocks(x)
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False)
+    return x
+
+
+def set_grad_checkpointing(model: nn.Module, enabled: bool = True) -> None:
+    """Activation checkpointing on or off in every transformer stack of `model` (encoders, decoders)."""
+    for module in model.modules():
+        if hasattr(module, "grad_checkpointing"):
+            module.grad_checkpointing = enabled
+
+
 def init_mae_style(module: nn.Module) -> None:
     """MAE init: xavier-uniform Linear weights, zero biases, unit LayerNorm."""
     for m in module.modules():
@@ -128,6 +148,7 @@ class ViT(nn.Module):
         self.blocks = transformer_blocks(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.drop_path)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.frozen_blocks = 0
+        self.grad_checkpointing = False  # set_grad_checkpointing
         init_mae_style(self)
         w = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
@@ -143,7 +164,7 @@ class ViT(nn.Module):
         if ids_keep is not None:
             x = gather_tokens(x, ids_keep)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = self.blocks(torch.cat([cls, x], dim=1))
+        x = run_blocks(self.blocks, torch.cat([cls, x], dim=1), self.grad_checkpointing)
         return self.norm(x) if final_norm else x
 
     def freeze_lower(self, num_blocks: int) -> None:
