@@ -63,20 +63,27 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+DECLARATIONS = ("# tuned:", "# paper:", "# practical:")  # chosen by selection runs / a paper's recipe / for long runs
+
+
 def _declared_tuned(path: Path) -> set[str]:
-    """The fields a config's `# tuned: a, b.c` comment line names (the selection runs chose them)."""
+    """The fields a config's `# tuned: a, b.c` (or `# paper:`, `# practical:`) comment lines name."""
+    declared: set[str] = set()
     for line in path.read_text().splitlines():
-        if line.startswith("# tuned:"):
-            return {name.strip() for name in line.removeprefix("# tuned:").split("(")[0].split(",") if name.strip()}
-    return set()
+        for marker in DECLARATIONS:
+            if line.startswith(marker):
+                declared |= {name.strip() for name in line.removeprefix(marker).split("(")[0].split(",") if name.strip()}
+    return declared
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_configs_differ_from_the_method_defaults_only_where_they_say_tuned(path: Path) -> None:
-    """configs/ shows each method's defaults and the few values tuned for the data (BENCHMARKS.md): a
-    drifted default, or a tuned value the file does not own up to, would make the file lie."""
+    """configs/ shows each method's defaults and the values changed for the data or the paper's scale
+    (BENCHMARKS.md, docs/methods.md): a drifted default, or a change the file does not own up to, would
+    make the file lie."""
     from_file = resolve({}, path)
-    from_defaults = resolve({"method": from_file.method, "dataset": from_file.dataset, "model": from_file.model})
+    identity = ("method", "dataset", "model", "image_size", "patch_size")  # the data and the encoder, not the recipe
+    from_defaults = resolve({key: getattr(from_file, key) for key in identity})
     mine, theirs = (_flat(c.model_dump()) for c in (from_file, from_defaults))
     unset = object()  # a setting one side leaves out (e.g. a stage's optimizer overrides, empty by default)
     differing = {key for key in mine.keys() | theirs.keys() if mine.get(key, unset) != theirs.get(key, unset)}

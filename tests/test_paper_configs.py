@@ -1,0 +1,64 @@
+"""configs/*/imagenet-vit-b16.yaml: each resolves and every stage builds at ViT-B/16 and 224 px with the
+published sizes; one training step of each (batch 4, synthetic images) is a slow test (~3 CPU minutes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hybridssl.config import resolve
+from hybridssl.data.sources import DataInfo
+from hybridssl.engine.stages import stage_config
+from hybridssl.methods import METHODS, Batch
+from hybridssl.methods.base import build_method
+from hybridssl.nn.decoders import TokenDecoder
+
+PAPER_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/imagenet-vit-b16.yaml"))
+MASKED = {"mae", "cmae", "can", "macrl"}
+INFO = DataInfo("folder", 224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1000, num_images=1_281_167)
+
+
+def test_every_method_has_a_paper_scale_config():
+    from hybridssl.compare import user_facing_methods
+
+    built_in = {name for name in user_facing_methods() if METHODS[name].__module__.startswith("hybridssl.")}
+    assert {p.parent.name for p in PAPER_CONFIGS} == built_in
+
+
+def built_stages(path: Path):
+    run = resolve({"data_dir": "/data/imagenet"}, path)
+    assert (run.model, run.image_size, run.patch_size, run.dataset) == ("vit-base", 224, 16, "folder")
+    assert run.keep_checkpoints, "an 800-epoch run must not keep every checkpoint"
+    for stage in METHODS[run.method].stages(run):
+        torch.manual_seed(0)
+        method = build_method(stage_config(run, stage, None), INFO)
+        assert (method.encoder.cfg.embed_dim, method.encoder.cfg.depth, method.encoder.cfg.num_patches) == (768, 12, 196)
+        decoders = [m for m in method.modules() if isinstance(m, TokenDecoder)]
+        assert bool(decoders) == (stage.method in MASKED), stage.method
+        assert all(d.embed.out_features == 512 for d in decoders)  # the papers' decoder width
+        yield method
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.parent.name)
+def test_paper_config_builds_every_stage_at_vit_b16(path: Path) -> None:
+    assert list(built_stages(path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.parent.name)
+def test_paper_config_trains_a_step_in_every_stage(path: Path) -> None:
+    for method in built_stages(path):
+        images = torch.randint(0, 256, (4, 3, 224, 224), dtype=torch.uint8)
+        loss = method.train()(Batch(method.views(images), torch.arange(4), torch.arange(4)))["loss"]
+        loss.backward()
+        assert torch.isfinite(loss)
+
+
+def test_mae_ct_paper_stages_and_queue():
+    run = resolve({}, Path(__file__).resolve().parents[1] / "configs" / "mae-ct" / "imagenet-vit-b16.yaml")
+    stages = {s.method: s for s in METHODS["mae-ct"].stages(run)}
+    assert (stages["mae"].epochs, stages["mae-ct-head"].epochs, stages["mae-ct-tune"].epochs) == (800, 20, 20)
+    tune = build_method(stage_config(run, stages["mae-ct-tune"], None), INFO)
+    assert tune.queue.size == 65536 and tune.cfg.topk == 20 and tune.encoder.frozen_blocks == 6
