@@ -53,7 +53,8 @@ class RunConfig(StrictModel):
     # draws (N x the augmentation work: for equivalence tests)
     global_batch_views: bool = False
     # activation checkpointing of every transformer block (encoder and decoders): each block's activations
-    # are recomputed in the backward, for a larger batch per GPU (ViT-L/H) at about a third more compute
+    # are recomputed in the backward, for a larger batch per GPU (ViT-B/L) at 17-22% more FLOPs per step
+    # (measured, BENCHMARKS.md)
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile the method's forward (measured 1.04x on CPU after ~40 s; BENCHMARKS.md)
     num_nodes: PositiveInt = 1
