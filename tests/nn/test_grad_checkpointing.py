@@ -68,10 +68,9 @@ def test_checkpointing_keeps_a_fraction_of_the_activations():
 
 
 def test_the_run_setting_reaches_every_transformer_stack():
-    info = INFO
     for enabled in (False, True):
         run = resolve({"method": "cmae", "model": "vit-pico", "epochs": 1, "grad_checkpointing": enabled or None})
-        method = build_method(run, info)
+        method = build_method(run, INFO)
         stacks = {n: m.grad_checkpointing for n, m in method.named_modules() if hasattr(m, "grad_checkpointing")}
         assert len(stacks) >= 4, stacks  # online and momentum encoders, pixel and feature decoders
         assert set(stacks.values()) == {enabled}, stacks
