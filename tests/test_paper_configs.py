@@ -20,13 +20,6 @@ MASKED = {"mae", "cmae", "can", "macrl"}
 INFO = DataInfo("folder", 224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1000, num_images=1_281_167)
 
 
-def test_every_method_has_a_paper_scale_config():
-    from hybridssl.compare import user_facing_methods
-
-    built_in = {name for name in user_facing_methods() if METHODS[name].__module__.startswith("hybridssl.")}
-    assert {p.parent.name for p in PAPER_CONFIGS} == built_in
-
-
 def built_stages(path: Path):
     run = resolve({"data_dir": "/data/imagenet"}, path)
     assert (run.model, run.image_size, run.patch_size, run.dataset) == ("vit-base", 224, 16, "folder")
