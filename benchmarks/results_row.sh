@@ -9,13 +9,15 @@
 # sessions (run it again with the same arguments and it continues where it stopped).
 #   sh benchmarks/results_row.sh METHOD [OUT] [EPOCHS]
 # PRETRAIN_FLAGS / EVAL_FLAGS (default none) are added to the commands, e.g. for a smoke test.
+# ROW (default METHOD) names the row's folder, for a second row of one method, e.g.
+#   ROW=mae-ct-tune24 TUNE_EPOCHS=24 sh benchmarks/results_row.sh mae-ct runs/flagship
 set -eu
 METHOD=${1:?usage: sh benchmarks/results_row.sh METHOD [OUT] [EPOCHS]}
 OUT=${2:-runs/flagship}
 EPOCHS=${3:-24}
 HYBRIDSSL=${HYBRIDSSL:-hybridssl}
 PRETRAIN_FLAGS=${PRETRAIN_FLAGS:-}
-ROW="$OUT/rows/$METHOD"
+ROW="$OUT/rows/${ROW:-$METHOD}"
 LOG="$ROW/log.txt"
 CONFIG="$(dirname "$0")/../configs/$METHOD/fashion-mnist.yaml"
 mkdir -p "$ROW"
