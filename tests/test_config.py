@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from hybridssl.config import ConfigError, resolve
+from hybridssl.shipped_configs import SHIPPED_DIR, shipped_configs
 
 
 def test_defaults_are_resolved_and_visible():
@@ -50,7 +51,7 @@ def test_yaml_errors(tmp_path):
         resolve({}, tmp_path / "missing.yaml")
 
 
-SHIPPED_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/*.yaml"))
+SHIPPED_CONFIGS = list(shipped_configs().values())
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -98,3 +99,31 @@ def test_every_method_ships_a_config(file_name: str) -> None:
 
     built_in = {name for name in user_facing_methods() if METHODS[name].__module__.startswith("hybridssl.")}
     assert {p.parent.name for p in SHIPPED_CONFIGS if p.name == file_name} == built_in
+
+
+def test_a_shipped_config_is_found_by_name_from_anywhere(tmp_path, monkeypatch) -> None:
+    """A pip install has no repository: `--config mae/imagenet-vit-b16` (or the repository path the docs
+    show) finds the file in the package; a user's own file of that path comes first."""
+    monkeypatch.chdir(tmp_path)
+    shipped = resolve({}, shipped_configs()["mae/imagenet-vit-b16"])
+    for name in ("mae/imagenet-vit-b16", "mae/imagenet-vit-b16.yaml", "configs/mae/imagenet-vit-b16.yaml"):
+        assert resolve({}, Path(name)) == shipped
+    assert (shipped.model, shipped.image_size, shipped.epochs) == ("vit-base", 224, 800)
+    (tmp_path / "mae").mkdir()
+    (tmp_path / "mae" / "imagenet-vit-b16.yaml").write_text("method: simclr\n")
+    assert resolve({}, Path("mae/imagenet-vit-b16.yaml")).method == "simclr"
+    with pytest.raises(ConfigError, match=r"mae/imagent-vit-b16 not found.*shipped: can/fashion-mnist, .*simclr/imagenet-vit-b16"):
+        resolve({}, Path("mae/imagent-vit-b16"))
+
+
+def test_the_repository_configs_folder_is_the_package_one() -> None:
+    """One copy: the top-level configs/ the docs and benchmarks name links to the files the wheel ships."""
+    assert (Path(__file__).resolve().parents[1] / "configs").resolve() == SHIPPED_DIR.resolve()
+
+
+def test_the_configs_command_lists_every_shipped_config(capsys) -> None:
+    from hybridssl.cli import main
+
+    assert main(["configs"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[: len(SHIPPED_CONFIGS)]]
+    assert listed == list(shipped_configs())

@@ -14,8 +14,9 @@ from hybridssl.engine.stages import stage_config
 from hybridssl.methods import METHODS, Batch
 from hybridssl.methods.base import build_method
 from hybridssl.nn.decoders import TokenDecoder
+from hybridssl.shipped_configs import shipped_configs
 
-PAPER_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*/imagenet-vit-b16.yaml"))
+PAPER_CONFIGS = [path for name, path in shipped_configs().items() if name.endswith("/imagenet-vit-b16")]
 MASKED = {"mae", "cmae", "can", "macrl"}
 INFO = DataInfo("folder", 224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 1000, num_images=1_281_167)
 
@@ -50,7 +51,7 @@ def test_paper_config_trains_a_step_in_every_stage(path: Path) -> None:
 
 
 def test_mae_ct_paper_stages_and_queue():
-    run = resolve({}, Path(__file__).resolve().parents[1] / "configs" / "mae-ct" / "imagenet-vit-b16.yaml")
+    run = resolve({}, shipped_configs()["mae-ct/imagenet-vit-b16"])
     stages = {s.method: s for s in METHODS["mae-ct"].stages(run)}
     assert (stages["mae"].epochs, stages["mae-ct-head"].epochs, stages["mae-ct-tune"].epochs) == (800, 20, 20)
     tune = build_method(stage_config(run, stages["mae-ct-tune"], None), INFO)

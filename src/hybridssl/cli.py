@@ -65,7 +65,9 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accelerator", help="cpu, gpu or auto")
     p.add_argument("--precision", help="auto (bf16-mixed on CUDA, 32-true on CPU), 32-true, bf16-mixed")
     p.add_argument("--output", type=Path, help="run folder (default runs/METHOD-DATASET)")
-    p.add_argument("--config", type=Path, help="YAML file with any of these settings; flags override it")
+    p.add_argument("--config", type=Path,
+                   help="YAML file with any of these settings, or a shipped one by name (mae/imagenet-vit-b16; "
+                        "`hybridssl configs` lists them); flags override it")  # fmt: skip
     p.add_argument("--resume", action="store_true", default=None, help="continue from OUTPUT/checkpoints/last.ckpt")
     p.add_argument("--init-from", type=Path,
                    help="start from a checkpoint of ours, or a published ViT: official MAE (.pth), timm (state dict or "
@@ -333,6 +335,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    from hybridssl.shipped_configs import SHIPPED_DIR, shipped_configs, summary
+
+    configs = shipped_configs()
+    width = max(map(len, configs))
+    for name, path in configs.items():
+        print(f"{name:<{width}}  {summary(path)}")
+    print(f"\nuse one with `hybridssl pretrain --config NAME`; to change one, copy its file from {SHIPPED_DIR}/NAME.yaml")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="hybridssl", description="Self-supervised ViT pretraining: MIM + contrastive hybrids.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -370,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the method's forward")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in the backward (less memory)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
+    sub.add_parser("configs", help="list the configs shipped with the package (--config NAME): paper recipes and small-image ones")
     p = sub.add_parser("demo", help="MAE-CT tuning of the shipped Fashion-MNIST MAE on the CPU, evaluated against its floors, then a report")
     p.add_argument("--output", type=Path, default=Path("runs/demo"))
     p.add_argument("--quick", action="store_true", help="a two-minute smoke version")
@@ -379,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report,
     "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo, "pack": cmd_pack,
+    "configs": cmd_configs,
 }  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError, ValidationInfo, field_validator
 from pydantic import model_validator
 
+from hybridssl.shipped_configs import find_config
 from hybridssl.settings import ConfigError, OptimConfig, StrictModel, deep_merge, format_validation_error, validated
 
 
@@ -103,10 +104,10 @@ def _normalize_keys(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file, or a shipped config by name (`mae/imagenet-vit-b16`: shipped_configs.py)."""
+    path = find_config(Path(path))
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config: file {path} not found") from None
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"config: {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:
