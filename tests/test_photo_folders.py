@@ -54,6 +54,16 @@ def test_memory_and_stream_evaluate_the_same_features_closely(streamed_run, tmp_
     assert abs(memory["value"] - stream["value"]) <= 10.0
 
 
+def test_fine_tuning_streams_the_folder_through_workers(streamed_run, tmp_path, recwarn):
+    """Neither split is decoded whole (an ImageNet-size folder would not fit): workers cut the crops."""
+    assert main(["evaluate", "--checkpoint", str(streamed_run / "checkpoints" / "last.ckpt"), "--protocol", "finetune",
+                 "--set", "finetune.epochs=1", "--set", "finetune.batch_size=16", "--output", str(tmp_path),
+                 "--loader", "stream", "--num-workers", "2"]) == 0  # fmt: skip
+    (row,) = results(tmp_path)
+    assert row["protocol"] == "finetune" and row["settings"]["steps"] == row["train_size"] // 16
+    assert not [w for w in recwarn if "into memory" in str(w.message)]
+
+
 def test_unreadable_files_met_while_streaming_are_skipped_or_fatal_with_strict(photo_root, tmp_path, capsys):
     root = tmp_path / "photos"
     shutil.copytree(photo_root, root)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hybridssl.data.sources import DataInfo
+from hybridssl.data.sources import DataInfo, ImageSet
 from hybridssl.evaluation.features import encoder_features
 from hybridssl.evaluation.finetune import FinetuneSettings, Progress, finetune, with_drop_path
 from hybridssl.evaluation.linear import ProbeSettings, linear_probe_accuracy
@@ -45,7 +45,7 @@ def test_finetune_improves_over_the_linear_probe_and_leaves_the_encoder_untouche
     probe = linear_probe_accuracy(train_f, ytr, test_f, yte, ProbeSettings(epochs=20, batch_size=32))
     # crop_scale (1, 1): no crop, the class is the row of a bar (flips keep it)
     settings = FinetuneSettings(epochs=20, batch_size=32, base_lr=3e-2, crop_scale=(1.0, 1.0))
-    tuned = finetune(encoder, xtr, ytr, xte, yte, INFO, 4, "mean_patch", settings, seed=0)
+    tuned = finetune(encoder, ImageSet(xtr, ytr), ImageSet(xte, yte), INFO, 4, "mean_patch", settings, seed=0)
     assert probe == 25.0, "identical features for every image: chance"
     assert tuned.test_top1 >= 90.0 and tuned.steps == 20 * (128 // 32)
     assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())
@@ -62,7 +62,7 @@ def test_drop_path_rebuild_keeps_the_weights():
 def test_a_killed_finetune_resumes_after_its_last_epoch_with_the_uninterrupted_result(tmp_path, monkeypatch):
     (xtr, ytr), (xte, yte) = toy(96, 0), toy(32, 1)
     settings = FinetuneSettings(epochs=3, batch_size=32, base_lr=3e-2, drop_path=0.1)  # crops, flips, drop-path: random
-    args = (xtr, ytr, xte, yte, INFO, 4, "mean_patch", settings, 0)
+    args = (ImageSet(xtr, ytr), ImageSet(xte, yte), INFO, 4, "mean_patch", settings, 0)
     whole = finetune(blind_encoder(), *args)
 
     saves: list[int] = []
@@ -95,14 +95,92 @@ def test_a_killed_finetune_resumes_after_its_last_epoch_with_the_uninterrupted_r
 def test_a_state_of_other_settings_or_an_unreadable_one_is_not_used(tmp_path, monkeypatch):
     (xtr, ytr), (xte, yte) = toy(96, 0), toy(32, 1)
     settings = FinetuneSettings(epochs=2, batch_size=32, base_lr=3e-2, drop_path=0.1)
-    whole = finetune(blind_encoder(), xtr, ytr, xte, yte, INFO, 4, "mean_patch", settings, 0)
+    whole = finetune(blind_encoder(), ImageSet(xtr, ytr), ImageSet(xte, yte), INFO, 4, "mean_patch", settings, 0)
     path = tmp_path / "progress.pt"
     other = settings.model_copy(update={"base_lr": 1e-2, "epochs": 1})
-    finetune(blind_encoder(), xtr, ytr, xte, yte, INFO, 4, "mean_patch", other, 0, progress=Progress(path, "other"))
+    finetune(blind_encoder(), ImageSet(xtr, ytr), ImageSet(xte, yte), INFO, 4, "mean_patch", other, 0, progress=Progress(path, "other"))
     assert path.is_file()
-    fresh = finetune(blind_encoder(), xtr, ytr, xte, yte, INFO, 4, "mean_patch", settings, 0, progress=Progress(path, "run"))
+    fresh = finetune(blind_encoder(), ImageSet(xtr, ytr), ImageSet(xte, yte), INFO, 4, "mean_patch", settings, 0, progress=Progress(path, "run"))
     assert fresh.resumed_after_epoch == 0 and fresh.final_train_loss == whole.final_train_loss
     path.write_bytes(b"torn")
     with pytest.warns(UserWarning, match="unreadable progress file"):
-        torn = finetune(blind_encoder(), xtr, ytr, xte, yte, INFO, 4, "mean_patch", settings, 0, progress=Progress(path, "run"))
+        torn = finetune(blind_encoder(), ImageSet(xtr, ytr), ImageSet(xte, yte), INFO, 4, "mean_patch", settings, 0, progress=Progress(path, "run"))
     assert torn.resumed_after_epoch == 0 and torn.final_train_loss == whole.final_train_loss
+
+
+def streamed_split(root, split: str, info: DataInfo):
+    from hybridssl.evaluation.data import eval_split
+
+    return eval_split("folder", split, root, None, info, loader="stream", num_workers=0)
+
+
+PHOTO_INFO = DataInfo("folder", 32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 4)
+
+
+def test_streamed_batches_are_the_workers_crops_of_the_epochs_order_with_their_labels(photo_root):
+    """Image i of a batch is the crop pretraining's workers cut from file i at (seed, epoch, i), and its
+    label is file i's: a shifted order or label would still train, on the wrong pairs."""
+    from hybridssl.data.loader import EpochBatches
+    from hybridssl.data.streaming import StreamingSet, cut_crops, sample_seed
+    from hybridssl.data.views import crop_flip
+    from hybridssl.evaluation.finetune import StreamedEpochs
+
+    train = streamed_split(photo_root, "train", PHOTO_INFO)
+    assert isinstance(train, StreamingSet)
+    augment = crop_flip(PHOTO_INFO, num_views=1, scale=(0.5, 1.0))
+    batches = StreamedEpochs(train, augment, 16, seed=3, device=torch.device("cpu"))
+    orders = {}
+    for epoch in (1, 0):  # out of order: each epoch is its own (seed, epoch), not the next of a count
+        expected = EpochBatches(len(train), 16, seed=3)
+        expected.set_epoch(epoch)
+        orders[epoch] = order = expected.epoch_order()[:, 0]
+        seen = list(batches.epoch(epoch))
+        assert len(seen) == len(batches) == len(train) // 16
+        for (x, y), ids in zip(seen, order):
+            assert torch.equal(y, train.labels[ids])
+        first = int(order[0, 0])
+        (crop,) = cut_crops(train.index.read(first, 3), augment.crops, sample_seed(3, epoch, first))
+        assert torch.allclose(seen[0][0][0], augment.finish([crop[None]])[0][0])
+    assert not torch.equal(orders[0], orders[1])
+
+
+def test_a_streamed_finetune_never_decodes_the_split_whole_and_resumes_exactly(photo_root, tmp_path, monkeypatch):
+    from hybridssl.data.streaming import StreamingSet
+
+    def whole_split_decoded(*args, **kwargs):
+        raise AssertionError("a streamed split was decoded into memory")
+
+    monkeypatch.setattr(StreamingSet, "materialize", whole_split_decoded)
+    train, test = streamed_split(photo_root, "train", PHOTO_INFO), streamed_split(photo_root, "val", PHOTO_INFO)
+    encoder = ViT(ViTConfig(image_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=2))
+    settings = FinetuneSettings(epochs=2, batch_size=16, base_lr=3e-2, drop_path=0.1)
+    args = (train, test, PHOTO_INFO, 4, "mean_patch", settings, 0)
+    whole = finetune(encoder, *args)
+    assert whole.steps == 2 * (len(train) // 16)
+
+    original = Progress.save
+
+    def killed_after_the_first_epoch(self, state):
+        original(self, state)
+        raise KeyboardInterrupt
+
+    progress = Progress(tmp_path / "progress.pt", "run")
+    monkeypatch.setattr(Progress, "save", killed_after_the_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(encoder, *args, progress=progress)
+    monkeypatch.setattr(Progress, "save", original)
+    resumed = finetune(encoder, *args, progress=progress)
+    assert resumed.resumed_after_epoch == 1
+    assert (resumed.final_train_loss, resumed.test_top1) == (whole.final_train_loss, whole.test_top1)
+
+
+def test_a_low_shot_share_of_a_streamed_split_is_decoded_only_when_it_fits_the_budget(photo_root, monkeypatch):
+    from hybridssl.data.streaming import StreamingSet
+    from hybridssl.evaluation import data as eval_data
+
+    train = streamed_split(photo_root, "train", PHOTO_INFO)
+    share = train.select(torch.arange(8))
+    kept = eval_data.fits_or_streams(share)
+    assert isinstance(kept, ImageSet) and torch.equal(kept.labels, train.labels[:8])
+    monkeypatch.setattr(eval_data, "MEMORY_BUDGET_BYTES", 8 * 3 * 32 * 32 - 1)
+    assert isinstance(eval_data.fits_or_streams(share), StreamingSet)

@@ -5,11 +5,11 @@ for a train/val root), the test split `--eval-data-dir`, or the root's `val/` (`
 without further flags. Folders larger than the memory budget (data/training_set.py) stream: features
 are computed batch by batch from images fitted to the encoder's size (shorter side resized, centre
 crop), decoded by DataLoader workers, with a progress bar; the features, not the images, are kept.
+Fine-tuning streams them too (evaluation/finetune.py).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Union
@@ -20,7 +20,7 @@ from torch import Tensor
 from hybridssl.data.index import has_split_layout, labels_in
 from hybridssl.data.sources import STREAMED, DataInfo, ImageSet, load_dataset, record_index
 from hybridssl.data.streaming import StreamingSet, fitted_batches
-from hybridssl.data.training_set import LoaderChoice, stored_or_streamed
+from hybridssl.data.training_set import MEMORY_BUDGET_BYTES, LoaderChoice, decoded_bytes, stored_or_streamed
 from hybridssl.errors import ConfigError, DataError
 from hybridssl.evaluation.features import encoder_features, pixel_features
 from hybridssl.nn.vit import Pooling, ViT
@@ -102,9 +102,10 @@ def with_classes_of(train: EvalData, test: EvalData) -> EvalData:
     return replace(test, index=relabelled)
 
 
-def in_memory(data: EvalData, what: str) -> ImageSet:
-    """The images themselves (fine-tuning trains on them): a streamed split is decoded whole."""
-    if isinstance(data, ImageSet):
-        return data
-    warnings.warn(f"{what}: decoding all {len(data)} images of a streamed split into memory", stacklevel=2)
-    return data.materialize(progress=f"decoding {what}")
+def fits_or_streams(data: EvalData) -> EvalData:
+    """A subset of a streamed split (low-shot's share of the labels) goes to memory when its decoded
+    size is within the budget, by the rule a whole split follows (data/training_set.py): a fine-tune's
+    epochs then decode it once, not once each."""
+    if isinstance(data, StreamingSet) and decoded_bytes(len(data), data.image_size, data.channels) <= MEMORY_BUDGET_BYTES:
+        return data.materialize()
+    return data

@@ -19,6 +19,11 @@ is written there atomically after every epoch, and a later call with the same fi
 after the last finished epoch (on CPU with the result of an uninterrupted run, bit for bit). A file
 with another key, or one that cannot be read, is not used. The caller removes the file once the
 result is stored: a kill between the last epoch and that point costs only the test pass.
+
+Splits too large for memory (data/training_set.py) stream, as in pretraining: DataLoader workers decode
+each file at full resolution and cut its random-resized crop and flip there (data/streaming.py), and
+the test split is read fitted to the encoder's size. Their order and crops come from (seed, epoch,
+sample), so a resumed streamed fine-tune needs no saved state for them and sees the same batches.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,8 +42,9 @@ from torch import Tensor, nn
 
 from hybridssl.files import atomic_write
 from hybridssl.settings import StrictModel
-from hybridssl.data.sources import DataInfo
-from hybridssl.data.views import crop_flip, identity, to_unit
+from hybridssl.data.sources import DataInfo, ImageSet
+from hybridssl.data.streaming import StreamingSet, fitted_batches
+from hybridssl.data.views import Views, crop_flip, identity, to_unit
 from hybridssl.engine.optim import WarmupCosine
 from hybridssl.nn.param_groups import layer_decay, param_groups
 from hybridssl.evaluation.batches import epoch_batches, steps_per_epoch
@@ -93,16 +100,66 @@ def with_drop_path(encoder: ViT, drop_path: float) -> ViT:
     return rebuilt
 
 
+def test_batches(test: ImageSet | StreamingSet, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """uint8 images and labels of the test split; streamed files that cannot be read are left out (a
+    warning names each)."""
+    if isinstance(test, ImageSet):
+        for i in range(0, len(test), batch_size):
+            yield test.images[i : i + batch_size], test.labels[i : i + batch_size]  # type: ignore[index]
+        return
+    for batch in fitted_batches(test.index, test.image_size, test.channels, batch_size, test.num_workers, test.strict, "finetune test"):
+        if len(batch["images"]):
+            yield batch["images"], batch["labels"]
+
+
 @torch.no_grad()
-def classifier_accuracy(model: nn.Module, images: Tensor, labels: Tensor, info: DataInfo, batch_size: int, device: torch.device) -> float:
+def classifier_accuracy(model: nn.Module, test: ImageSet | StreamingSet, info: DataInfo, batch_size: int, device: torch.device) -> float:
     normalize = identity(info).normalize
     model.eval()
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        x = normalize(to_unit(images[i : i + batch_size].to(device)))
+    correct = seen = 0
+    for images, labels in test_batches(test, batch_size):
+        x = normalize(to_unit(images.to(device)))
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            correct += (model(x).argmax(dim=1).cpu() == labels[i : i + batch_size]).sum().item()
-    return 100.0 * correct / len(images)
+            correct += (model(x).argmax(dim=1).cpu() == labels).sum().item()
+        seen += len(labels)
+    return 100.0 * correct / max(seen, 1)
+
+
+class StoredEpochs:
+    """Training batches of images held on the device, cropped there; the order comes from a generator
+    carried across epochs (saved with the progress)."""
+
+    def __init__(self, train: ImageSet, augment: Views, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
+        self.images, self.labels = train.images.to(device), train.labels.to(device)  # type: ignore[union-attr]
+        self.augment, self.batch_size, self.generator, self.device = augment, batch_size, generator, device
+
+    def __len__(self) -> int:
+        return steps_per_epoch(len(self.images), self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for idx in epoch_batches(len(self.images), self.batch_size, self.generator):
+            idx = idx.to(self.device)
+            (x,) = self.augment(self.images[idx])
+            yield x, self.labels[idx]
+
+
+class StreamedEpochs:
+    """Training batches decoded and cropped by DataLoader workers from the full-resolution files, in the
+    order and with the crops of (seed, epoch, sample): pretraining's streaming path (data/streaming.py)."""
+
+    def __init__(self, train: StreamingSet, augment: Views, batch_size: int, seed: int, device: torch.device) -> None:
+        self.loader = train.loader(augment.crops, batch_size, seed, 0, 1, False, pin_memory=device.type == "cuda")
+        self.augment, self.device = augment, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        self.loader.set_epoch(epoch)
+        for batch in self.loader:
+            (x,) = self.augment.finish([crop.to(self.device, non_blocking=True) for crop in batch["crops"]])
+            yield x, batch["labels"].to(self.device, non_blocking=True)
+            self.loader.advance()
 
 
 @dataclass(frozen=True)
@@ -130,10 +187,8 @@ class Progress:
 
 def finetune(
     encoder: ViT,
-    train_images: Tensor,
-    train_labels: Tensor,
-    test_images: Tensor,
-    test_labels: Tensor,
+    train: ImageSet | StreamingSet,
+    test: ImageSet | StreamingSet,
     info: DataInfo,
     num_classes: int,
     pooling: Pooling,
@@ -142,8 +197,8 @@ def finetune(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
 ) -> FinetuneResult:
-    """Fine-tunes a copy of `encoder` (uint8 images in, the caller's encoder untouched) and tests it;
-    resumable through `progress` (module docstring)."""
+    """Fine-tunes a copy of `encoder` on labelled uint8 images, in memory or streamed (the caller's
+    encoder untouched), and tests it; resumable through `progress` (module docstring)."""
     start = time.perf_counter()
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -155,11 +210,14 @@ def finetune(
         group["lr"] = lr * group["lr_scale"]
     fused = device.type == "cuda" or None
     opt = torch.optim.AdamW(groups, lr=lr, betas=settings.betas, fused=fused)
-    total = settings.epochs * steps_per_epoch(len(train_images), settings.batch_size)
+    augment = crop_flip(info, num_views=1, scale=settings.crop_scale)
+    if isinstance(train, StreamingSet):
+        batches: StoredEpochs | StreamedEpochs = StreamedEpochs(train, augment, settings.batch_size, seed, device)
+    else:
+        batches = StoredEpochs(train, augment, settings.batch_size, generator, device)
+    total = settings.epochs * len(batches)
     warmup = int(settings.warmup_fraction * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(total, warmup, settings.min_lr_fraction))
-    augment = crop_flip(info, num_views=1, scale=settings.crop_scale)
-    images, labels = train_images.to(device), train_labels.to(device)
     loss, first_epoch, earlier_seconds = torch.zeros(()), 0, 0.0
     if progress is not None and (saved := progress.load()) is not None:
         model.load_state_dict(saved["model"])
@@ -173,12 +231,10 @@ def finetune(
         print(f"finetune: resuming after epoch {first_epoch} of {settings.epochs} ({progress.path})", file=sys.stderr, flush=True)
     for epoch in range(first_epoch, settings.epochs):
         model.train()
-        for idx in epoch_batches(len(images), settings.batch_size, generator):
-            idx = idx.to(device)
-            (x,) = augment(images[idx])
+        for x, y in batches.epoch(epoch):
             with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels[idx], label_smoothing=settings.label_smoothing)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=settings.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip:
@@ -193,5 +249,5 @@ def finetune(
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                 "loss": loss.detach().cpu(), "seconds": earlier_seconds + time.perf_counter() - start,
             })  # fmt: skip
-    top1 = classifier_accuracy(model, test_images, test_labels, info, settings.eval_batch_size, device)
+    top1 = classifier_accuracy(model, test, info, settings.eval_batch_size, device)
     return FinetuneResult(top1, float(loss.item()), total, lr, earlier_seconds + time.perf_counter() - start, first_epoch)

@@ -27,7 +27,7 @@ from hybridssl.settings import ConfigError, StrictModel, format_validation_error
 from hybridssl.engine.checkpoints import TrainedEncoder
 from hybridssl.engine.starting_points import load_start_encoder
 from hybridssl.evaluation.clustering import ClusteringSettings, clustering_metrics
-from hybridssl.evaluation.data import EvalData, eval_split, features_and_labels, in_memory, with_classes_of
+from hybridssl.evaluation.data import EvalData, eval_split, features_and_labels, fits_or_streams, with_classes_of
 from hybridssl import __version__
 from hybridssl.evaluation.finetune import FinetuneResult, FinetuneSettings, Progress, finetune
 from hybridssl.evaluation.knn import knn_accuracy
@@ -191,13 +191,10 @@ class EvalContext:
 
     def finetune(self, settings: FinetuneSettings, train_idx: Tensor | None = None, seed: int | None = None,
                  resumable: bool = False) -> FinetuneResult:  # fmt: skip
-        train, test = in_memory(self.train, "finetune train split"), in_memory(self.test, "finetune test split")
-        images, labels = train.images, train.labels
-        if train_idx is not None:
-            images, labels = images[train_idx], labels[train_idx]
+        train = self.train if train_idx is None else fits_or_streams(self.train.select(train_idx))
         progress = self.finetune_progress(settings) if resumable else None
-        result = finetune(self.encoder, images, labels, test.images, test.labels, self.info, self.num_classes,
-                          self.pooling, settings, self.req.seed if seed is None else seed, self.device, progress)  # type: ignore[arg-type]  # fmt: skip
+        result = finetune(self.encoder, train, self.test, self.info, self.num_classes, self.pooling, settings,
+                          self.req.seed if seed is None else seed, self.device, progress)  # type: ignore[arg-type]  # fmt: skip
         if progress is not None:
             self.stored_progress.append(progress)
         return result
