@@ -184,3 +184,20 @@ def test_a_low_shot_share_of_a_streamed_split_is_decoded_only_when_it_fits_the_b
     assert isinstance(kept, ImageSet) and torch.equal(kept.labels, train.labels[:8])
     monkeypatch.setattr(eval_data, "MEMORY_BUDGET_BYTES", 8 * 3 * 32 * 32 - 1)
     assert isinstance(eval_data.fits_or_streams(share), StreamingSet)
+
+
+def test_grad_checkpointing_recomputes_the_blocks_with_the_same_result_and_stays_out_of_the_records(monkeypatch):
+    from hybridssl.nn import vit
+
+    calls = []
+    original = vit.checkpoint
+    monkeypatch.setattr(vit, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    (xtr, ytr), (xte, yte) = toy(64, 0), toy(32, 1)
+    settings = FinetuneSettings(epochs=1, batch_size=32, base_lr=3e-2, drop_path=0.1)  # drop-path: its RNG is replayed
+    plain = finetune(blind_encoder(), ImageSet(xtr, ytr), ImageSet(xte, yte), INFO, 4, "mean_patch", settings, 0)
+    assert calls == []
+    saving = settings.model_copy(update={"grad_checkpointing": True})
+    checkpointed = finetune(blind_encoder(), ImageSet(xtr, ytr), ImageSet(xte, yte), INFO, 4, "mean_patch", saving, 0)
+    assert len(calls) == 2, "the encoder's one block, in each of the two training steps"
+    assert (checkpointed.final_train_loss, checkpointed.test_top1) == (plain.final_train_loss, plain.test_top1)
+    assert saving.to_dict() == settings.to_dict() and "grad_checkpointing" not in settings.model_dump(mode="json")

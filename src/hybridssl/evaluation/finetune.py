@@ -48,7 +48,7 @@ from hybridssl.data.views import Views, crop_flip, identity, to_unit
 from hybridssl.engine.optim import WarmupCosine
 from hybridssl.nn.param_groups import layer_decay, param_groups
 from hybridssl.evaluation.batches import epoch_batches, steps_per_epoch
-from hybridssl.nn.vit import ViT, Pooling, pool
+from hybridssl.nn.vit import ViT, Pooling, pool, set_grad_checkpointing
 
 
 class FinetuneSettings(StrictModel):
@@ -65,6 +65,9 @@ class FinetuneSettings(StrictModel):
     crop_scale: tuple[float, float] = (0.5, 1.0)
     grad_clip: PositiveFloat | None = None
     eval_batch_size: PositiveInt = 512
+    # recompute each block in the backward (ViT-L at 224 px on one GPU); the numbers do not change, so it
+    # is left out of the records and of what decides whether a result is measured again
+    grad_checkpointing: bool = Field(False, exclude=True)
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -204,6 +207,7 @@ def finetune(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model = Classifier(with_drop_path(encoder, settings.drop_path), num_classes, pooling).to(device)
+    set_grad_checkpointing(model, settings.grad_checkpointing)
     lr = settings.base_lr * settings.batch_size / 256
     groups = param_groups(model.named_parameters(), settings.weight_decay, layer_decay(encoder.cfg.depth, settings.layer_decay))
     for group in groups:
