@@ -19,13 +19,12 @@ def shipped_configs() -> dict[str, Path]:
 
 def summary(path: Path) -> str:
     """The file's first comment line: what the config is for."""
-    first = path.read_text().splitlines()[0] if path.stat().st_size else ""
-    return first.removeprefix("#").strip()
+    return next(iter(path.read_text().splitlines()), "").removeprefix("#").strip()
 
 
 def find_config(path: Path) -> Path:
     """A file that exists wins; otherwise a shipped config's name, with or without `.yaml`."""
-    if path.exists():
+    if path.is_file():
         return path
     shipped = shipped_configs()
     name = path.as_posix().removeprefix("configs/").removesuffix(".yaml")
