@@ -7,7 +7,8 @@ and OUT/log.txt (the stage start times) written by benchmarks/flagship_mae_ct.sh
 of benchmarks/floors.sh, and OUT/rows/<method>/{results.jsonl,log.txt} of benchmarks/results_row.sh,
 and prints one markdown row per encoder that has results: k-NN (k=20), linear probe, fine-tuning
 (benchmarks/flagship_finetune.sh), k-means cluster accuracy and NMI, and the linear probe on 1% and 10%
-of the labels (mean of the seeds). --figure also draws k-NN and linear probe of every measured encoder
+of the labels (mean of the seeds), then each row's training time summed over every session that ran it
+(TensorBoard's wall times; the log stamps leave out a stage a killed session cut off). --figure also draws k-NN and linear probe of every measured encoder
 against the floors (hybridssl.report.scores).
 """
 
@@ -38,6 +39,21 @@ def stage_minutes(log: Path) -> dict[str, float]:
         if following != "session start" and what != "session start" and not what.endswith("done"):
             minutes[what] = minutes.get(what, 0.0) + (later - when).total_seconds() / 60
     return minutes
+
+
+def training_minutes(run: Path) -> tuple[float, int]:
+    """Minutes of training in a run folder (all its stages), from the wall times TensorBoard stamps on
+    every logged value: first to last value of each session's event file, summed. Unlike the log stamps,
+    this counts a session that was killed mid-stage (the steps it trained past its last checkpoint are
+    trained again, and counted again)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    total, sessions = 0.0, 0
+    for events in sorted(run.rglob("events.out.tfevents.*")):
+        times = [e.wall_time for e in EventFileLoader(str(events)).Load() if e.HasField("summary")]
+        if len(times) > 1:
+            total, sessions = total + (max(times) - min(times)) / 60, sessions + 1
+    return total, sessions
 
 
 def draw(encoders: list[tuple[str, list[dict], str]], path: Path) -> None:
@@ -79,6 +95,11 @@ def main(out: Path, figure: Path | None = None) -> None:
             print()
             for what, minutes in stage_minutes(log).items():
                 print(f"- {what}: {minutes:.1f} min")
+    print()
+    for row in sorted((out / "rows").glob("*")):
+        minutes, sessions = training_minutes(row)
+        if sessions:
+            print(f"- {row.name}: {minutes:.1f} min of training over {sessions} start(s) of the command (TensorBoard wall times)")
     if figure is not None:
         draw(encoders, figure)
 
