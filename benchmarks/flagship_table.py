@@ -90,6 +90,7 @@ def main(out: Path, figure: Path | None = None) -> None:
         print(f"| {name} | {pooling} | {pick(results, kind, 'knn', k=20)} | {pick(results, kind, 'linear')} | "
               f"{pick(results, kind, 'finetune')} | {pick(results, kind, 'clustering', metric='cluster_accuracy')} | {pick(results, kind, 'clustering', metric='nmi')} | "
               f"{pick(results, kind, 'lowshot', subset='1%')} | {pick(results, kind, 'lowshot', subset='10%')} |")  # fmt: skip
+    print("\nTimes between log stamps (a stretch a killed session cut off is not counted: training times below)")
     for log in [out / "log.txt", out / "floors" / "log.txt", *sorted((out / "rows").glob("*/log.txt"))]:
         if log.is_file():
             print()

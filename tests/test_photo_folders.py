@@ -54,14 +54,43 @@ def test_memory_and_stream_evaluate_the_same_features_closely(streamed_run, tmp_
     assert abs(memory["value"] - stream["value"]) <= 10.0
 
 
-def test_fine_tuning_streams_the_folder_through_workers(streamed_run, tmp_path, recwarn):
+def test_fine_tuning_streams_the_folder_through_workers(streamed_run, tmp_path, monkeypatch):
     """Neither split is decoded whole (an ImageNet-size folder would not fit): workers cut the crops."""
+    from hybridssl.data.streaming import StreamingSet
+
+    def decoded_whole(*args, **kwargs):
+        raise AssertionError("a streamed split was decoded into memory")
+
+    monkeypatch.setattr(StreamingSet, "materialize", decoded_whole)
     assert main(["evaluate", "--checkpoint", str(streamed_run / "checkpoints" / "last.ckpt"), "--protocol", "finetune",
                  "--set", "finetune.epochs=1", "--set", "finetune.batch_size=16", "--output", str(tmp_path),
                  "--loader", "stream", "--num-workers", "2"]) == 0  # fmt: skip
     (row,) = results(tmp_path)
     assert row["protocol"] == "finetune" and row["settings"]["steps"] == row["train_size"] // 16
-    assert not [w for w in recwarn if "into memory" in str(w.message)]
+    assert row["settings"]["crops"] == "cut by workers from the full-resolution files"
+
+
+def test_low_shot_fine_tunes_the_files_its_labels_were_chosen_from(streamed_run, photo_root, tmp_path, monkeypatch):
+    """Low-shot picks class-balanced rows among the train features, which leave unreadable files out:
+    the fine-tune must get those rows' files, not the files at the same positions of the folder."""
+    from hybridssl.evaluation import run as eval_run
+    from hybridssl.evaluation.finetune import FinetuneResult
+
+    root = tmp_path / "photos"
+    shutil.copytree(photo_root, root)
+    victim = sorted((root / "train").rglob("*.jpg"))[0]
+    victim.write_bytes(b"")
+    given = []
+    monkeypatch.setattr(eval_run, "decoded_when_small", lambda data, batch_size: data)
+    monkeypatch.setattr(eval_run, "finetune", lambda encoder, train, *a, **k: given.append(train) or FinetuneResult(50.0, 1.0, 1, 1e-3, 0.0))
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        assert main(["evaluate", "--checkpoint", str(streamed_run / "checkpoints" / "last.ckpt"), "--protocol", "lowshot",
+                     "--data-dir", str(root), "--lowshot-subsets", "3", "--seeds", "1", "--output", str(tmp_path / "eval"),
+                     "--loader", "stream", "--num-workers", "0"]) == 0  # fmt: skip
+    (share,) = given
+    files = [share.index.describe(i) for i in range(len(share))]
+    assert victim.name not in " ".join(files)
+    assert sorted(share.labels.tolist()) == [c for c in range(4) for _ in range(3)], "3 images of each class"
 
 
 def test_unreadable_files_met_while_streaming_are_skipped_or_fatal_with_strict(photo_root, tmp_path, capsys):

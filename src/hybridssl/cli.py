@@ -339,6 +339,9 @@ def cmd_configs(args: argparse.Namespace) -> int:
     from hybridssl.shipped_configs import SHIPPED_DIR, shipped_configs, summary
 
     configs = shipped_configs()
+    if not configs:
+        print(f"no configs in {SHIPPED_DIR}: the installation is incomplete (reinstall hybridssl)", file=sys.stderr)
+        return 1
     width = max(map(len, configs))
     for name, path in configs.items():
         print(f"{name:<{width}}  {summary(path)}")

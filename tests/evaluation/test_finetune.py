@@ -108,10 +108,10 @@ def test_a_state_of_other_settings_or_an_unreadable_one_is_not_used(tmp_path, mo
     assert torn.resumed_after_epoch == 0 and torn.final_train_loss == whole.final_train_loss
 
 
-def streamed_split(root, split: str, info: DataInfo):
+def streamed_split(root, split: str, info: DataInfo, num_workers: int = 0):
     from hybridssl.evaluation.data import eval_split
 
-    return eval_split("folder", split, root, None, info, loader="stream", num_workers=0)
+    return eval_split("folder", split, root, None, info, loader="stream", num_workers=num_workers)
 
 
 PHOTO_INFO = DataInfo("folder", 32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 4)
@@ -144,14 +144,17 @@ def test_streamed_batches_are_the_workers_crops_of_the_epochs_order_with_their_l
     assert not torch.equal(orders[0], orders[1])
 
 
-def test_a_streamed_finetune_never_decodes_the_split_whole_and_resumes_exactly(photo_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_streamed_finetune_never_decodes_the_split_whole_and_resumes_exactly(photo_root, tmp_path, monkeypatch, num_workers):
+    """With workers too: creating the loader's iterator must not move the RNG drop-path draws from (it
+    did once per start, so a resumed run drew once more than a whole one)."""
     from hybridssl.data.streaming import StreamingSet
 
     def whole_split_decoded(*args, **kwargs):
         raise AssertionError("a streamed split was decoded into memory")
 
     monkeypatch.setattr(StreamingSet, "materialize", whole_split_decoded)
-    train, test = streamed_split(photo_root, "train", PHOTO_INFO), streamed_split(photo_root, "val", PHOTO_INFO)
+    train, test = (streamed_split(photo_root, split, PHOTO_INFO, num_workers) for split in ("train", "val"))
     encoder = ViT(ViTConfig(image_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=2))
     settings = FinetuneSettings(epochs=2, batch_size=16, base_lr=3e-2, drop_path=0.1)
     args = (train, test, PHOTO_INFO, 4, "mean_patch", settings, 0)
@@ -174,16 +177,14 @@ def test_a_streamed_finetune_never_decodes_the_split_whole_and_resumes_exactly(p
     assert (resumed.final_train_loss, resumed.test_top1) == (whole.final_train_loss, whole.test_top1)
 
 
-def test_a_low_shot_share_of_a_streamed_split_is_decoded_only_when_it_fits_the_budget(photo_root, monkeypatch):
+def test_a_streamed_share_smaller_than_a_batch_is_decoded_and_larger_ones_stream(photo_root):
     from hybridssl.data.streaming import StreamingSet
-    from hybridssl.evaluation import data as eval_data
+    from hybridssl.evaluation.data import decoded_when_small
 
-    train = streamed_split(photo_root, "train", PHOTO_INFO)
-    share = train.select(torch.arange(8))
-    kept = eval_data.fits_or_streams(share)
-    assert isinstance(kept, ImageSet) and torch.equal(kept.labels, train.labels[:8])
-    monkeypatch.setattr(eval_data, "MEMORY_BUDGET_BYTES", 8 * 3 * 32 * 32 - 1)
-    assert isinstance(eval_data.fits_or_streams(share), StreamingSet)
+    share = streamed_split(photo_root, "train", PHOTO_INFO).select(torch.arange(8))
+    kept = decoded_when_small(share, batch_size=16)
+    assert isinstance(kept, ImageSet) and torch.equal(kept.labels, share.labels)
+    assert decoded_when_small(share, batch_size=8) is share and isinstance(share, StreamingSet)
 
 
 def test_grad_checkpointing_recomputes_the_blocks_with_the_same_result_and_stays_out_of_the_records(monkeypatch):

@@ -138,8 +138,10 @@ class StreamingLoader(EpochBatches):
         super().__init__(len(dataset), batch_size, seed, rank, world_size, global_images)
         self.dataset = dataset
         workers = {"persistent_workers": True, "prefetch_factor": prefetch} if num_workers > 0 else {}
-        self.dataloader = DataLoader(dataset, batch_sampler=_Keys(self), num_workers=num_workers,
-                                     collate_fn=collate_crops, pin_memory=pin_memory, **workers)  # fmt: skip
+        # its own generator: each new iterator draws the workers' base seed (unused: crops are seeded per
+        # sample), which would otherwise move the global RNG once more in a resumed run than in a whole one
+        self.dataloader = DataLoader(dataset, batch_sampler=_Keys(self), num_workers=num_workers, collate_fn=collate_crops,
+                                     pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed), **workers)  # fmt: skip
         self.skipped_in_epoch: dict[int, int] = {}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -176,7 +178,7 @@ class FitDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any] | str:
         path = self.index.describe(i)
         try:
-            return {"image": fit(self.index.read(i, self.channels), self.size), "label": int(self.index.labels[i])}
+            return {"image": fit(self.index.read(i, self.channels), self.size), "label": int(self.index.labels[i]), "id": i}
         except Exception as exc:  # decoders raise many types for broken files
             if self.strict:  # raised by the main process (from a worker it would carry a traceback)
                 return {"error": f"unreadable image {describe_failure(path, exc)} (--strict)"}
@@ -190,7 +192,7 @@ def collate_fitted(samples: list[dict[str, Any] | str]) -> dict[str, Any]:
     good = [s for s in samples if not isinstance(s, str)]
     images = torch.stack([s["image"] for s in good]) if good else torch.zeros(0, dtype=torch.uint8)
     return {"images": images, "labels": torch.tensor([s["label"] for s in good], dtype=torch.int64),
-            "skipped": [s for s in samples if isinstance(s, str)]}  # fmt: skip
+            "ids": torch.tensor([s["id"] for s in good], dtype=torch.int64), "skipped": [s for s in samples if isinstance(s, str)]}  # fmt: skip
 
 
 def fitted_batches(index: FileIndex | ShardIndex, size: int, channels: int, batch_size: int = 256, num_workers: int = 0,

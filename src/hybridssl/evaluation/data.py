@@ -20,7 +20,7 @@ from torch import Tensor
 from hybridssl.data.index import has_split_layout, labels_in
 from hybridssl.data.sources import STREAMED, DataInfo, ImageSet, load_dataset, record_index
 from hybridssl.data.streaming import StreamingSet, fitted_batches
-from hybridssl.data.training_set import MEMORY_BUDGET_BYTES, LoaderChoice, decoded_bytes, stored_or_streamed
+from hybridssl.data.training_set import LoaderChoice, stored_or_streamed
 from hybridssl.errors import ConfigError, DataError
 from hybridssl.evaluation.features import encoder_features, pixel_features
 from hybridssl.nn.vit import Pooling, ViT
@@ -70,24 +70,26 @@ def eval_split(dataset: str, split: str, data_dir: Path | None, eval_data_dir: P
 
 @torch.inference_mode()
 def features_and_labels(encoder: ViT | None, data: EvalData, info: DataInfo, pooling: Pooling | str, device: torch.device,
-                        batch_size: int = 256, progress: str | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """N x D frozen features (eval mode, full view) and their labels; `encoder` None: raw pixels.
-    Streamed files that cannot be read are left out with their labels, with a warning naming each."""
+                        batch_size: int = 256, progress: str | None = None) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """N x D frozen features (eval mode, full view), their labels and their rows in `data`; `encoder`
+    None: raw pixels. Streamed files that cannot be read are left out with their labels and rows, with a
+    warning naming each (the rows map a choice among the features back to the files)."""
     def encode(images: Tensor) -> Tensor:
         if encoder is None:
             return pixel_features(images, info)
         return encoder_features(encoder, images, info, pooling, batch_size, device)  # type: ignore[arg-type]
 
     if isinstance(data, ImageSet):
-        return encode(data.images), data.labels  # type: ignore[return-value]
-    feats, labels = [], []
+        return encode(data.images), data.labels, torch.arange(len(data))  # type: ignore[return-value]
+    feats, labels, rows = [], [], []
     for batch in fitted_batches(data.index, info.image_size, info.channels, batch_size, data.num_workers, data.strict, progress):
         if len(batch["images"]):
             feats.append(encode(batch["images"]))
             labels.append(batch["labels"])
+            rows.append(batch["ids"])
     if not feats:
         raise DataError(f"no readable images in {data.index.root}")
-    return torch.cat(feats), torch.cat(labels)
+    return torch.cat(feats), torch.cat(labels), torch.cat(rows)
 
 
 def with_classes_of(train: EvalData, test: EvalData) -> EvalData:
@@ -102,10 +104,10 @@ def with_classes_of(train: EvalData, test: EvalData) -> EvalData:
     return replace(test, index=relabelled)
 
 
-def fits_or_streams(data: EvalData) -> EvalData:
-    """A subset of a streamed split (low-shot's share of the labels) goes to memory when its decoded
-    size is within the budget, by the rule a whole split follows (data/training_set.py): a fine-tune's
-    epochs then decode it once, not once each."""
-    if isinstance(data, StreamingSet) and decoded_bytes(len(data), data.image_size, data.channels) <= MEMORY_BUDGET_BYTES:
+def decoded_when_small(data: EvalData, batch_size: int) -> EvalData:
+    """A streamed fine-tuning set smaller than one batch (a few images per class of low-shot) is decoded:
+    the in-memory loop repeats such a set within the batch, the streaming loader cannot. Larger ones
+    stream, so every fine-tune of a streamed split crops the same way (from the full-resolution files)."""
+    if isinstance(data, StreamingSet) and len(data) < batch_size:
         return data.materialize()
     return data

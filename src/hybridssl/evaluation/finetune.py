@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
+from hybridssl.errors import DataError
 from hybridssl.files import atomic_write
 from hybridssl.settings import StrictModel
 from hybridssl.data.sources import DataInfo, ImageSet
@@ -125,7 +126,9 @@ def classifier_accuracy(model: nn.Module, test: ImageSet | StreamingSet, info: D
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             correct += (model(x).argmax(dim=1).cpu() == labels).sum().item()
         seen += len(labels)
-    return 100.0 * correct / max(seen, 1)
+    if seen == 0:
+        raise DataError("finetune: no readable image in the test split")
+    return 100.0 * correct / seen
 
 
 class StoredEpochs:
@@ -253,5 +256,6 @@ def finetune(
                 **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                 "loss": loss.detach().cpu(), "seconds": earlier_seconds + time.perf_counter() - start,
             })  # fmt: skip
+    del batches  # a streamed split's workers stop before the test pass starts its own
     top1 = classifier_accuracy(model, test, info, settings.eval_batch_size, device)
     return FinetuneResult(top1, float(loss.item()), total, lr, earlier_seconds + time.perf_counter() - start, first_epoch)

@@ -24,10 +24,11 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError
 from torch import Tensor
 
 from hybridssl.settings import ConfigError, StrictModel, format_validation_error
+from hybridssl.data.streaming import StreamingSet
 from hybridssl.engine.checkpoints import TrainedEncoder
 from hybridssl.engine.starting_points import load_start_encoder
 from hybridssl.evaluation.clustering import ClusteringSettings, clustering_metrics
-from hybridssl.evaluation.data import EvalData, eval_split, features_and_labels, fits_or_streams, with_classes_of
+from hybridssl.evaluation.data import EvalData, decoded_when_small, eval_split, features_and_labels, with_classes_of
 from hybridssl import __version__
 from hybridssl.evaluation.finetune import FinetuneResult, FinetuneSettings, Progress, finetune
 from hybridssl.evaluation.knn import knn_accuracy
@@ -155,10 +156,11 @@ class EvalContext:
 
     @cached_property
     def num_classes(self) -> int:
-        known = [self.train.num_classes or 0, int(self.train_labels.max()) + 1, int(self.test_labels.max()) + 1]
+        """From the labels the splits list (a fine-tune needs no feature pass over them first)."""
+        known = [self.train.num_classes or 0, int(self.train.labels.max()) + 1, int(self.test.labels.max()) + 1]  # type: ignore[union-attr]
         return max(known)
 
-    def _encoded(self, data: EvalData, name: str) -> tuple[Tensor, Tensor]:
+    def _encoded(self, data: EvalData, name: str) -> tuple[Tensor, Tensor, Tensor]:
         start = time.perf_counter()
         encoder = None if self.pixels else self.encoder
         out = features_and_labels(encoder, data, self.info, self.pooling, self.device, progress=f"{name} features")
@@ -166,11 +168,11 @@ class EvalContext:
         return out
 
     @cached_property
-    def _train(self) -> tuple[Tensor, Tensor]:
+    def _train(self) -> tuple[Tensor, Tensor, Tensor]:
         return self._encoded(self.train, "train")
 
     @cached_property
-    def _test(self) -> tuple[Tensor, Tensor]:
+    def _test(self) -> tuple[Tensor, Tensor, Tensor]:
         return self._encoded(self.test, "test")
 
     @property
@@ -191,7 +193,10 @@ class EvalContext:
 
     def finetune(self, settings: FinetuneSettings, train_idx: Tensor | None = None, seed: int | None = None,
                  resumable: bool = False) -> FinetuneResult:  # fmt: skip
-        train = self.train if train_idx is None else fits_or_streams(self.train.select(train_idx))
+        train = self.train
+        if train_idx is not None:  # rows among the train features: the files they came from (unreadable ones left out)
+            train = train.select(self._train[2][train_idx])
+        train = decoded_when_small(train, settings.batch_size)
         progress = self.finetune_progress(settings) if resumable else None
         result = finetune(self.encoder, train, self.test, self.info, self.num_classes, self.pooling, settings,
                           self.req.seed if seed is None else seed, self.device, progress)  # type: ignore[arg-type]  # fmt: skip
@@ -214,14 +219,21 @@ class EvalContext:
     def finetune_progress(self, settings: FinetuneSettings) -> Progress:
         """Where a fine-tune of this request keeps its resumable state, keyed by its identity, every
         setting and the device type (a resumed run is bit-identical only on the same kind of device)."""
-        key = json.dumps({**self.identity(), "settings": settings.to_dict(), "device": self.device.type}, sort_keys=True)
+        key = json.dumps({**self.identity(), **self.streamed_crops(), "settings": settings.to_dict(), "device": self.device.type}, sort_keys=True)
         return Progress(self.req.output / "finetune-progress" / f"{digest(key)}.pt", key)
+
+    def streamed_crops(self) -> dict[str, str]:
+        """Said in a fine-tune's keys and records when its crops come from the files, cut by workers (a
+        streamed split), not from the stored images; absent otherwise, so earlier keys stay valid."""
+        return {"crops": "cut by workers from the full-resolution files"} if isinstance(self.train, StreamingSet) else {}
 
     def measurement(self, protocol: str, settings: dict[str, BaseModel]) -> str:
         """The key of one protocol's result, kept in its rows: a rerun with the same key is already
         measured. Low-shot's heads are trained with the linear and fine-tune settings, so those count."""
         used = ("lowshot", "linear", "finetune") if protocol == "lowshot" else (protocol,)
         key = {**self.identity(), "protocol": protocol, "settings": {n: settings[n].model_dump(mode="json") for n in used}}
+        if "finetune" in used:
+            key.update(self.streamed_crops())
         return digest(json.dumps(key, sort_keys=True))
 
 
@@ -252,9 +264,10 @@ def run_linear(ctx: EvalContext, s: ProbeSettings) -> list[Row]:
     return [{"settings": record, "metric": "top1", "value": sweep.test_top1}]
 
 
-def finetune_record(s: FinetuneSettings) -> dict[str, Any]:
+def finetune_record(s: FinetuneSettings, ctx: EvalContext) -> dict[str, Any]:
     return {
         **s.to_dict(),
+        **ctx.streamed_crops(),
         "optimizer": "adamw, layer-wise lr decay (MAE exponents), no weight decay on norms/biases/tokens",
         "schedule": "per-step linear warmup + cosine, lr = base_lr x batch / 256",
         "augmentation": "random-resized crop (crop_scale) + horizontal flip",
@@ -265,7 +278,7 @@ def finetune_record(s: FinetuneSettings) -> dict[str, Any]:
 
 def run_finetune(ctx: EvalContext, s: FinetuneSettings) -> list[Row]:
     result = ctx.finetune(s, resumable=True)
-    record = {**finetune_record(s), "steps": result.steps, "lr": result.lr}
+    record = {**finetune_record(s, ctx), "steps": result.steps, "lr": result.lr}
     resumed = {"resumed_after_epoch": result.resumed_after_epoch, "finetune_seconds": round(result.seconds, 2)}
     return [{"settings": record, "metric": "top1", "value": result.test_top1, "final_train_loss": result.final_train_loss,
              **(resumed if result.resumed_after_epoch else {})}]  # fmt: skip
@@ -297,7 +310,7 @@ def run_lowshot(ctx: EvalContext, s: LowshotSettings, probe: ProbeSettings, tune
     chosen = {h: heads[h] for h in s.heads if not (h == "finetune" and ctx.pixels)}
     head_settings = {
         "linear": {k: v for k, v in probe.to_dict().items() if k not in ("base_lrs", "holdout_fraction")},
-        "finetune": finetune_record(tune),
+        "finetune": finetune_record(tune, ctx),
     }
     rows = []
     for r in lowshot_trials(ctx.train_labels, s, chosen, ctx.req.seed):
