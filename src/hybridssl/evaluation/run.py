@@ -184,6 +184,11 @@ class EvalContext:
         return self._train[1]
 
     @property
+    def train_rows(self) -> Tensor:
+        """Each train feature's row in `self.train` (a streamed split leaves unreadable files out)."""
+        return self._train[2]
+
+    @property
     def test_features(self) -> Tensor:
         return self._test[0]
 
@@ -194,8 +199,8 @@ class EvalContext:
     def finetune(self, settings: FinetuneSettings, train_idx: Tensor | None = None, seed: int | None = None,
                  resumable: bool = False) -> FinetuneResult:  # fmt: skip
         train = self.train
-        if train_idx is not None:  # rows among the train features: the files they came from (unreadable ones left out)
-            train = train.select(self._train[2][train_idx])
+        if train_idx is not None:  # positions among the train features -> the files they came from
+            train = train.select(self.train_rows[train_idx])
         train = decoded_when_small(train, settings.batch_size)
         progress = self.finetune_progress(settings) if resumable else None
         result = finetune(self.encoder, train, self.test, self.info, self.num_classes, self.pooling, settings,
