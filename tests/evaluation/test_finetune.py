@@ -59,9 +59,14 @@ def test_drop_path_rebuild_keeps_the_weights():
     assert rebuilt.blocks[-1].drop_path1.drop_prob == 0.1
 
 
-def test_a_killed_finetune_resumes_after_its_last_epoch_with_the_uninterrupted_result(tmp_path, monkeypatch):
+# the papers' regularisers draw too (RandAugment per image, erasing, mixup / cutmix): a resume repeats them
+PAPER_REGULARISERS = {"rand_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25, "mixup": 0.8, "cutmix": 1.0}
+
+
+@pytest.mark.parametrize("regularisers", [{}, PAPER_REGULARISERS], ids=["crop-flip", "paper-regularisers"])
+def test_a_killed_finetune_resumes_after_its_last_epoch_with_the_uninterrupted_result(tmp_path, monkeypatch, regularisers):
     (xtr, ytr), (xte, yte) = toy(96, 0), toy(32, 1)
-    settings = FinetuneSettings(epochs=3, batch_size=32, base_lr=3e-2, drop_path=0.1)  # crops, flips, drop-path: random
+    settings = FinetuneSettings(epochs=3, batch_size=32, base_lr=3e-2, drop_path=0.1, **regularisers)  # crops, flips, drop-path: random
     args = (ImageSet(xtr, ytr), ImageSet(xte, yte), INFO, 4, "mean_patch", settings, 0)
     whole = finetune(blind_encoder(), *args)
 
@@ -144,10 +149,11 @@ def test_streamed_batches_are_the_workers_crops_of_the_epochs_order_with_their_l
     assert not torch.equal(orders[0], orders[1])
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_a_streamed_finetune_never_decodes_the_split_whole_and_resumes_exactly(photo_root, tmp_path, monkeypatch, num_workers):
+@pytest.mark.parametrize("num_workers, regularisers", [(0, {}), (2, PAPER_REGULARISERS)], ids=["crop-flip", "workers-paper-regularisers"])
+def test_a_streamed_finetune_never_decodes_the_split_whole_and_resumes_exactly(photo_root, tmp_path, monkeypatch, num_workers, regularisers):
     """With workers too: creating the loader's iterator must not move the RNG drop-path draws from (it
-    did once per start, so a resumed run drew once more than a whole one)."""
+    did once per start, so a resumed run drew once more than a whole one). RandAugment runs in the
+    workers there."""
     from hybridssl.data.streaming import StreamingSet
 
     def whole_split_decoded(*args, **kwargs):
@@ -156,7 +162,7 @@ def test_a_streamed_finetune_never_decodes_the_split_whole_and_resumes_exactly(p
     monkeypatch.setattr(StreamingSet, "materialize", whole_split_decoded)
     train, test = (streamed_split(photo_root, split, PHOTO_INFO, num_workers) for split in ("train", "val"))
     encoder = ViT(ViTConfig(image_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=2))
-    settings = FinetuneSettings(epochs=2, batch_size=16, base_lr=3e-2, drop_path=0.1)
+    settings = FinetuneSettings(epochs=2, batch_size=16, base_lr=3e-2, drop_path=0.1, **regularisers)
     args = (train, test, PHOTO_INFO, 4, "mean_patch", settings, 0)
     whole = finetune(encoder, *args)
     assert whole.steps == 2 * (len(train) // 16)

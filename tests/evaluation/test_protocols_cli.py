@@ -64,10 +64,12 @@ def test_invalid_settings_fail_before_work_naming_the_field(evaluate, capsys):
     assert evaluate("--protocol", "finetune", "--raw-pixels") == 2
     assert evaluate("--protocol", "lowshot", "--lowshot-subsets", "3%,many") == 2
     assert evaluate("--protocol", "everything") == 2
+    assert evaluate("--protocol", "finetune", "--set", "finetune.rand_augment=rand-q9") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 5 and all(line.startswith("hybridssl: error:") for line in err)
+    assert len(err) == 6 and all(line.startswith("hybridssl: error:") for line in err)
     assert "finetune.layer_decay" in err[0] and "finetune.nope" in err[1] and "raw pixels" in err[2]
     assert "lowshot.subsets" in err[3] and "all" in err[4]
+    assert "finetune.rand_augment" in err[5] and "rand-m9-mstd0.5-inc1" in err[5]
 
 
 def test_validation_measures_on_a_train_holdout_and_never_reads_the_test_split(evaluate, tmp_path, monkeypatch):
@@ -115,6 +117,14 @@ def test_a_killed_finetune_evaluation_resumes_from_its_output_folder(evaluate, t
     monkeypatch.setattr(Progress, "save", original)
     assert evaluate("--protocol", "finetune", "--epochs", "2", "--set", "finetune.layer_decay=0.5") == 0
     assert "resuming" not in capsys.readouterr().err and "resumed_after_epoch" not in rows(tmp_path)[-1]
+    # the papers' regularisers are settings like any other: recorded, and part of what was measured
+    paper = ["--set", "finetune.rand_augment=rand-m9-mstd0.5-inc1", "--set", "finetune.random_erasing=0.25",
+             "--set", "finetune.mixup=0.8", "--set", "finetune.cutmix=1.0"]  # fmt: skip
+    assert evaluate("--protocol", "finetune", "--epochs", "2", *paper) == 0
+    record = rows(tmp_path)[-1]["settings"]
+    assert (record["rand_augment"], record["random_erasing"], record["mixup"], record["cutmix"]) == ("rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0)
+    assert "RandAugment" in record["augmentation"] and "mixup alpha 0.8 or cutmix alpha 1" in record["augmentation"]
+    assert len({r["measurement"] for r in rows(tmp_path)}) == len(rows(tmp_path))
 
 
 def test_a_rerun_measures_only_what_results_do_not_hold(evaluate, tmp_path, capsys, monkeypatch):

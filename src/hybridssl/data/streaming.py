@@ -54,8 +54,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def cut_crops(image: Tensor, crops: Sequence[Crop], seed: int) -> list[Tensor]:
-    """Random-resized crops (bicubic, antialiased) + flips of one uint8 image, drawn from `seed` with
-    torchvision's own parameter sampling (on a forked generator, so no process-wide state moves)."""
+    """Random-resized crops (bicubic, antialiased) + flips (+ RandAugment where a crop asks) of one uint8
+    image, drawn from `seed` with torchvision's own parameter sampling (on a forked generator, so no
+    process-wide state moves)."""
     from torchvision.transforms import RandomResizedCrop
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
@@ -67,7 +68,8 @@ def cut_crops(image: Tensor, crops: Sequence[Crop], seed: int) -> list[Tensor]:
             top, left, height, width = RandomResizedCrop.get_params(image, list(crop.scale), list(crop.ratio))
             cut = F.resized_crop(image, top, left, height, width, [crop.size, crop.size],
                                  interpolation=InterpolationMode.BICUBIC, antialias=True)  # fmt: skip
-            out.append(F.horizontal_flip(cut) if torch.rand(()) < 0.5 else cut)
+            cut = F.horizontal_flip(cut) if torch.rand(()) < 0.5 else cut
+            out.append(crop.rand_augment(cut, int(torch.randint(2**31, ()))) if crop.rand_augment else cut)
     return out
 
 

@@ -22,6 +22,7 @@ import kornia.augmentation as K
 import torch
 from torch import Tensor, nn
 
+from hybridssl.data.rand_augment import RandAugment
 from hybridssl.data.sources import DataInfo
 
 
@@ -33,11 +34,14 @@ def to_unit(images: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class Crop:
     """A random-resized crop to `size` x `size` (area fraction in `scale`, aspect ratio in `ratio`),
-    then a horizontal flip with probability 1/2: the first step of every view."""
+    then a horizontal flip with probability 1/2: the first step of every view. The fine-tune recipe
+    adds RandAugment, which works per image (timm's PIL ops), so it belongs to this per-sample step:
+    DataLoader workers run it where they cut the crop."""
 
     size: int
     scale: tuple[float, float]
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rand_augment: RandAugment | None = None
 
 
 def crop_flip_pipeline(size: int, scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> nn.Module:
@@ -65,7 +69,9 @@ class Views:
     def __call__(self, images: Tensor) -> list[Tensor]:
         """Views of whole stored images: crops cut here, on the images' device."""
         x = to_unit(images)
-        return self.finish([crop(x).clamp_(0, 1) for crop in self.device_crops])
+        crops = [cut(x).clamp_(0, 1) for cut in self.device_crops]
+        crops = [c.rand_augment.batch(cut) if c.rand_augment else cut for c, cut in zip(self.crops, crops)]
+        return self.finish(crops)
 
     def finish(self, crops: Sequence[Tensor]) -> list[Tensor]:
         """Views from crops already cut (one batch per `crops` entry, uint8 or float in [0, 1])."""

@@ -3,14 +3,18 @@
 Encoder (rebuilt with drop-path) + a linear head on the pooled tokens, AdamW, layer-wise lr decay with
 MAE's exponents (`nn.param_groups.layer_decay`: stem d^(L+1), block b d^(L-b), final norm and head 1), no
 weight decay on norms/biases/tokens, label smoothing, per-step linear warmup + cosine, and light
-augmentation (random-resized crop + horizontal flip on the device).
+augmentation (random-resized crop + horizontal flip on the device) unless the papers' regularisers are
+switched on.
 
 Scaled-down defaults, and why: the papers fine-tune ViT-B for 100 epochs at base lr 5e-4 (batch 1024),
 layer decay 0.65 for 12 blocks, with RandAugment, mixup, cutmix and random erasing. Small encoders
 (6-12 blocks) on 28-96 px images get layer decay 0.75 (a shallower stack needs less discount at the
 stem), 50 epochs, batch 128, base lr 1e-3, and crop + flip only (the heavy regularisers need long
 schedules to pay off). Drop-path 0.1, label smoothing 0.1, weight decay 0.05 and betas (0.9, 0.999)
-are the papers' values. The reported number is the test top-1 after the last epoch (never the best
+are the papers' values. The regularisers are settings, off by default: `rand_augment` (a timm policy,
+the papers' "rand-m9-mstd0.5-inc1", per image where the crop is cut: data/rand_augment.py),
+`random_erasing` (0.25), `mixup` (0.8) and `cutmix` (1.0) (evaluation/regularizers.py); with the
+papers' epochs, batch, lr and crop scale they give the papers' whole recipe. The reported number is the test top-1 after the last epoch (never the best
 epoch: that would select on the test set).
 
 Fine-tuning a large encoder takes hours, so it can resume: given a `Progress` (a file and a key), the
@@ -24,6 +28,8 @@ Splits too large for memory (data/training_set.py) stream, as in pretraining: Da
 each file at full resolution and cut its random-resized crop and flip there (data/streaming.py), and
 the test split is read fitted to the encoder's size. Their order and crops come from (seed, epoch,
 sample), so a resumed streamed fine-tune needs no saved state for them and sees the same batches.
+Everything drawn in this process (device crops, per-image RandAugment seeds of stored splits, erasing,
+mixing) comes from torch's global generator, which the progress saves.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, SerializerFunctionWrapHandler, field_validator, model_serializer
 from torch import Tensor, nn
 
 from hybridssl.errors import DataError
@@ -45,10 +51,12 @@ from hybridssl.files import atomic_write
 from hybridssl.settings import StrictModel
 from hybridssl.data.sources import DataInfo, ImageSet
 from hybridssl.data.streaming import StreamingSet, fitted_batches
-from hybridssl.data.views import Views, crop_flip, identity, to_unit
+from hybridssl.data.rand_augment import RandAugment, check_policy, mean_fill
+from hybridssl.data.views import Crop, Views, identity, to_unit
 from hybridssl.engine.optim import WarmupCosine
 from hybridssl.nn.param_groups import layer_decay, param_groups
 from hybridssl.evaluation.batches import epoch_batches, steps_per_epoch
+from hybridssl.evaluation.regularizers import BatchRegularizers
 from hybridssl.nn.vit import ViT, Pooling, pool, set_grad_checkpointing
 
 
@@ -69,9 +77,38 @@ class FinetuneSettings(StrictModel):
     # recompute each block in the backward (ViT-L at 224 px on one GPU); the numbers do not change, so it
     # is left out of the records and of what decides whether a result is measured again
     grad_checkpointing: bool = Field(False, exclude=True)
+    # the papers' regularisers (their values in comments), off by default; see the module docstring
+    rand_augment: str | None = None  # a timm RandAugment policy: "rand-m9-mstd0.5-inc1"
+    random_erasing: float = Field(0.0, ge=0, le=1)  # probability per image: 0.25
+    mixup: NonNegativeFloat = 0.0  # Beta(alpha, alpha) of the mixing weight: 0.8
+    cutmix: NonNegativeFloat = 0.0  # 1.0
+    cutmix_share: float = Field(0.5, ge=0, le=1)  # with both on, the share of batches that get cutmix
+
+    @field_validator("rand_augment")
+    @classmethod
+    def _known_policy(cls, policy: str | None) -> str | None:
+        return None if policy is None else check_policy(policy)
+
+    @model_serializer(mode="wrap")
+    def _without_unused_regularisers(self, dump: SerializerFunctionWrapHandler) -> dict:
+        """A regulariser at its default (off) is left out of every dump, so the records and keys of
+        results measured before the regularisers existed stay valid."""
+        return {k: v for k, v in dump(self).items() if k not in REGULARISERS or v != REGULARISERS[k]}
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+    def augmentation(self) -> str:
+        """What the training images go through, in words (for the records)."""
+        steps = ["random-resized crop (crop_scale) + horizontal flip"]
+        steps += [f"RandAugment {self.rand_augment} (timm)"] if self.rand_augment else []
+        steps += [f"random erasing p {self.random_erasing:g} (noise)"] if self.random_erasing else []
+        mixers = [f"mixup alpha {self.mixup:g}"] * (self.mixup > 0) + [f"cutmix alpha {self.cutmix:g}"] * (self.cutmix > 0)
+        steps += [" or ".join(mixers) + (f" (cutmix share {self.cutmix_share:g})" if len(mixers) == 2 else "")] if mixers else []
+        return ", ".join(steps)
+
+
+REGULARISERS = {name: FinetuneSettings.model_fields[name].default for name in ("rand_augment", "random_erasing", "mixup", "cutmix", "cutmix_share")}
 
 
 class Classifier(nn.Module):
@@ -217,7 +254,9 @@ def finetune(
         group["lr"] = lr * group["lr_scale"]
     fused = device.type == "cuda" or None
     opt = torch.optim.AdamW(groups, lr=lr, betas=settings.betas, fused=fused)
-    augment = crop_flip(info, num_views=1, scale=settings.crop_scale)
+    policy = RandAugment(settings.rand_augment, mean_fill(info.mean)) if settings.rand_augment else None
+    augment = Views([Crop(info.image_size, tuple(settings.crop_scale), rand_augment=policy)], info)
+    regularize = BatchRegularizers(settings.random_erasing, settings.mixup, settings.cutmix, settings.cutmix_share, num_classes)
     if isinstance(train, StreamingSet):
         batches: StoredEpochs | StreamedEpochs = StreamedEpochs(train, augment, settings.batch_size, seed, device)
     else:
@@ -239,6 +278,7 @@ def finetune(
     for epoch in range(first_epoch, settings.epochs):
         model.train()
         for x, y in batches.epoch(epoch):
+            x, y = regularize(x, y)
             with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=settings.label_smoothing)

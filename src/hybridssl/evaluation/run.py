@@ -275,7 +275,7 @@ def finetune_record(s: FinetuneSettings, ctx: EvalContext) -> dict[str, Any]:
         **ctx.streamed_crops(),
         "optimizer": "adamw, layer-wise lr decay (MAE exponents), no weight decay on norms/biases/tokens",
         "schedule": "per-step linear warmup + cosine, lr = base_lr x batch / 256",
-        "augmentation": "random-resized crop (crop_scale) + horizontal flip",
+        "augmentation": s.augmentation(),
         "head": "linear on the pooled tokens",
         "reported": "test top-1 after the last epoch",
     }
