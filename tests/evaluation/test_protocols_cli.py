@@ -37,6 +37,11 @@ def test_each_protocol_runs_from_the_cli_and_records_its_settings(evaluate, tmp_
     assert len(written) == expected
     if protocol in ("linear", "finetune"):
         assert written[0]["settings"]["epochs"] == 1
+    if protocol == "finetune":  # the fine-tuned classifier is kept, for timm
+        from tests.evaluation.test_classifier_export import timm_from
+
+        model, metadata = timm_from(tmp_path / written[0]["settings"]["weights"])
+        assert model.num_classes == 10 and len(json.loads(metadata["classes"])) == 10
     if protocol == "lowshot":
         assert {(r["head"], r["subset"]) for r in written} == {(h, s) for h in ("linear", "finetune") for s in ("10%", "2/class")}
         assert all(len(r["per_seed"]) == 2 and r["std"] >= 0 for r in written)

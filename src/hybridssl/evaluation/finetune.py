@@ -38,7 +38,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -132,6 +132,7 @@ class FinetuneResult:
     lr: float
     seconds: float  # over every session of a resumed fine-tune
     resumed_after_epoch: int = 0  # 0: not resumed
+    classifier: Classifier | None = field(default=None, repr=False)  # the fine-tuned model, in eval mode
 
 
 def with_drop_path(encoder: ViT, drop_path: float) -> ViT:
@@ -298,4 +299,5 @@ def finetune(
             })  # fmt: skip
     del batches  # a streamed split's workers stop before the test pass starts its own
     top1 = classifier_accuracy(model, test, info, settings.eval_batch_size, device)
-    return FinetuneResult(top1, float(loss.item()), total, lr, earlier_seconds + time.perf_counter() - start, first_epoch)
+    seconds = earlier_seconds + time.perf_counter() - start
+    return FinetuneResult(top1, float(loss.item()), total, lr, seconds, first_epoch, model.eval())

@@ -27,6 +27,7 @@ from hybridssl.settings import ConfigError, StrictModel, format_validation_error
 from hybridssl.data.streaming import StreamingSet
 from hybridssl.engine.checkpoints import TrainedEncoder
 from hybridssl.engine.starting_points import load_start_encoder
+from hybridssl.evaluation.classifier_export import export_classifier
 from hybridssl.evaluation.clustering import ClusteringSettings, clustering_metrics
 from hybridssl.evaluation.data import EvalData, decoded_when_small, eval_split, features_and_labels, with_classes_of
 from hybridssl import __version__
@@ -209,6 +210,15 @@ class EvalContext:
             self.stored_progress.append(progress)
         return result
 
+    def save_classifier(self, result: FinetuneResult, settings: FinetuneSettings) -> Path:
+        """Writes the fine-tuned classifier beside the results as timm-loadable safetensors, named like
+        its progress file (one per fine-tune identity: a rerun with --again overwrites it)."""
+        path = self.req.output / "finetuned" / f"{self.finetune_progress(settings).path.stem}.safetensors"
+        kwargs = export_classifier(result.classifier, path, self.info, self.train.classes)  # type: ignore[arg-type]
+        print(f"finetune: wrote the classifier to {path}; load it with timm.create_model('vit_base_patch16_224', "
+              f"pretrained=False, checkpoint_path='{path}', **{kwargs})", file=sys.stderr, flush=True)  # fmt: skip
+        return path
+
     def identity(self) -> dict[str, Any]:
         """What decides every protocol's numbers besides its settings: the checkpoint as loaded (path, size,
         modification time), the encoder kind, the data, the pooling, the seed and the library's version."""
@@ -283,7 +293,8 @@ def finetune_record(s: FinetuneSettings, ctx: EvalContext) -> dict[str, Any]:
 
 def run_finetune(ctx: EvalContext, s: FinetuneSettings) -> list[Row]:
     result = ctx.finetune(s, resumable=True)
-    record = {**finetune_record(s, ctx), "steps": result.steps, "lr": result.lr}
+    weights = ctx.save_classifier(result, s)
+    record = {**finetune_record(s, ctx), "steps": result.steps, "lr": result.lr, "weights": str(weights.relative_to(ctx.req.output))}
     resumed = {"resumed_after_epoch": result.resumed_after_epoch, "finetune_seconds": round(result.seconds, 2)}
     return [{"settings": record, "metric": "top1", "value": result.test_top1, "final_train_loss": result.final_train_loss,
              **(resumed if result.resumed_after_epoch else {})}]  # fmt: skip
