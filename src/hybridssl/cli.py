@@ -212,6 +212,11 @@ def eval_request_args(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.random_init and args.raw_pixels:
         raise UsageError("--random-init and --raw-pixels exclude each other")
+    from hybridssl.nn.distributed import launched_processes, launched_world_size, rank
+
+    if launched_world_size() > 1 and args.protocol != "finetune":
+        raise UsageError(f"--protocol {args.protocol}: under torchrun only finetune runs on several processes; "
+                         "run the others as one process")  # fmt: skip
     from hybridssl.evaluation.run import EvalRequest, describe, evaluate
 
     kind = "random-init" if args.random_init else "raw-pixels" if args.raw_pixels else "trained"
@@ -220,7 +225,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       **eval_request_args(args))  # fmt: skip
     results = args.output / "results.jsonl"
     lines = len(results.read_text().splitlines()) if results.is_file() else 0
-    for r in evaluate(req):
+    with launched_processes():
+        rows = evaluate(req)
+        if rank() != 0:  # the first process writes and reports
+            return 0
+    for r in rows:
         print(describe(r))
     appended = (len(results.read_text().splitlines()) if results.is_file() else 0) - lines
     print(f"hybridssl: {appended} result(s) appended to {results}" if appended else

@@ -42,11 +42,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, SerializerFunctionWrapHandler, field_validator, model_serializer
 from torch import Tensor, nn
 
-from hybridssl.errors import DataError
+from hybridssl.errors import ConfigError, DataError
 from hybridssl.files import atomic_write
 from hybridssl.settings import StrictModel
 from hybridssl.data.sources import DataInfo, ImageSet
@@ -54,6 +55,7 @@ from hybridssl.data.streaming import StreamingSet, fitted_batches
 from hybridssl.data.rand_augment import RandAugment, check_policy, mean_fill
 from hybridssl.data.views import Crop, Views, identity, to_unit
 from hybridssl.engine.optim import WarmupCosine
+from hybridssl.nn.distributed import rank, world_size
 from hybridssl.nn.param_groups import layer_decay, param_groups
 from hybridssl.evaluation.batches import epoch_batches, steps_per_epoch
 from hybridssl.evaluation.regularizers import BatchRegularizers
@@ -143,8 +145,10 @@ def with_drop_path(encoder: ViT, drop_path: float) -> ViT:
 
 
 def test_batches(test: ImageSet | StreamingSet, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """uint8 images and labels of the test split; streamed files that cannot be read are left out (a
-    warning names each)."""
+    """uint8 images and labels of the test split (under several processes, this process's every
+    world_size-th image); streamed files that cannot be read are left out (a warning names each)."""
+    if world_size() > 1:
+        test = test.select(torch.arange(rank(), len(test), world_size()))
     if isinstance(test, ImageSet):
         for i in range(0, len(test), batch_size):
             yield test.images[i : i + batch_size], test.labels[i : i + batch_size]  # type: ignore[index]
@@ -164,6 +168,10 @@ def classifier_accuracy(model: nn.Module, test: ImageSet | StreamingSet, info: D
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             correct += (model(x).argmax(dim=1).cpu() == labels).sum().item()
         seen += len(labels)
+    if world_size() > 1:  # each process tested its share
+        counts = torch.tensor([correct, seen], dtype=torch.float64, device=device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(counts)
+        correct, seen = int(counts[0].item()), int(counts[1].item())
     if seen == 0:
         raise DataError("finetune: no readable image in the test split")
     return 100.0 * correct / seen
@@ -171,7 +179,8 @@ def classifier_accuracy(model: nn.Module, test: ImageSet | StreamingSet, info: D
 
 class StoredEpochs:
     """Training batches of images held on the device, cropped there; the order comes from a generator
-    carried across epochs (saved with the progress)."""
+    carried across epochs (saved with the progress). `batch_size` is the global batch: under several
+    processes each takes its slice of it (the same order on every process)."""
 
     def __init__(self, train: ImageSet, augment: Views, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
         self.images, self.labels = train.images.to(device), train.labels.to(device)  # type: ignore[union-attr]
@@ -182,17 +191,20 @@ class StoredEpochs:
 
     def epoch(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         for idx in epoch_batches(len(self.images), self.batch_size, self.generator):
-            idx = idx.to(self.device)
+            idx = idx.view(world_size(), -1)[rank()].to(self.device)
             (x,) = self.augment(self.images[idx])
             yield x, self.labels[idx]
 
 
 class StreamedEpochs:
     """Training batches decoded and cropped by DataLoader workers from the full-resolution files, in the
-    order and with the crops of (seed, epoch, sample): pretraining's streaming path (data/streaming.py)."""
+    order and with the crops of (seed, epoch, sample): pretraining's streaming path (data/streaming.py).
+    Under several processes each loads its slice of every global batch of `batch_size`: together the
+    same images and crops as one process."""
 
     def __init__(self, train: StreamingSet, augment: Views, batch_size: int, seed: int, device: torch.device) -> None:
-        self.loader = train.loader(augment.crops, batch_size, seed, 0, 1, False, pin_memory=device.type == "cuda")
+        per_process = batch_size // world_size()
+        self.loader = train.loader(augment.crops, per_process, seed, rank(), world_size(), False, pin_memory=device.type == "cuda")
         self.augment, self.device = augment, device
 
     def __len__(self) -> int:
@@ -242,11 +254,16 @@ def finetune(
     progress: Progress | None = None,
 ) -> FinetuneResult:
     """Fine-tunes a copy of `encoder` on labelled uint8 images, in memory or streamed (the caller's
-    encoder untouched), and tests it; resumable through `progress` (module docstring)."""
+    encoder untouched), and tests it; resumable through `progress` (module docstring). Under several
+    processes (torch.distributed initialized, e.g. by torchrun) the model is wrapped in DDP,
+    `settings.batch_size` is the global batch, each process draws its own augmentations and
+    drop-path, and process 0 alone writes the progress, which holds every process's generators."""
     start = time.perf_counter()
     device = torch.device(device)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    if settings.batch_size % world_size():
+        raise ConfigError(f"finetune.batch_size: {settings.batch_size} does not split evenly over {world_size()} processes")
+    torch.manual_seed(seed + rank())  # process 0 draws what a single process draws
+    generator = torch.Generator().manual_seed(seed)  # the batch order: the same on every process
     model = Classifier(with_drop_path(encoder, settings.drop_path), num_classes, pooling).to(device)
     set_grad_checkpointing(model, settings.grad_checkpointing)
     lr = settings.base_lr * settings.batch_size / 256
@@ -271,17 +288,20 @@ def finetune(
         opt.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["rng"])
-        if device.type == "cuda" and "cuda_rng" in saved:
-            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        own = saved["processes"][rank()] if world_size() > 1 else saved
+        torch.set_rng_state(own["rng"])
+        if device.type == "cuda" and "cuda_rng" in own:
+            torch.cuda.set_rng_state(own["cuda_rng"], device)
         loss, first_epoch, earlier_seconds = saved["loss"], saved["epochs_done"], saved["seconds"]
-        print(f"finetune: resuming after epoch {first_epoch} of {settings.epochs} ({progress.path})", file=sys.stderr, flush=True)
+        if rank() == 0:
+            print(f"finetune: resuming after epoch {first_epoch} of {settings.epochs} ({progress.path})", file=sys.stderr, flush=True)
+    trained = model if world_size() == 1 else nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     for epoch in range(first_epoch, settings.epochs):
-        model.train()
+        trained.train()
         for x, y in batches.epoch(epoch):
             x, y = regularize(x, y)
             with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(x)
+                logits = trained(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=settings.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -289,15 +309,38 @@ def finetune(
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
             scheduler.step()
+        loss = mean_over_processes(loss.detach())
         if progress is not None:
-            print(f"finetune: epoch {epoch + 1}/{settings.epochs}, train loss {loss.item():.4f}", file=sys.stderr, flush=True)
-            progress.save({
-                "epochs_done": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": scheduler.state_dict(), "generator": generator.get_state(), "rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                "loss": loss.detach().cpu(), "seconds": earlier_seconds + time.perf_counter() - start,
-            })  # fmt: skip
-    del batches  # a streamed split's workers stop before the test pass starts its own
+            generators = {"rng": torch.get_rng_state(), **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}
+            every_process = all_processes(generators)
+            if rank() == 0:
+                print(f"finetune: epoch {epoch + 1}/{settings.epochs}, train loss {loss.item():.4f}", file=sys.stderr, flush=True)
+                progress.save({
+                    "epochs_done": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": scheduler.state_dict(), "generator": generator.get_state(), **generators,
+                    **({"processes": every_process} if world_size() > 1 else {}),
+                    "loss": loss.cpu(), "seconds": earlier_seconds + time.perf_counter() - start,
+                })  # fmt: skip
+    del batches, trained  # a streamed split's workers stop before the test pass starts its own
     top1 = classifier_accuracy(model, test, info, settings.eval_batch_size, device)
     seconds = earlier_seconds + time.perf_counter() - start
     return FinetuneResult(top1, float(loss.item()), total, lr, seconds, first_epoch, model.eval())
+
+
+def mean_over_processes(value: Tensor) -> Tensor:
+    """The mean of a scalar over every process (itself when there is one)."""
+    if world_size() == 1:
+        return value
+    on = value.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    total = value.float().reshape(1).to(on)
+    dist.all_reduce(total)
+    return (total / world_size()).to(value.device).reshape(())
+
+
+def all_processes(state: dict) -> list[dict]:
+    """Every process's `state`, in rank order (a one-element list when there is one)."""
+    if world_size() == 1:
+        return [state]
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, {k: v.cpu() for k, v in state.items()})
+    return gathered

@@ -37,6 +37,7 @@ from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_p
 from hybridssl.evaluation.lowshot import LowshotSettings, lowshot_trials
 from hybridssl.evaluation.results import RESULTS, append_result, result_rows
 from hybridssl.evaluation.subsets import stratified_holdout
+from hybridssl.nn.distributed import rank, world_size
 from hybridssl.nn.vit import ViT, Pooling
 
 EncoderKind = Literal["trained", "random-init", "raw-pixels"]
@@ -149,7 +150,7 @@ class EvalContext:
             self.train, self.test = self.train.select(fit), self.train.select(held).take(req.limit_test, req.seed)
         else:
             self.test = with_classes_of(self.train, eval_split(req.dataset, "test", limit=req.limit_test, **split))
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.pixels = req.encoder_kind == "raw-pixels"
         self.pooling: str = "none" if self.pixels else req.pooling or trained_pooling
         self.feature_seconds = 0.0
@@ -214,6 +215,8 @@ class EvalContext:
         """Writes the fine-tuned classifier beside the results as timm-loadable safetensors, named like
         its progress file (one per fine-tune identity: a rerun with --again overwrites it)."""
         path = self.req.output / "finetuned" / f"{self.finetune_progress(settings).path.stem}.safetensors"
+        if rank() != 0:
+            return path
         kwargs = export_classifier(result.classifier, path, self.info, self.train.classes)  # type: ignore[arg-type]
         print(f"finetune: wrote the classifier to {path}; load it with timm.create_model('vit_base_patch16_224', "
               f"pretrained=False, checkpoint_path='{path}', **{kwargs})", file=sys.stderr, flush=True)  # fmt: skip
@@ -234,7 +237,8 @@ class EvalContext:
     def finetune_progress(self, settings: FinetuneSettings) -> Progress:
         """Where a fine-tune of this request keeps its resumable state, keyed by its identity, every
         setting and the device type (a resumed run is bit-identical only on the same kind of device)."""
-        key = json.dumps({**self.identity(), **self.streamed_crops(), "settings": settings.to_dict(), "device": self.device.type}, sort_keys=True)
+        processes = {"processes": world_size()} if world_size() > 1 else {}  # each one's generators are in it
+        key = json.dumps({**self.identity(), **self.streamed_crops(), "settings": settings.to_dict(), "device": self.device.type, **processes}, sort_keys=True)
         return Progress(self.req.output / "finetune-progress" / f"{digest(key)}.pt", key)
 
     def streamed_crops(self) -> dict[str, str]:
@@ -383,6 +387,8 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
     A protocol whose result is already there for the same checkpoint, data and settings is not run again
     (its rows are returned; a rerun after a kill redoes only what was unfinished) unless req.again."""
     protocols = protocols_for(req, protocols)
+    if world_size() > 1 and protocols != ["finetune"]:
+        raise ConfigError(f"protocol: only finetune runs on several processes; run {', '.join(p for p in protocols if p != 'finetune')} without torchrun")
     settings = resolve_settings(req, protocols)
     ctx = EvalContext(req)
     base = {
@@ -410,9 +416,10 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
         rows = RUNNERS[protocol](ctx, settings)
         timing = {"feature_seconds": round(ctx.feature_seconds - features_before, 2), "wall_seconds": round(time.perf_counter() - start, 2)}
         measurement = {"measurement": key, "measurement_rows": len(rows)}
-        written += [append_result(req.output, {**base, "protocol": protocol, **row, **timing, **measurement}) for row in rows]
-        for progress in ctx.stored_progress:  # its result is stored: the state is no longer needed
-            progress.path.unlink(missing_ok=True)
+        if rank() == 0:  # under several processes (a distributed fine-tune) the first one writes
+            written += [append_result(req.output, {**base, "protocol": protocol, **row, **timing, **measurement}) for row in rows]
+            for progress in ctx.stored_progress:  # its result is stored: the state is no longer needed
+                progress.path.unlink(missing_ok=True)
         ctx.stored_progress.clear()
     return written
 

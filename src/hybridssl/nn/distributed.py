@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -13,6 +17,29 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def launched_world_size() -> int:
+    """The number of processes a torchrun-style launcher started (its WORLD_SIZE; 1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@contextmanager
+def launched_processes() -> Iterator[None]:
+    """Joins the process group of a torchrun-style launch for the block (nccl on GPUs, one per local
+    rank; gloo on CPUs) and leaves it after; nothing without a launch or when a group exists. Pretraining
+    gets this from Lightning; the fine-tune loop is our own."""
+    if launched_world_size() <= 1 or dist.is_initialized():
+        yield
+        return
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 class _GatherWithGrad(torch.autograd.Function):

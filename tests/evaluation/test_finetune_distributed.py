@@ -1,0 +1,115 @@
+"""Fine-tuning on several processes (torchrun): DDP, a global batch split over the processes, process 0
+writing, every process's generators in the progress."""
+
+import json
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from hybridssl.evaluation.finetune import FinetuneSettings, Progress, finetune
+from hybridssl.nn.vit import ViT, ViTConfig
+from tests.evaluation.test_finetune import PHOTO_INFO, streamed_split
+
+pytestmark = pytest.mark.ddp
+
+# no drop-path or device augmentation: the streamed crops come from (seed, epoch, sample), so two
+# processes see exactly what one sees, and only the order of float sums differs
+EXACT = FinetuneSettings(epochs=2, batch_size=16, base_lr=3e-2, drop_path=0.0)
+DRAWING = FinetuneSettings(epochs=2, batch_size=16, base_lr=3e-2, drop_path=0.1, random_erasing=0.5, mixup=0.8)
+
+
+def encoder() -> ViT:
+    torch.manual_seed(0)
+    return ViT(ViTConfig(image_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=2))
+
+
+def summary(result) -> dict:
+    weights = torch.cat([p.detach().flatten() for p in result.classifier.parameters()])
+    return {"loss": result.final_train_loss, "top1": result.test_top1, "weights": weights.tolist(), "resumed": result.resumed_after_epoch}
+
+
+def process(rank: int, world: int, store: str, photo_root: str, out: str, settings: dict, kill: bool) -> None:
+    from hybridssl.evaluation import finetune as module
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    train, test = (streamed_split(photo_root, split, PHOTO_INFO) for split in ("train", "val"))
+    args = (train, test, PHOTO_INFO, 4, "mean_patch", FinetuneSettings(**settings), 0)
+    progress = Progress(__import__("pathlib").Path(out) / "progress.pt", "run")
+    results = {}
+    if kill:  # both processes stop after epoch 1, once process 0 has written it
+        gather, save = module.all_processes, Progress.save
+
+        def gathered_then_killed(state):
+            states = gather(state)
+            if rank == 1:
+                raise KeyboardInterrupt
+            return states
+
+        def saved_then_killed(self, state):
+            save(self, state)
+            raise KeyboardInterrupt
+
+        module.all_processes, Progress.save = gathered_then_killed, saved_then_killed
+        with pytest.raises(KeyboardInterrupt):
+            finetune(encoder(), *args, progress=progress)
+        module.all_processes, Progress.save = gather, save
+        dist.barrier()
+    results = summary(finetune(encoder(), *args, progress=progress))
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump(results, f)
+    dist.destroy_process_group()
+
+
+def on_two_processes(tmp_path, photo_root, settings: FinetuneSettings, kill: bool = False) -> list[dict]:
+    out = tmp_path / ("killed" if kill else "whole")
+    out.mkdir()
+    mp.spawn(process, args=(2, str(out / "store"), str(photo_root), str(out), settings.model_dump(), kill), nprocs=2)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_two_processes_train_like_one_with_the_global_batch(photo_root, tmp_path):
+    train, test = (streamed_split(photo_root, split, PHOTO_INFO) for split in ("train", "val"))
+    one = summary(finetune(encoder(), train, test, PHOTO_INFO, 4, "mean_patch", EXACT, 0))
+    first, second = on_two_processes(tmp_path, photo_root, EXACT)
+    assert first["weights"] == second["weights"], "DDP keeps the processes' weights equal"
+    assert torch.allclose(torch.tensor(first["weights"]), torch.tensor(one["weights"]), atol=1e-5)
+    assert first["loss"] == pytest.approx(one["loss"], abs=1e-5), "the loss is the mean over both halves"
+    assert first["top1"] == second["top1"] == one["top1"], "each tests its half of the test split; the counts are summed"
+
+
+def test_two_processes_resume_with_each_ones_generators(photo_root, tmp_path):
+    whole = on_two_processes(tmp_path, photo_root, DRAWING)
+    resumed = on_two_processes(tmp_path, photo_root, DRAWING, kill=True)
+    assert [r["resumed"] for r in resumed] == [1, 1] and [r["resumed"] for r in whole] == [0, 0]
+    assert resumed[0]["weights"] == whole[0]["weights"] and resumed[0]["loss"] == whole[0]["loss"]
+
+
+def test_under_torchrun_the_first_process_alone_writes_and_reports(tiny_mae_run, fmnist_dir, tmp_path):
+    from tests.subprocess_runs import start_driver
+    from tests.test_multinode import free_port
+
+    args = ["evaluate", "--checkpoint", str(tiny_mae_run / "checkpoints" / "last.ckpt"), "--data-dir", str(fmnist_dir),
+            "--output", str(tmp_path), "--limit-train", "128", "--limit-test", "64", "--protocol", "finetune", "--epochs", "1",
+            "--set", "finetune.batch_size=32"]  # fmt: skip
+    port = str(free_port())
+    launched = [
+        start_driver(args, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r))
+        for r in (0, 1)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=600)[0].decode(errors="replace") for p in launched]
+    assert [p.returncode for p in launched] == [0, 0], outputs
+    (row,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert row["protocol"] == "finetune" and row["settings"]["steps"] == 128 // 32
+    assert (tmp_path / row["settings"]["weights"]).is_file() and not list((tmp_path / "finetune-progress").glob("*"))
+    assert "1 result(s) appended" in outputs[0] and "finetune" not in outputs[1]
+
+
+def test_under_torchrun_the_probes_are_refused_before_any_work(monkeypatch, capsys, tmp_path):
+    from hybridssl.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "none.ckpt"), "--output", str(tmp_path), "--protocol", "knn"]) == 2
+    assert "only finetune runs on several processes" in capsys.readouterr().err
