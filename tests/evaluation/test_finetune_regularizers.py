@@ -40,6 +40,29 @@ def test_each_mixed_image_is_its_label_mixture(mixup, cutmix):
     assert expected <= kinds, kinds
 
 
+def test_cutmix_share_is_the_share_of_cutmix_batches():
+    mix = label_mixing(0.8, 1.0, 0.2, num_classes=5)
+    labels = torch.arange(16) % 5
+    cut = 0
+    for seed in range(200):
+        torch.manual_seed(seed)
+        images, _ = mix(class_coloured(labels), labels)
+        cut += images[1, 0].unique().numel() == 2
+    assert 0.12 < cut / 200 < 0.28
+
+
+def test_erasing_comes_before_mixing():
+    """The papers erase each image (a per-image transform), then mix the batch: a mixed image carries
+    its partner's box too."""
+    order = []
+    regularize = BatchRegularizers(0.5, 0.8, 0.0, 0.5, 5)
+    erase, mix = regularize.erase, regularize.mix
+    regularize.erase = lambda x: order.append("erase") or erase(x)
+    regularize.mix = lambda x, y: order.append("mix") or mix(x, y)
+    regularize(torch.zeros(4, 1, 8, 8), torch.arange(4))
+    assert order == ["erase", "mix"]
+
+
 def test_label_mixing_is_off_at_zero_alphas():
     assert label_mixing(0.0, 0.0, 0.5, 5) is None
     x, y = torch.randn(4, 1, 8, 8), torch.arange(4)
@@ -85,6 +108,17 @@ def test_posterize_at_the_top_magnitude_gives_black_as_with_the_papers_pillow():
     image = torch.randint(100, 150, (1, 12, 12), dtype=torch.uint8)
     outs = [strongest(image, seed) for seed in range(150)]
     assert any(int(o.max()) == 0 for o in outs), "posterize to 0 bits: black"
+
+
+def test_rand_augment_fills_with_the_data_mean_and_resamples_bicubic():
+    from PIL import Image
+
+    from hybridssl.data.rand_augment import _cached_transform, mean_fill
+
+    assert mean_fill((0.5, 0.25, 1.0)) == (128, 64, 255) and mean_fill([0.286]) == (73,)
+    ops = _cached_transform("rand-m9-mstd0.5-inc1", (124, 116, 104)).ops
+    assert {op.kwargs["resample"] for op in ops} == {Image.BICUBIC}, "MAE asks timm for bicubic"
+    assert {op.kwargs["fillcolor"] for op in ops} == {(124, 116, 104)}
 
 
 def test_a_policy_timm_cannot_build_is_refused_with_an_example():

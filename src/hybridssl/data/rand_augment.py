@@ -30,10 +30,13 @@ def _posterize(image: Any, bits: int, **kwargs: Any) -> Any:
 
 
 def _transform(policy: str, fill: tuple[int, ...]) -> Any:
+    from PIL import Image
     from timm.data.auto_augment import rand_augment_transform
 
-    # geometric ops fill uncovered pixels with the data's mean colour (timm's `img_mean`)
-    transform = rand_augment_transform(policy, {"img_mean": fill[0] if len(fill) == 1 else fill})
+    # geometric ops fill uncovered pixels with the data's mean colour (timm's `img_mean`) and resample
+    # bicubic, as the MAE / CMAE fine-tunes ask timm for (left to timm, each op picks bilinear or bicubic)
+    hparams = {"img_mean": fill[0] if len(fill) == 1 else fill, "interpolation": Image.BICUBIC}
+    transform = rand_augment_transform(policy, hparams)
     for op in transform.ops:
         if op.name.startswith("Posterize"):
             op.aug_fn = _posterize  # this policy's own ops; timm's tables stay as they are

@@ -29,7 +29,7 @@ each file at full resolution and cut its random-resized crop and flip there (dat
 the test split is read fitted to the encoder's size. Their order and crops come from (seed, epoch,
 sample), so a resumed streamed fine-tune needs no saved state for them and sees the same batches.
 Everything drawn in this process (device crops, per-image RandAugment seeds of stored splits, erasing,
-mixing) comes from torch's global generator, which the progress saves.
+mixing, drop-path) comes from torch's generators (CPU, and CUDA on a GPU), which the progress saves.
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """The fine-tune's batch regularisers from the MAE / CMAE recipe: random erasing, then mixup or cutmix.
 
-Both run on the device on whole normalized batches and draw from torch's global generator, which a
-resumable fine-tune saves with its progress, so a resumed fine-tune repeats them.
+Both run on the device on whole normalized batches and draw from torch's generators (the CPU one for
+parameters, the device's for the noise), which a resumable fine-tune saves with its progress, so a
+resumed fine-tune repeats them.
 
-- Random erasing is timm's "pixel" mode with one box (the papers' `--reprob 0.25 --remode pixel`): with
-  probability p an image gets a box of 2-33% of its area, aspect ratio 0.3-3.3, filled with N(0, 1)
-  noise. kornia draws the boxes per image; the noise fill is ours (kornia fills a constant).
+- Random erasing approximates timm's "pixel" mode with one box (the papers' `--reprob 0.25 --remode
+  pixel`): with probability p an image gets a box of 2-33% of its area, aspect ratio 0.3-3.3, filled
+  with N(0, 1) noise. kornia draws the boxes per image (its aspect ratio is uniform on each side of 1,
+  timm's log-uniform, and a box too large to fit is shrunk where timm retries: at 32 px the mean box
+  area is 0.176 against timm's 0.174); the noise fill is ours (kornia fills a constant).
 - Mixup / cutmix are torchvision's: a Beta(alpha, alpha) weight per batch, each image mixed with its
   neighbour in the (shuffled) batch (timm pairs it with the reversed batch: the same distribution),
   cutmix's weight corrected to the pasted box's area. With both on, a batch gets cutmix with
