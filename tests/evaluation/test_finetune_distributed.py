@@ -27,7 +27,8 @@ def encoder() -> ViT:
 
 def summary(result) -> dict:
     weights = torch.cat([p.detach().flatten() for p in result.classifier.parameters()])
-    return {"loss": result.final_train_loss, "top1": result.test_top1, "weights": weights.tolist(), "resumed": result.resumed_after_epoch}
+    return {"loss": result.final_train_loss, "top1": result.test_top1, "weights": weights.tolist(), "resumed": result.resumed_after_epoch,
+            "next_draw": torch.rand(()).item()}  # fmt: skip
 
 
 def process(rank: int, world: int, store: str, photo_root: str, out: str, settings: dict, kill: bool) -> None:
@@ -58,6 +59,11 @@ def process(rank: int, world: int, store: str, photo_root: str, out: str, settin
         module.all_processes, Progress.save = gather, save
         dist.barrier()
     results = summary(finetune(encoder(), *args, progress=progress))
+    from hybridssl.errors import ConfigError
+    from hybridssl.nn.distributed import same_on_every_process
+
+    with pytest.raises(ConfigError, match="disagree"):  # raised on both: neither waits for the other
+        same_on_every_process(rank, "the rank")
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(results, f)
     dist.destroy_process_group()
@@ -78,6 +84,53 @@ def test_two_processes_train_like_one_with_the_global_batch(photo_root, tmp_path
     assert torch.allclose(torch.tensor(first["weights"]), torch.tensor(one["weights"]), atol=1e-5)
     assert first["loss"] == pytest.approx(one["loss"], abs=1e-5), "the loss is the mean over both halves"
     assert first["top1"] == second["top1"] == one["top1"], "each tests its half of the test split; the counts are summed"
+    assert first["next_draw"] != second["next_draw"], "each process draws its own augmentations and drop-path"
+
+
+def as_process(monkeypatch, rank: int, world: int) -> None:
+    from hybridssl.evaluation import finetune as module
+
+    monkeypatch.setattr(module, "rank", lambda: rank)
+    monkeypatch.setattr(module, "world_size", lambda: world)
+
+
+def test_each_process_takes_its_slice_of_every_stored_global_batch_and_its_share_of_the_test_split(monkeypatch):
+    from hybridssl.data.sources import ImageSet
+    from hybridssl.data.views import crop_flip
+    from hybridssl.evaluation.finetune import StoredEpochs, test_batches
+
+    images, labels = torch.zeros(40, 1, 16, 16, dtype=torch.uint8), torch.arange(40)  # the label names the image
+    data, augment = ImageSet(images, labels), crop_flip(PHOTO_INFO.__class__("toy", 16, 1, (0.5,), (0.2,), 4))
+
+    def batches(rank: int, world: int) -> list[torch.Tensor]:
+        as_process(monkeypatch, rank, world)
+        epochs = StoredEpochs(data, augment, 16, torch.Generator().manual_seed(3), torch.device("cpu"))
+        return [y for _, y in epochs.epoch(0)]
+
+    alone = batches(0, 1)
+    halves = [batches(r, 2) for r in (0, 1)]
+    assert all(len(h) == len(alone) == 2 for h in halves)
+    for step, whole in enumerate(alone):
+        assert torch.equal(torch.cat([halves[0][step], halves[1][step]]), whole)
+    shares = []
+    for r in range(3):
+        as_process(monkeypatch, r, 3)
+        shares += [y for _, y in test_batches(data, 8)]
+    assert sorted(torch.cat(shares).tolist()) == list(range(40)), "three shares: every test image once"
+
+
+def test_a_state_written_by_another_number_of_processes_is_not_resumed(tmp_path):
+    from tests.evaluation.test_finetune import INFO, blind_encoder, toy
+    from hybridssl.data.sources import ImageSet
+
+    (xtr, ytr), (xte, yte) = toy(64, 0), toy(32, 1)
+    settings = FinetuneSettings(epochs=2, batch_size=32, base_lr=3e-2)
+    args = (ImageSet(xtr, ytr), ImageSet(xte, yte), INFO, 4, "mean_patch", settings, 0)
+    progress = Progress(tmp_path / "progress.pt", "run")
+    finetune(blind_encoder(), *args, progress=progress)
+    state = torch.load(progress.path, weights_only=True)
+    progress.save({**state, "epochs_done": 1, "processes": [{"rng": state["rng"]}] * 2})
+    assert finetune(blind_encoder(), *args, progress=progress).resumed_after_epoch == 0
 
 
 def test_two_processes_resume_with_each_ones_generators(photo_root, tmp_path):

@@ -55,7 +55,7 @@ from hybridssl.data.streaming import StreamingSet, fitted_batches
 from hybridssl.data.rand_augment import RandAugment, check_policy, mean_fill
 from hybridssl.data.views import Crop, Views, identity, to_unit
 from hybridssl.engine.optim import WarmupCosine
-from hybridssl.nn.distributed import rank, world_size
+from hybridssl.nn.distributed import rank, same_on_every_process, world_size
 from hybridssl.nn.param_groups import layer_decay, param_groups
 from hybridssl.evaluation.batches import epoch_batches, steps_per_epoch
 from hybridssl.evaluation.regularizers import BatchRegularizers
@@ -262,7 +262,7 @@ def finetune(
     device = torch.device(device)
     if settings.batch_size % world_size():
         raise ConfigError(f"finetune.batch_size: {settings.batch_size} does not split evenly over {world_size()} processes")
-    torch.manual_seed(seed + rank())  # process 0 draws what a single process draws
+    torch.manual_seed(seed + rank())  # process 0 has a single process's seed
     generator = torch.Generator().manual_seed(seed)  # the batch order: the same on every process
     model = Classifier(with_drop_path(encoder, settings.drop_path), num_classes, pooling).to(device)
     set_grad_checkpointing(model, settings.grad_checkpointing)
@@ -283,7 +283,11 @@ def finetune(
     warmup = int(settings.warmup_fraction * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(total, warmup, settings.min_lr_fraction))
     loss, first_epoch, earlier_seconds = torch.zeros(()), 0, 0.0
-    if progress is not None and (saved := progress.load()) is not None:
+    saved = progress.load() if progress is not None else None
+    if saved is not None and len(saved.get("processes", [saved])) != world_size():
+        saved = None  # written by another number of processes: not this fine-tune's generators
+    same_on_every_process(None if saved is None else saved["epochs_done"], "the fine-tune's finished epochs")
+    if progress is not None and saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

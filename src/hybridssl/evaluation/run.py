@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, PositiveInt, ValidationError
 from torch import Tensor
 
 from hybridssl.settings import ConfigError, StrictModel, format_validation_error
-from hybridssl.data.streaming import StreamingSet
+from hybridssl.data.streaming import StreamingSet, default_workers
 from hybridssl.engine.checkpoints import TrainedEncoder
 from hybridssl.engine.starting_points import load_start_encoder
 from hybridssl.evaluation.classifier_export import export_classifier
@@ -37,7 +37,7 @@ from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_p
 from hybridssl.evaluation.lowshot import LowshotSettings, lowshot_trials
 from hybridssl.evaluation.results import RESULTS, append_result, result_rows
 from hybridssl.evaluation.subsets import stratified_holdout
-from hybridssl.nn.distributed import rank, world_size
+from hybridssl.nn.distributed import launched_per_node, rank, same_on_every_process, world_size
 from hybridssl.nn.vit import ViT, Pooling
 
 EncoderKind = Literal["trained", "random-init", "raw-pixels"]
@@ -142,8 +142,10 @@ class EvalContext:
         data_dir = req.data_dir or (self.config.get("data_dir") if dataset == trained_on else None)
         local = data_dir and "://" not in str(data_dir)  # a URL of packed shards stays a string
         self.req = req = replace(req, dataset=dataset, data_dir=Path(data_dir) if local else data_dir)
+        # decoding processes: the node's CPUs shared by its fine-tune processes under torchrun
+        workers = req.num_workers if req.num_workers is not None else default_workers(launched_per_node())
         split = {"data_dir": req.data_dir, "eval_data_dir": req.eval_data_dir, "info": self.info, "seed": req.seed,
-                 "loader": req.loader, "num_workers": req.num_workers, "download": req.download}  # fmt: skip
+                 "loader": req.loader, "num_workers": workers, "download": req.download}  # fmt: skip
         self.train = eval_split(req.dataset, "train", limit=req.limit_train, **split)
         if req.split == "validation":
             fit, held = stratified_holdout(self.train.labels, VALIDATION_FRACTION, req.seed)
@@ -213,7 +215,8 @@ class EvalContext:
 
     def save_classifier(self, result: FinetuneResult, settings: FinetuneSettings) -> Path:
         """Writes the fine-tuned classifier beside the results as timm-loadable safetensors, named like
-        its progress file (one per fine-tune identity: a rerun with --again overwrites it)."""
+        its progress file (one per fine-tune identity and number of processes: a rerun with --again
+        overwrites it)."""
         path = self.req.output / "finetuned" / f"{self.finetune_progress(settings).path.stem}.safetensors"
         if rank() != 0:
             return path
@@ -407,7 +410,7 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
     before = {} if req.again else measured(req.output)
     for protocol in protocols:
         key = ctx.measurement(protocol, settings)
-        if key in before:
+        if same_on_every_process(key in before, f"whether {protocol} is already measured"):
             print(f"{protocol}: already measured for this checkpoint, data and settings ({before[key][-1]['time']}); "
                   f"kept, not run again (--again measures it anew)", file=sys.stderr, flush=True)  # fmt: skip
             written += before[key]

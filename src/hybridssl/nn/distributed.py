@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from hybridssl.errors import ConfigError
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -24,17 +26,36 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_per_node() -> int:
+    """The processes the launcher started on this node (its LOCAL_WORLD_SIZE; 1 without one)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def same_on_every_process(value: object, what: str) -> object:
+    """`value`, checked to be equal on every process (each process decided it from files it read); all
+    raise together when they differ, so none waits forever in a collective the others skipped."""
+    if world_size() == 1:
+        return value
+    seen: list = [None] * world_size()
+    dist.all_gather_object(seen, value)
+    if any(v != seen[0] for v in seen):
+        raise ConfigError(f"the processes disagree on {what} ({seen}): every node must see the same output folder and checkpoint")
+    return value
+
+
 @contextmanager
 def launched_processes() -> Iterator[None]:
-    """Joins the process group of a torchrun-style launch for the block (nccl on GPUs, one per local
-    rank; gloo on CPUs) and leaves it after; nothing without a launch or when a group exists. Pretraining
-    gets this from Lightning; the fine-tune loop is our own."""
+    """Joins the process group of a torchrun-style launch (WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT and,
+    on GPUs, LOCAL_RANK) for the block (nccl on GPUs, gloo on CPUs) and leaves it after; nothing without a
+    launch or when a group exists. Pretraining gets this from Lightning; the fine-tune loop is our own."""
     if launched_world_size() <= 1 or dist.is_initialized():
         yield
         return
     cuda = torch.cuda.is_available()
     if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if "LOCAL_RANK" not in os.environ:  # every process would take GPU 0
+            raise ConfigError("WORLD_SIZE is set but LOCAL_RANK is not: launch with torchrun, or set LOCAL_RANK per process")
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         yield
