@@ -39,9 +39,9 @@ def test_a_finetune_with_the_papers_regularisers_resumes_on_the_gpu(photo_root, 
     ones), erasing noise from the CUDA generator, mixup / cutmix on the device; killed after epoch 1, the
     resumed run restores the CUDA generator and ends close to the uninterrupted one (bf16 kernels are not
     bit-exact)."""
-    from hybridssl.evaluation.finetune import FinetuneSettings, Progress, finetune
+    from hybridssl.evaluation.finetune import FinetuneSettings, finetune
     from hybridssl.nn.vit import ViT, ViTConfig
-    from tests.evaluation.test_finetune import PHOTO_INFO, streamed_split
+    from tests.evaluation.test_finetune import PHOTO_INFO, killed_after_the_first_epoch, streamed_split
 
     train, test = (streamed_split(photo_root, split, PHOTO_INFO, num_workers=2) for split in ("train", "val"))
     if not streamed:
@@ -52,17 +52,7 @@ def test_a_finetune_with_the_papers_regularisers_resumes_on_the_gpu(photo_root, 
     encoder = ViT(ViTConfig(image_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=2))
     args = (train, test, PHOTO_INFO, 4, "mean_patch", settings, 0, "cuda")
     whole = finetune(encoder, *args)
-    original = Progress.save
-
-    def killed(self, state):
-        original(self, state)
-        raise KeyboardInterrupt
-
-    progress = Progress(tmp_path / "progress.pt", "run")
-    monkeypatch.setattr(Progress, "save", killed)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(encoder, *args, progress=progress)
+    progress = killed_after_the_first_epoch(monkeypatch, encoder, args, tmp_path / "progress.pt")
     assert "cuda_rng" in torch.load(progress.path, weights_only=True)
-    monkeypatch.setattr(Progress, "save", original)
     resumed = finetune(encoder, *args, progress=progress)
     assert resumed.resumed_after_epoch == 1 and resumed.final_train_loss == pytest.approx(whole.final_train_loss, rel=0.05)

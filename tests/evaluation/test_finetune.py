@@ -167,20 +167,27 @@ def test_a_streamed_finetune_never_decodes_the_split_whole_and_resumes_exactly(p
     whole = finetune(encoder, *args)
     assert whole.steps == 2 * (len(train) // 16)
 
-    original = Progress.save
-
-    def killed_after_the_first_epoch(self, state):
-        original(self, state)
-        raise KeyboardInterrupt
-
-    progress = Progress(tmp_path / "progress.pt", "run")
-    monkeypatch.setattr(Progress, "save", killed_after_the_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(encoder, *args, progress=progress)
-    monkeypatch.setattr(Progress, "save", original)
+    progress = killed_after_the_first_epoch(monkeypatch, encoder, args, tmp_path / "progress.pt")
     resumed = finetune(encoder, *args, progress=progress)
     assert resumed.resumed_after_epoch == 1
     assert (resumed.final_train_loss, resumed.test_top1) == (whole.final_train_loss, whole.test_top1)
+
+
+def killed_after_the_first_epoch(monkeypatch, encoder, args: tuple, path) -> Progress:
+    """Runs finetune(encoder, *args) with progress in `path` until it is killed right after saving epoch
+    1; returns that progress."""
+    original = Progress.save
+
+    def killed(self, state):
+        original(self, state)
+        raise KeyboardInterrupt
+
+    progress = Progress(path, "run")
+    monkeypatch.setattr(Progress, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(encoder, *args, progress=progress)
+    monkeypatch.setattr(Progress, "save", original)
+    return progress
 
 
 def test_a_streamed_share_smaller_than_a_batch_is_decoded_and_larger_ones_stream(photo_root):
