@@ -14,8 +14,8 @@ schedules to pay off). Drop-path 0.1, label smoothing 0.1, weight decay 0.05 and
 are the papers' values. The regularisers are settings, off by default: `rand_augment` (a timm policy,
 the papers' "rand-m9-mstd0.5-inc1", per image where the crop is cut: data/rand_augment.py),
 `random_erasing` (0.25), `mixup` (0.8) and `cutmix` (1.0) (evaluation/regularizers.py); with the
-papers' epochs, batch, lr and crop scale they give the papers' whole recipe. The reported number is the test top-1 after the last epoch (never the best
-epoch: that would select on the test set).
+papers' epochs, batch, lr and crop scale they give the papers' whole recipe. The reported number is
+the test top-1 after the last epoch (never the best epoch: that would select on the test set).
 
 Fine-tuning a large encoder takes hours, so it can resume: given a `Progress` (a file and a key), the
 whole state (weights, optimizer, schedule, the batch order's and the augmentation's random generators)
@@ -30,6 +30,10 @@ the test split is read fitted to the encoder's size. Their order and crops come 
 sample), so a resumed streamed fine-tune needs no saved state for them and sees the same batches.
 Everything drawn in this process (device crops, per-image RandAugment seeds of stored splits, erasing,
 mixing, drop-path) comes from torch's generators (CPU, and CUDA on a GPU), which the progress saves.
+
+Under torchrun (torch.distributed initialized) the same function runs on every process with DDP: the
+batch size is the global batch, each process trains on its slice of it and tests its share of the
+test split, and process 0 writes the progress (see `finetune`).
 """
 
 from __future__ import annotations
