@@ -41,7 +41,7 @@ def process(rank: int, world: int, store: str, photo_root: str, out: str, settin
     progress = Progress(__import__("pathlib").Path(out) / "progress.pt", "run")
     results = {}
     if kill:  # both processes stop after epoch 1, once process 0 has written it
-        gather, save = module.all_processes, Progress.save
+        gather, save = module.every_process, Progress.save
 
         def gathered_then_killed(state):
             states = gather(state)
@@ -53,10 +53,10 @@ def process(rank: int, world: int, store: str, photo_root: str, out: str, settin
             save(self, state)
             raise KeyboardInterrupt
 
-        module.all_processes, Progress.save = gathered_then_killed, saved_then_killed
+        module.every_process, Progress.save = gathered_then_killed, saved_then_killed
         with pytest.raises(KeyboardInterrupt):
             finetune(encoder(), *args, progress=progress)
-        module.all_processes, Progress.save = gather, save
+        module.every_process, Progress.save = gather, save
         dist.barrier()
     results = summary(finetune(encoder(), *args, progress=progress))
     from hybridssl.errors import ConfigError

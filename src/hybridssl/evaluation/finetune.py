@@ -46,7 +46,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, SerializerFunctionWrapHandler, field_validator, model_serializer
 from torch import Tensor, nn
@@ -59,7 +58,7 @@ from hybridssl.data.streaming import StreamingSet, fitted_batches
 from hybridssl.data.rand_augment import RandAugment, check_policy, mean_fill
 from hybridssl.data.views import Crop, Views, identity, to_unit
 from hybridssl.engine.optim import WarmupCosine
-from hybridssl.nn.distributed import rank, same_on_every_process, world_size
+from hybridssl.nn.distributed import every_process, rank, same_on_every_process, sum_over_processes, world_size
 from hybridssl.nn.param_groups import layer_decay, param_groups
 from hybridssl.evaluation.batches import epoch_batches, steps_per_epoch
 from hybridssl.evaluation.regularizers import BatchRegularizers
@@ -172,10 +171,8 @@ def classifier_accuracy(model: nn.Module, test: ImageSet | StreamingSet, info: D
         with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             correct += (model(x).argmax(dim=1).cpu() == labels).sum().item()
         seen += len(labels)
-    if world_size() > 1:  # each process tested its share
-        counts = torch.tensor([correct, seen], dtype=torch.float64, device=device if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(counts)
-        correct, seen = int(counts[0].item()), int(counts[1].item())
+    counts = sum_over_processes(torch.tensor([correct, seen], dtype=torch.float64, device=device))  # each tested its share
+    correct, seen = int(counts[0].item()), int(counts[1].item())
     if seen == 0:
         raise DataError("finetune: no readable image in the test split")
     return 100.0 * correct / seen
@@ -317,38 +314,19 @@ def finetune(
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             opt.step()
             scheduler.step()
-        loss = mean_over_processes(loss.detach())
+        loss = sum_over_processes(loss.detach()) / world_size()
         if progress is not None:
             generators = {"rng": torch.get_rng_state(), **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}
-            every_process = all_processes(generators)
+            processes = every_process({k: v.cpu() for k, v in generators.items()})
             if rank() == 0:
                 print(f"finetune: epoch {epoch + 1}/{settings.epochs}, train loss {loss.item():.4f}", file=sys.stderr, flush=True)
                 progress.save({
                     "epochs_done": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": scheduler.state_dict(), "generator": generator.get_state(), **generators,
-                    **({"processes": every_process} if world_size() > 1 else {}),
+                    **({"processes": processes} if world_size() > 1 else {}),
                     "loss": loss.cpu(), "seconds": earlier_seconds + time.perf_counter() - start,
                 })  # fmt: skip
     del batches, trained  # a streamed split's workers stop before the test pass starts its own
     top1 = classifier_accuracy(model, test, info, settings.eval_batch_size, device)
     seconds = earlier_seconds + time.perf_counter() - start
     return FinetuneResult(top1, float(loss.item()), total, lr, seconds, first_epoch, model.eval())
-
-
-def mean_over_processes(value: Tensor) -> Tensor:
-    """The mean of a scalar over every process (itself when there is one)."""
-    if world_size() == 1:
-        return value
-    on = value.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    total = value.float().reshape(1).to(on)
-    dist.all_reduce(total)
-    return (total / world_size()).to(value.device).reshape(())
-
-
-def all_processes(state: dict) -> list[dict]:
-    """Every process's `state`, in rank order (a one-element list when there is one)."""
-    if world_size() == 1:
-        return [state]
-    gathered: list = [None] * world_size()
-    dist.all_gather_object(gathered, {k: v.cpu() for k, v in state.items()})
-    return gathered

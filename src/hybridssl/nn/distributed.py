@@ -1,4 +1,5 @@
-"""Collectives for contrastive losses, queues and BatchNorm statistics; identity when not distributed."""
+"""Collectives for contrastive losses, queues, BatchNorm statistics and the fine-tune loop, identity when
+not distributed; and joining a torchrun launch."""
 
 from __future__ import annotations
 
@@ -31,13 +32,29 @@ def launched_per_node() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
+def sum_over_processes(values: Tensor) -> Tensor:
+    """Elementwise sum over every process, without gradient (itself when there is one); sent from the
+    device under nccl, from the CPU under gloo, and returned on `values`' device."""
+    if world_size() == 1:
+        return values
+    sent = values.detach().to(values.device if dist.get_backend() == "nccl" else torch.device("cpu"), copy=True)
+    dist.all_reduce(sent)
+    return sent.to(values.device)
+
+
+def every_process(value: object) -> list:
+    """Every process's `value` (picklable), in rank order; a one-element list when there is one."""
+    if world_size() == 1:
+        return [value]
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def same_on_every_process(value: object, what: str) -> object:
     """`value`, checked to be equal on every process (each process decided it from files it read); all
     raise together when they differ, so none waits forever in a collective the others skipped."""
-    if world_size() == 1:
-        return value
-    seen: list = [None] * world_size()
-    dist.all_gather_object(seen, value)
+    seen = every_process(value)
     if any(v != seen[0] for v in seen):
         raise ConfigError(f"the processes disagree on {what} ({seen}): every node must see the same output folder and checkpoint")
     return value
