@@ -9,12 +9,14 @@ and prints one markdown row per encoder that has results: k-NN (k=20), linear pr
 (benchmarks/flagship_finetune.sh), k-means cluster accuracy and NMI, and the linear probe on 1% and 10%
 of the labels (mean of the seeds), then each row's training time summed over every session that ran it
 (TensorBoard's wall times; the log stamps leave out a stage a killed session cut off). --figure also draws k-NN and linear probe of every measured encoder
-against the floors (hybridssl.report.scores).
+against the floors (hybridssl.report.scores). OUT can also be the copy benchmarks/keep_records.py keeps in
+the repository (benchmarks/records/real-budgets: results, log stamps and training times, no checkpoints).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -49,6 +51,9 @@ def training_minutes(run: Path) -> tuple[float, int]:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
     total, sessions = 0.0, 0
+    if not any(run.rglob("events.out.tfevents.*")) and (kept := run / "training.json").is_file():
+        summary = json.loads(kept.read_text())  # benchmarks/keep_records.py: the events stayed behind
+        return summary["minutes"], summary["starts"]
     for events in sorted(run.rglob("events.out.tfevents.*")):
         times = [e.wall_time for e in EventFileLoader(str(events)).Load() if e.HasField("summary")]
         if len(times) > 1:

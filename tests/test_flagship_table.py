@@ -1,6 +1,9 @@
 """benchmarks/flagship_table.py's training time: every start of a resumed row counts, even one a
 killed session cut off before its next log stamp."""
 
+import json
+from pathlib import Path
+
 from torch.utils.tensorboard import SummaryWriter
 
 from benchmarks.flagship_table import training_minutes
@@ -15,3 +18,31 @@ def test_training_minutes_sum_each_start_of_every_stage(tmp_path):
                 writer.add_scalar("train/loss", 1.0, step, walltime=walltime)
     assert training_minutes(row) == ((300 + 600 + 900) / 60, 3), "a start with one value trained nothing measurable"
     assert training_minutes(tmp_path / "rows" / "missing") == (0.0, 0)
+
+
+def test_kept_records_give_the_same_table_without_the_run_folders(tmp_path, monkeypatch, capsys):
+    """benchmarks/keep_records.py: the table and training times drawn from the kept copy equal the
+    originals', with the checkpoints and event files left behind."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from benchmarks.flagship_table import main
+    from keep_records import keep
+
+    out, kept = tmp_path / "out", tmp_path / "kept"
+    row = out / "rows" / "cmae"
+    with SummaryWriter(row / "logs" / "tensorboard") as writer:
+        for step, walltime in enumerate((100, 700)):
+            writer.add_scalar("train/loss", 1.0, step, walltime=walltime)
+    (row / "checkpoints").mkdir()
+    (row / "checkpoints" / "last.ckpt").write_bytes(b"large")
+    (row / "log.txt").write_text("[2026-12-03T00:00:00Z] cmae 24 epochs\n[2026-12-03T02:00:00Z] evaluate knn\n")
+    record = {"encoder": "trained", "protocol": "knn", "value": 83.25, "pooling": "cls", "settings": {"k": 20}}
+    (row / "results.jsonl").write_text(json.dumps(record) + "\n")
+
+    assert keep(out, kept) == [kept / "rows" / "cmae"]
+    assert sorted(p.name for p in (kept / "rows" / "cmae").iterdir()) == ["log.txt", "results.jsonl", "training.json"]
+    assert training_minutes(kept / "rows" / "cmae") == training_minutes(row) == (10.0, 1)
+    main(out)
+    original = capsys.readouterr().out
+    main(kept)
+    assert capsys.readouterr().out == original
+    assert "| 83.25 |" in original and "cmae: 10.0 min of training over 1 start" in original
