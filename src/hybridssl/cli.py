@@ -149,6 +149,9 @@ def add_encoder_args(p: argparse.ArgumentParser, floors: bool = True, set_flag: 
     p.add_argument("--lowshot-subsets", help="lowshot: e.g. 1%%,10%%,1,2,5,10 (percent of labels or images per class)")
     p.add_argument("--limit-train", type=int, help="use a seeded random subset of N labelled train images")
     p.add_argument("--limit-test", type=int, help="use a seeded random subset of N test images")
+    p.add_argument("--test-crop-fraction", type=float, default=1.0, metavar="FRACTION",
+                   help="test images: the centre FRACTION of the shorter side, resized to image_size / FRACTION first "
+                        "(timm's crop_pct; MAE and timm test ImageNet at 0.875: 256 -> 224); default 1, the whole side")
     p.add_argument("--validation", action="store_true",
                    help="measure on a class-stratified 10%% of the train split instead of the test split (to choose settings)")
     p.add_argument(epochs_flag, dest="epochs", type=int, help="epochs of every trained head (probe, fine-tune, low-shot)")
@@ -160,6 +163,12 @@ def add_encoder_args(p: argparse.ArgumentParser, floors: bool = True, set_flag: 
 def positive(name: str, value: int | None) -> int | None:
     if value is not None and value <= 0:
         raise UsageError(f"{name}: must be positive (got {value})")
+    return value
+
+
+def crop_fraction(value: float) -> float:
+    if not 0 < value <= 1:
+        raise UsageError(f"test_crop_fraction: must be in (0, 1] (got {value}); 0.875 is MAE's and timm's test view, 1 the whole image")
     return value
 
 
@@ -204,6 +213,7 @@ def eval_request_args(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": positive("epochs", args.epochs), "pooling": args.pooling, "ks": tuple(sorted(set(number_list("k", args.k)))),
         "seed": args.seed, "download": bool(args.download), "settings": eval_settings(args),
         "split": "validation" if args.validation else "test",
+        "test_crop_fraction": crop_fraction(args.test_crop_fraction),
         **({"loader": args.loader} if getattr(args, "loader", None) else {}),
         "num_workers": positive_or_zero("num_workers", getattr(args, "num_workers", None)),
     }  # fmt: skip
@@ -264,7 +274,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if unknown or not protocols:
         raise UsageError(f"protocols: unknown {unknown[0] if unknown else args.protocols!r}; choose from {', '.join(PROTOCOLS)} or all")
     shared = eval_request_args(args)
-    evaluation = {k: shared[k] for k in ("limit_test", "epochs", "pooling", "ks", "settings")}
+    evaluation = {k: shared[k] for k in ("limit_test", "epochs", "pooling", "ks", "settings", "test_crop_fraction")}
     req = CompareRequest(
         methods=parse_methods(args.methods), output=args.output, dataset=args.dataset, model=args.model,
         budget_epochs=positive("budget_epochs", args.budget_epochs), max_steps=positive("max_steps", args.max_steps),

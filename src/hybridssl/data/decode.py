@@ -3,12 +3,14 @@
 `read_image` is the streaming path's decoder: torchvision.io (libjpeg-turbo, libpng, libwebp; EXIF
 orientation applied) at full resolution, with PIL as the fallback for what torchvision does not read
 (BMP, TIFF, PPM/PGM, 16-bit and float images, palette images with transparency). `fit` is the
-evaluation view: shorter side resized to `size`, centre crop. `decode_image` is the in-memory path's
+evaluation view: shorter side resized to `size` (or to `size / crop_fraction`, timm's crop_pct, for a
+test view that keeps only the centre), centre crop. `decode_image` is the in-memory path's
 decoder (PIL, straight to the small square), kept because PIL's draft mode makes thumbnails cheap.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -85,23 +87,27 @@ def read_image(path: str | Path, channels: int) -> Tensor:
     return pil_read(path, channels)
 
 
-def fit(image: Tensor, size: int) -> Tensor:
-    """Shorter side resized to `size` (bicubic, antialiased), then the centre `size` x `size` square."""
+def fit(image: Tensor, size: int, crop_fraction: float = 1.0) -> Tensor:
+    """Shorter side resized to `size / crop_fraction` (rounded down, as timm does; bicubic, antialiased),
+    then the centre `size` x `size` square. 1.0 keeps the whole shorter side; MAE tests at 0.875
+    (resize to 256, centre 224). Images or batches of them."""
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    image = F.resize(image, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    image = F.resize(image, [math.floor(size / crop_fraction)], interpolation=InterpolationMode.BICUBIC, antialias=True)
     return F.center_crop(image, [size, size])
 
 
-def decode_image(path: Path, size: int, channels: int) -> Tensor:
-    """Any PIL-readable image -> uint8 C x size x size (shorter side resized, centre crop), for the
-    in-memory path: JPEGs are decoded at the smallest DCT scale that still covers `size` (draft mode)."""
+def decode_image(path: Path, size: int, channels: int, crop_fraction: float = 1.0) -> Tensor:
+    """Any PIL-readable image -> uint8 C x size x size, the view of `fit`, for the in-memory path: JPEGs
+    are decoded at the smallest DCT scale that still covers the resized image (draft mode)."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
         if im.format == "JPEG":
-            im.draft(im.mode, (size, size))
+            covered = math.floor(size / crop_fraction)
+            im.draft(im.mode, (covered, covered))
         im.load()
-        im = ImageOps.fit(_pil_convert(im, channels), (size, size), method=Image.Resampling.BICUBIC)
+        # bleed: the border left out on each side, so the centre crop_fraction of the shorter side remains
+        im = ImageOps.fit(_pil_convert(im, channels), (size, size), method=Image.Resampling.BICUBIC, bleed=(1 - crop_fraction) / 2)
         return _to_tensor(im, channels)

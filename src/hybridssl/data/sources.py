@@ -221,15 +221,17 @@ def folder_index(data_dir: Path | None, split: str) -> FileIndex:
     return file_index(source_for(Path(data_dir), split))
 
 
-def decode_index(index: FileIndex | ShardIndex, image_size: int, channels: int, strict: bool = False) -> ImageSet:
-    """Every sample of the index decoded into memory at image_size (threads: the decoders release the GIL)."""
+def decode_index(index: FileIndex | ShardIndex, image_size: int, channels: int, strict: bool = False,
+                 crop_fraction: float = 1.0) -> ImageSet:  # fmt: skip
+    """Every sample of the index decoded into memory at image_size, the centre `crop_fraction` of its
+    shorter side (decode.fit; threads: the decoders release the GIL)."""
 
     def safe_decode(i: int) -> Tensor | str:
         path = index.describe(i)
         try:
             if isinstance(index, FileIndex):
-                return decode_image(index.path(i), image_size, channels)
-            return fit(index.read(i, channels), image_size)
+                return decode_image(index.path(i), image_size, channels, crop_fraction)
+            return fit(index.read(i, channels), image_size, crop_fraction)
         except Exception as exc:  # PIL raises many types for broken files
             return f"{path}: {type(exc).__name__}: {exc}"
 

@@ -22,7 +22,7 @@ import os
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -171,8 +171,9 @@ class StreamingLoader(EpochBatches):
 class FitDataset(Dataset):
     """index -> the image fitted to size x size (evaluation's view, statistics); None when unreadable."""
 
-    def __init__(self, index: FileIndex | ShardIndex, size: int, channels: int, strict: bool = False) -> None:
-        self.index, self.size, self.channels, self.strict = index, size, channels, strict
+    def __init__(self, index: FileIndex | ShardIndex, size: int, channels: int, strict: bool = False,
+                 crop_fraction: float = 1.0) -> None:  # fmt: skip
+        self.index, self.size, self.channels, self.strict, self.crop_fraction = index, size, channels, strict, crop_fraction
 
     def __len__(self) -> int:
         return len(self.index)
@@ -180,7 +181,7 @@ class FitDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any] | str:
         path = self.index.describe(i)
         try:
-            return {"image": fit(self.index.read(i, self.channels), self.size), "label": int(self.index.labels[i]), "id": i}
+            return {"image": fit(self.index.read(i, self.channels), self.size, self.crop_fraction), "label": int(self.index.labels[i]), "id": i}
         except Exception as exc:  # decoders raise many types for broken files
             if self.strict:  # raised by the main process (from a worker it would carry a traceback)
                 return {"error": f"unreadable image {describe_failure(path, exc)} (--strict)"}
@@ -198,10 +199,10 @@ def collate_fitted(samples: list[dict[str, Any] | str]) -> dict[str, Any]:
 
 
 def fitted_batches(index: FileIndex | ShardIndex, size: int, channels: int, batch_size: int = 256, num_workers: int = 0,
-                   strict: bool = False, progress: str | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
-    """Whole images fitted to `size`, batch by batch, in index order, decoded by workers; unreadable
-    files are left out with a warning naming each. `progress`: a tqdm bar with this description."""
-    loader = DataLoader(FitDataset(index, size, channels, strict), batch_size=batch_size, num_workers=num_workers,
+                   strict: bool = False, progress: str | None = None, crop_fraction: float = 1.0) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """Whole images fitted to `size` (decode.fit), batch by batch, in index order, decoded by workers;
+    unreadable files are left out with a warning naming each. `progress`: a tqdm bar with this description."""
+    loader = DataLoader(FitDataset(index, size, channels, strict, crop_fraction), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate_fitted, prefetch_factor=4 if num_workers else None)  # fmt: skip
     batches = loader
     if progress is not None:
@@ -227,6 +228,7 @@ class StreamingSet:
     channels: int
     strict: bool = False
     num_workers: int = field(default_factory=default_workers)
+    crop_fraction: float = 1.0  # the view of fitted images: decode.fit (a test split's centre crop)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -250,13 +252,17 @@ class StreamingSet:
         return self._with(self.index.select(rows.numpy()))
 
     def _with(self, index: FileIndex | ShardIndex) -> "StreamingSet":
-        return StreamingSet(self.name, index, self.image_size, self.channels, self.strict, self.num_workers)
+        return replace(self, index=index)
+
+    def fitted(self, batch_size: int = 256, progress: str | None = None) -> Iterator[dict[str, Any]]:
+        """Its images in index order at image_size, in its view (fitted_batches)."""
+        return fitted_batches(self.index, self.image_size, self.channels, batch_size, self.num_workers, self.strict, progress,
+                              self.crop_fraction)  # fmt: skip
 
     def materialize(self, limit: int | None = None, seed: int = 0, progress: str | None = None) -> ImageSet:
         """A seeded subset decoded into memory at image_size (the k-NN monitor's bank, pictures)."""
-        subset = self.index.take(limit, seed)
         images, labels = [], []
-        for batch in fitted_batches(subset, self.image_size, self.channels, num_workers=self.num_workers, progress=progress):
+        for batch in self.take(limit, seed).fitted(progress=progress):
             images.append(batch["images"])
             labels.append(batch["labels"])
         if not images:

@@ -70,13 +70,14 @@ def typical_side(index: FileIndex | ShardIndex, samples: int = SIZE_SAMPLES) -> 
 
 
 def stored_or_streamed(dataset: str, index: FileIndex | ShardIndex, image_size: int, channels: int, strict: bool = False,
-                       loader: LoaderChoice = "auto", num_workers: int | None = None) -> TrainingData:  # fmt: skip
-    """The one rule for both training and evaluation: decode into memory up to the budget, else stream."""
+                       loader: LoaderChoice = "auto", num_workers: int | None = None, crop_fraction: float = 1.0) -> TrainingData:  # fmt: skip
+    """The one rule for both training and evaluation: decode into memory up to the budget, else stream.
+    `crop_fraction`: the view images are fitted to (decode.fit), below 1 for an evaluation's test split."""
     stream = loader == "stream" or (loader == "auto" and decoded_bytes(len(index), image_size, channels) > MEMORY_BUDGET_BYTES)
     if stream:
         workers = default_workers() if num_workers is None else num_workers
-        return StreamingSet(dataset, index, image_size, channels, strict, workers)
-    return decode_index(index, image_size, channels, strict)
+        return StreamingSet(dataset, index, image_size, channels, strict, workers, crop_fraction)
+    return decode_index(index, image_size, channels, strict, crop_fraction)
 
 
 def training_info(dataset: str, data: TrainingData) -> DataInfo:

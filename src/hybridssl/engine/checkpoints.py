@@ -164,15 +164,16 @@ def encoder_of(ckpt: dict[str, Any], path: str | Path) -> TrainedEncoder:
     return TrainedEncoder(encoder.eval(), info, ckpt["hybridssl"]["config"], checkpoint_pooling(ckpt))
 
 
-def timm_pretrained_cfg(cfg: ViTConfig, info: DataInfo) -> dict[str, Any]:
+def timm_pretrained_cfg(cfg: ViTConfig, info: DataInfo, crop_fraction: float = 1.0) -> dict[str, Any]:
     """timm's `pretrained_cfg` fields for an encoder: the input size and normalization it was trained
-    with, and our evaluation transform (shorter side resized bicubic, centre crop of the whole side)."""
+    with, and our evaluation transform (shorter side resized bicubic, centre crop of `crop_fraction`
+    of it: the whole side unless a fine-tune was tested otherwise)."""
     return {
         "input_size": [cfg.in_chans, cfg.image_size, cfg.image_size],
         "mean": list(info.mean),
         "std": list(info.std),
         "interpolation": "bicubic",
-        "crop_pct": 1.0,
+        "crop_pct": crop_fraction,
         "crop_mode": "center",
         "num_classes": 0,
     }

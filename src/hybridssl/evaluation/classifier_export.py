@@ -18,19 +18,21 @@ from hybridssl.evaluation.finetune import Classifier
 from hybridssl.files import atomic_write_bytes
 
 
-def timm_classifier_kwargs(classifier: Classifier, info: DataInfo) -> dict[str, Any]:
-    """Arguments for `timm.create_model("vit_base_patch16_224", **kwargs)` to rebuild the classifier."""
+def timm_classifier_kwargs(classifier: Classifier, info: DataInfo, crop_fraction: float = 1.0) -> dict[str, Any]:
+    """Arguments for `timm.create_model("vit_base_patch16_224", **kwargs)` to rebuild the classifier;
+    its test view (timm's crop_pct) is the one it was tested with."""
     num_classes = classifier.head.out_features
     pooling = {"global_pool": "token"} if classifier.pooling == "cls" else {"global_pool": "avg", "fc_norm": False}
-    overlay = {**timm_pretrained_cfg(classifier.encoder.cfg, info), "num_classes": num_classes}
+    overlay = {**timm_pretrained_cfg(classifier.encoder.cfg, info, crop_fraction), "num_classes": num_classes}
     return {**classifier.encoder.cfg.timm_kwargs(), **pooling, "num_classes": num_classes, "pretrained_cfg_overlay": overlay}
 
 
-def export_classifier(classifier: Classifier, path: Path, info: DataInfo, classes: list[str] | None) -> dict[str, Any]:
+def export_classifier(classifier: Classifier, path: Path, info: DataInfo, classes: list[str] | None,
+                      crop_fraction: float = 1.0) -> dict[str, Any]:  # fmt: skip
     """Writes the classifier's weights with timm's names (atomically); returns the timm kwargs."""
     from safetensors.torch import save
 
-    kwargs = timm_classifier_kwargs(classifier, info)
+    kwargs = timm_classifier_kwargs(classifier, info, crop_fraction)
     state = {**classifier.encoder.state_dict(), "head.weight": classifier.head.weight, "head.bias": classifier.head.bias}
     metadata = {
         "timm_kwargs": json.dumps(kwargs),

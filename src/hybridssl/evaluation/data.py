@@ -5,6 +5,9 @@ for a train/val root), the test split `--eval-data-dir`, or the root's `val/` (`
 without further flags. Folders larger than the memory budget (data/training_set.py) stream: features
 are computed batch by batch from images fitted to the encoder's size (shorter side resized, centre
 crop), decoded by DataLoader workers, with a progress bar; the features, not the images, are kept.
+A test split can be viewed like MAE's and timm's evaluations, the centre of a larger resize
+(`test_crop_fraction`, timm's crop_pct: 0.875 is 256 -> 224); the train split always keeps the whole
+shorter side, so fine-tuning crops and the probes' train features see whole images.
 Fine-tuning streams them too (evaluation/finetune.py).
 """
 
@@ -17,9 +20,10 @@ from typing import Union
 import torch
 from torch import Tensor
 
+from hybridssl.data.decode import fit
 from hybridssl.data.index import has_split_layout, labels_in
 from hybridssl.data.sources import STREAMED, DataInfo, ImageSet, load_dataset, record_index
-from hybridssl.data.streaming import StreamingSet, fitted_batches
+from hybridssl.data.streaming import StreamingSet
 from hybridssl.data.training_set import LoaderChoice, stored_or_streamed
 from hybridssl.errors import ConfigError, DataError
 from hybridssl.evaluation.features import encoder_features, pixel_features
@@ -44,8 +48,9 @@ def folder_split(data_dir: Path | None, eval_data_dir: Path | None, split: str) 
 
 def eval_split(dataset: str, split: str, data_dir: Path | None, eval_data_dir: Path | None, info: DataInfo, *,
                limit: int | None = None, seed: int = 0, loader: LoaderChoice = "auto", num_workers: int | None = None,
-               download: bool = False) -> EvalData:  # fmt: skip
-    """One labelled split at the encoder's size, limited to a seeded subset before decoding."""
+               download: bool = False, crop_fraction: float = 1.0) -> EvalData:  # fmt: skip
+    """One labelled split at the encoder's size, limited to a seeded subset before decoding, fitted to
+    the centre `crop_fraction` of its shorter side (decode.fit)."""
     if dataset not in STREAMED:
         if loader == "stream":
             raise ConfigError(f"loader: {dataset} is loaded into memory; `stream` applies to folder and shards datasets")
@@ -57,7 +62,8 @@ def eval_split(dataset: str, split: str, data_dir: Path | None, eval_data_dir: P
         else:  # a pack holds both splits; --eval-data-dir: another pack's test split
             source = data_dir if split == "train" else (eval_data_dir or data_dir)
         index = record_index(dataset, source, split).take(limit, seed)
-        data = stored_or_streamed(dataset, index, info.image_size, info.channels, loader=loader, num_workers=num_workers)
+        data = stored_or_streamed(dataset, index, info.image_size, info.channels, loader=loader, num_workers=num_workers,
+                                  crop_fraction=crop_fraction)  # fmt: skip
     if data.labels is None or (data.labels < 0).all():
         raise DataError(f"the {split} split of {dataset} has no labels; evaluation needs labelled images")
     if isinstance(data, ImageSet):
@@ -65,7 +71,19 @@ def eval_split(dataset: str, split: str, data_dir: Path | None, eval_data_dir: P
         if shape != (info.channels, info.image_size, info.image_size):
             hint = f"; evaluate with --image-size {shape[1]}" if shape[0] == info.channels and shape[1] == shape[2] else ""
             raise DataError(f"{dataset} images are {shape}, the encoder expects {(info.channels, info.image_size, info.image_size)}{hint}")
-    return data
+    return centre_crop(data, crop_fraction) if dataset not in STREAMED else data
+
+
+def centre_crop(data: EvalData, crop_fraction: float) -> EvalData:
+    """`data` viewed as the centre `crop_fraction` of its images (decode.fit): stored images are resized
+    from what is stored (a named dataset's own pixels; a held-out share of a decoded folder's train
+    split, already at the encoder's size), streamed ones from their files."""
+    if crop_fraction == 1.0 or len(data) == 0:
+        return data
+    if isinstance(data, StreamingSet):
+        return replace(data, crop_fraction=crop_fraction)
+    size = data.images.shape[-1]
+    return replace(data, images=torch.cat([fit(chunk, size, crop_fraction) for chunk in data.images.split(1024)]))
 
 
 @torch.inference_mode()
@@ -82,7 +100,7 @@ def features_and_labels(encoder: ViT | None, data: EvalData, info: DataInfo, poo
     if isinstance(data, ImageSet):
         return encode(data.images), data.labels, torch.arange(len(data))  # type: ignore[return-value]
     feats, labels, rows = [], [], []
-    for batch in fitted_batches(data.index, info.image_size, info.channels, batch_size, data.num_workers, data.strict, progress):
+    for batch in data.fitted(batch_size, progress):
         if len(batch["images"]):
             feats.append(encode(batch["images"]))
             labels.append(batch["labels"])

@@ -54,7 +54,7 @@ from hybridssl.errors import ConfigError, DataError
 from hybridssl.files import atomic_write
 from hybridssl.settings import StrictModel
 from hybridssl.data.sources import DataInfo, ImageSet
-from hybridssl.data.streaming import StreamingSet, fitted_batches
+from hybridssl.data.streaming import StreamingSet
 from hybridssl.data.rand_augment import RandAugment, check_policy, mean_fill
 from hybridssl.data.views import Crop, Views, identity, to_unit
 from hybridssl.engine.optim import WarmupCosine
@@ -156,7 +156,7 @@ def test_batches(test: ImageSet | StreamingSet, batch_size: int) -> Iterator[tup
         for i in range(0, len(test), batch_size):
             yield test.images[i : i + batch_size], test.labels[i : i + batch_size]  # type: ignore[index]
         return
-    for batch in fitted_batches(test.index, test.image_size, test.channels, batch_size, test.num_workers, test.strict, "finetune test"):
+    for batch in test.fitted(batch_size, "finetune test"):
         if len(batch["images"]):
             yield batch["images"], batch["labels"]
 

@@ -29,7 +29,7 @@ from hybridssl.engine.checkpoints import TrainedEncoder
 from hybridssl.engine.starting_points import load_start_encoder
 from hybridssl.evaluation.classifier_export import export_classifier
 from hybridssl.evaluation.clustering import ClusteringSettings, clustering_metrics
-from hybridssl.evaluation.data import EvalData, decoded_when_small, eval_split, features_and_labels, with_classes_of
+from hybridssl.evaluation.data import EvalData, centre_crop, decoded_when_small, eval_split, features_and_labels, with_classes_of
 from hybridssl import __version__
 from hybridssl.evaluation.finetune import FinetuneResult, FinetuneSettings, Progress, finetune
 from hybridssl.evaluation.knn import knn_accuracy
@@ -67,6 +67,9 @@ class EvalRequest:
     # rest is the train split), so settings are chosen without ever reading the test images
     split: Literal["test", "validation"] = "test"
     again: bool = False  # measure even what results.jsonl already holds for the same checkpoint, data and settings
+    # the test images' view: the centre of their shorter side resized to image_size / this (timm's crop_pct;
+    # MAE and timm test ImageNet at 0.875); 1.0 keeps the whole shorter side. Train images stay whole.
+    test_crop_fraction: float = 1.0
 
 
 VALIDATION_FRACTION = 0.1
@@ -132,6 +135,8 @@ class EvalContext:
     """The images, encoder and (lazily) the frozen features that the protocols share."""
 
     def __init__(self, req: EvalRequest) -> None:
+        if not 0 < req.test_crop_fraction <= 1:
+            raise ConfigError(f"test_crop_fraction: {req.test_crop_fraction} is not in (0, 1]; 0.875 is MAE's and timm's test view, 1 the whole image")
         self.checkpoint_stamp = file_stamp(req.checkpoint)  # before loading: what a fine-tune's progress is keyed to
         self.encoder, self.info, self.config, trained_pooling = encoder_for(req)
         # the dataset (and its folder) the checkpoint was trained on, unless told otherwise
@@ -149,9 +154,11 @@ class EvalContext:
         self.train = eval_split(req.dataset, "train", limit=req.limit_train, **split)
         if req.split == "validation":
             fit, held = stratified_holdout(self.train.labels, VALIDATION_FRACTION, req.seed)
-            self.train, self.test = self.train.select(fit), self.train.select(held).take(req.limit_test, req.seed)
+            self.train, held_out = self.train.select(fit), self.train.select(held).take(req.limit_test, req.seed)
+            self.test = centre_crop(held_out, req.test_crop_fraction)
         else:
-            self.test = with_classes_of(self.train, eval_split(req.dataset, "test", limit=req.limit_test, **split))
+            test = eval_split(req.dataset, "test", limit=req.limit_test, crop_fraction=req.test_crop_fraction, **split)
+            self.test = with_classes_of(self.train, test)
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.pixels = req.encoder_kind == "raw-pixels"
         self.pooling: str = "none" if self.pixels else req.pooling or trained_pooling
@@ -220,7 +227,7 @@ class EvalContext:
         path = self.req.output / "finetuned" / f"{self.finetune_progress(settings).path.stem}.safetensors"
         if rank() != 0:
             return path
-        kwargs = export_classifier(result.classifier, path, self.info, self.train.classes)  # type: ignore[arg-type]
+        kwargs = export_classifier(result.classifier, path, self.info, self.train.classes, self.req.test_crop_fraction)  # type: ignore[arg-type]
         print(f"finetune: wrote the classifier to {path}; load it with timm.create_model('vit_base_patch16_224', "
               f"pretrained=False, checkpoint_path='{path}', **{kwargs})", file=sys.stderr, flush=True)  # fmt: skip
         return path
@@ -234,8 +241,13 @@ class EvalContext:
             "dataset": req.dataset, "data_dir": str(req.data_dir), "eval_data_dir": str(req.eval_data_dir),
             "split": req.split, "limit_train": req.limit_train, "limit_test": req.limit_test,
             "image_size": req.image_size, "train_size": len(self.train), "test_size": len(self.test),
-            "pooling": self.pooling, "seed": req.seed, "version": __version__,
+            "pooling": self.pooling, "seed": req.seed, "version": __version__, **self.test_view(),
         }  # fmt: skip
+
+    def test_view(self) -> dict[str, float]:
+        """The test images' centre crop, in keys and records when it is not the whole image (so keys
+        measured before the setting existed stay valid)."""
+        return {"test_crop_fraction": self.req.test_crop_fraction} if self.req.test_crop_fraction != 1.0 else {}
 
     def finetune_progress(self, settings: FinetuneSettings) -> Progress:
         """Where a fine-tune of this request keeps its resumable state, keyed by its identity, every
@@ -405,6 +417,7 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
         "test_size": len(ctx.test),
         "pooling": ctx.pooling,
         "seed": req.seed,
+        **ctx.test_view(),
     }
     written = []
     before = {} if req.again else measured(req.output)

@@ -1,0 +1,103 @@
+"""The test view of MAE's and timm's evaluations (`--test-crop-fraction`, timm's crop_pct): the centre of
+a larger resize, on the test split only, in every data path, in the keys and in the exported classifier."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms.v2.functional import center_crop
+
+from hybridssl.cli import main
+from hybridssl.data.decode import decode_image, fit, read_image
+from hybridssl.data.sources import DataInfo
+from hybridssl.data.synthetic import photo
+from hybridssl.evaluation.data import eval_split
+from hybridssl.evaluation.run import EvalContext, EvalRequest, resolve_settings
+
+
+@pytest.fixture(scope="module")
+def photo_file(tmp_path_factory):
+    """One 300 x 500 photo-like JPEG: crops and resizes of it differ visibly."""
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photo") / "photo.jpg"
+    Image.fromarray(photo(np.random.default_rng(0), 1, 4, (300, 500))).save(path, quality=95)
+    return path
+
+
+def timm_test_view(path, size, crop_pct):
+    """timm's evaluation transform (resize the shorter side to size / crop_pct, centre crop), as uint8 levels."""
+    from PIL import Image
+    from timm.data import create_transform
+
+    transform = create_transform(size, is_training=False, interpolation="bicubic", crop_pct=crop_pct, mean=(0, 0, 0), std=(1, 1, 1))
+    with Image.open(path) as im:
+        return transform(im.convert("RGB")) * 255
+
+
+def test_both_decoders_give_timms_test_view(photo_file):
+    size = 64
+    timm_view = timm_test_view(photo_file, size, 0.875)
+    streamed = fit(read_image(photo_file, 3), size, 0.875).float()  # torchvision on the full image (workers)
+    stored = decode_image(photo_file, size, 3, 0.875).float()  # PIL, draft mode (the in-memory path)
+    whole = fit(read_image(photo_file, 3), size).float()
+    assert streamed.shape == stored.shape == (3, size, size)
+    assert (streamed - timm_view).abs().mean() < 1.5 and (stored - timm_view).abs().mean() < 2.0
+    assert (whole - timm_view).abs().mean() > 4 * (streamed - timm_view).abs().mean(), "the whole side is another view"
+    full = read_image(photo_file, 3)
+    assert torch.equal(fit(full, 224, 0.875), center_crop(fit(full, 256), [224, 224])), "MAE's 256 -> centre 224"
+
+
+def test_stored_and_streamed_folder_splits_get_the_same_centre(photo_root):
+    info = DataInfo("folder", 32, 3, (0.5,) * 3, (0.25,) * 3, 4)
+    split = {"info": info, "num_workers": 0}
+    stored = eval_split("folder", "test", photo_root, None, loader="memory", crop_fraction=0.5, **split)
+    streamed = eval_split("folder", "test", photo_root, None, loader="stream", crop_fraction=0.5, **split).materialize()
+    whole = eval_split("folder", "test", photo_root, None, loader="memory", **split)
+    assert (stored.images.float() - streamed.images.float()).abs().mean() < 3
+    assert (stored.images.float() - whole.images.float()).abs().mean() > 10
+
+
+def contexts(tiny_mae_run, fmnist_dir, tmp_path, **request):
+    req = EvalRequest(checkpoint=tiny_mae_run / "checkpoints" / "last.ckpt", dataset=None, protocol="knn", output=tmp_path,
+                      data_dir=fmnist_dir, limit_train=64, limit_test=32, **request)  # fmt: skip
+    return EvalContext(req), EvalContext(replace(req, test_crop_fraction=0.875))
+
+
+@pytest.mark.parametrize("split", ["test", "validation"])
+def test_only_the_test_split_is_cropped_and_the_key_says_so(tiny_mae_run, fmnist_dir, tmp_path, split):
+    whole, cropped = contexts(tiny_mae_run, fmnist_dir, tmp_path, split=split)
+    assert torch.equal(cropped.train.images, whole.train.images), "train images (fine-tune crops, probe features) stay whole"
+    assert torch.equal(cropped.test.images, fit(whole.test.images, 28, 0.875))  # 28 px -> 32, centre 28
+    assert not torch.equal(cropped.test.images, whole.test.images)
+    settings = resolve_settings(whole.req, ["knn"])
+    assert cropped.measurement("knn", settings) != whole.measurement("knn", settings)
+    assert "test_crop_fraction" not in whole.identity(), "keys measured before the setting stay valid"
+
+
+def test_cli_records_the_view_and_the_classifier_carries_it(tiny_mae_run, fmnist_dir, tmp_path, capsys):
+    from safetensors import safe_open
+
+    ckpt = str(tiny_mae_run / "checkpoints" / "last.ckpt")
+    common = ["evaluate", "--checkpoint", ckpt, "--data-dir", str(fmnist_dir), "--limit-train", "64", "--limit-test", "32", "--output", str(tmp_path)]
+    assert main([*common, "--protocol", "knn", "--k", "5"]) == 0
+    assert main([*common, "--protocol", "knn", "--k", "5", "--test-crop-fraction", "0.875"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r.get("test_crop_fraction") for r in rows] == [None, 0.875], "measured anew, and said in the record"
+    assert main([*common, "--protocol", "finetune", "--epochs", "1", "--test-crop-fraction", "0.875"]) == 0
+    weights = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1])["settings"]["weights"]
+    with safe_open(tmp_path / weights, "pt") as f:
+        assert json.loads(f.metadata()["pretrained_cfg"])["crop_pct"] == 0.875
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5"])
+def test_a_fraction_outside_0_1_is_refused_naming_the_setting(tiny_mae_run, fmnist_dir, tmp_path, capsys, bad):
+    ckpt = str(tiny_mae_run / "checkpoints" / "last.ckpt")
+    assert main(["evaluate", "--checkpoint", ckpt, "--data-dir", str(fmnist_dir), "--protocol", "knn", "--output", str(tmp_path),
+                 "--test-crop-fraction", bad]) != 0  # fmt: skip
+    assert "test_crop_fraction" in capsys.readouterr().err
+    with pytest.raises(Exception, match="test_crop_fraction"):
+        EvalContext(EvalRequest(checkpoint=tiny_mae_run / "checkpoints" / "last.ckpt", dataset=None, protocol="knn",
+                                output=tmp_path, data_dir=fmnist_dir, test_crop_fraction=float(bad)))  # fmt: skip
