@@ -103,11 +103,12 @@ def decode_image(path: Path, size: int, channels: int, crop_fraction: float = 1.
     are decoded at the smallest DCT scale that still covers the resized image (draft mode)."""
     from PIL import Image, ImageOps
 
+    resized = math.floor(size / crop_fraction)
     with Image.open(path) as im:
         if im.format == "JPEG":
-            covered = math.floor(size / crop_fraction)
-            im.draft(im.mode, (covered, covered))
+            im.draft(im.mode, (resized, resized))
         im.load()
-        # bleed: the border left out on each side, so the centre crop_fraction of the shorter side remains
-        im = ImageOps.fit(_pil_convert(im, channels), (size, size), method=Image.Resampling.BICUBIC, bleed=(1 - crop_fraction) / 2)
+        # bleed: the border left out on each side, so that the centre size / resized of the shorter side
+        # remains, as in `fit` (not crop_fraction itself when size / crop_fraction is fractional)
+        im = ImageOps.fit(_pil_convert(im, channels), (size, size), method=Image.Resampling.BICUBIC, bleed=(1 - size / resized) / 2)
         return _to_tensor(im, channels)

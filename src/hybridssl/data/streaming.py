@@ -260,7 +260,8 @@ class StreamingSet:
                               self.crop_fraction)  # fmt: skip
 
     def materialize(self, limit: int | None = None, seed: int = 0, progress: str | None = None) -> ImageSet:
-        """A seeded subset decoded into memory at image_size (the k-NN monitor's bank, pictures)."""
+        """A seeded subset decoded into memory at image_size (the k-NN monitor's bank, pictures); like
+        every reader of a strict set, it stops at an unreadable file rather than leave it out."""
         images, labels = [], []
         for batch in self.take(limit, seed).fitted(progress=progress):
             images.append(batch["images"])

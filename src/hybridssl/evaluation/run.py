@@ -244,10 +244,16 @@ class EvalContext:
             "pooling": self.pooling, "seed": req.seed, "version": __version__, **self.test_view(),
         }  # fmt: skip
 
-    def test_view(self) -> dict[str, float]:
+    def test_view(self) -> dict[str, Any]:
         """The test images' centre crop, in keys and records when it is not the whole image (so keys
-        measured before the setting existed stay valid)."""
-        return {"test_crop_fraction": self.req.test_crop_fraction} if self.req.test_crop_fraction != 1.0 else {}
+        measured before the setting existed stay valid). A held-out share of the train split is cropped
+        from the files when it streams, from the stored images otherwise: two views, two keys."""
+        if self.req.test_crop_fraction == 1.0:
+            return {}
+        view: dict[str, Any] = {"test_crop_fraction": self.req.test_crop_fraction}
+        if self.req.split == "validation":
+            view["test_crop_from"] = "files" if isinstance(self.test, StreamingSet) else "stored images"
+        return view
 
     def finetune_progress(self, settings: FinetuneSettings) -> Progress:
         """Where a fine-tune of this request keeps its resumable state, keyed by its identity, every

@@ -216,6 +216,13 @@ def result_detail(row: dict[str, Any]) -> str:
     return ""
 
 
+def with_test_view(detail: str, row: dict[str, Any]) -> str:
+    """The detail, and the test images' centre crop when it was not the whole image (--test-crop-fraction)."""
+    if "test_crop_fraction" not in row:
+        return detail
+    return "; ".join(part for part in (detail, f"test images: centre {row['test_crop_fraction']:g}") if part)
+
+
 def sort_key(row: dict[str, Any]) -> tuple:
     order = lambda seq, v: seq.index(v) if v in seq else len(seq)  # noqa: E731
     return (row.get("checkpoint", ""), order(ENCODER_ORDER, row.get("encoder")), order(PROTOCOL_ORDER, row.get("protocol")))
@@ -230,7 +237,7 @@ def results_table(rows: list[dict[str, Any]], run_dir: Path | None = None) -> H.
             checkpoint = checkpoint.relative_to(run_dir.resolve())
         body.append([
             str(checkpoint), r.get("encoder", ""), r.get("protocol", ""), r.get("pooling", ""), r.get("metric", ""),
-            H.tag("span", fmt(r.get("value")), class_="num"), fmt(r.get("std")) if "std" in r else "", result_detail(r),
+            H.tag("span", fmt(r.get("value")), class_="num"), fmt(r.get("std")) if "std" in r else "", with_test_view(result_detail(r), r),
             f"{r.get('train_size', '')} / {r.get('test_size', '')}", H.details("settings", H.json_block(r.get("settings", {}))),
         ])  # fmt: skip
     return H.table(headers, body, class_="results")
