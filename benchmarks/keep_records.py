@@ -28,6 +28,7 @@ KEPT = ("results.jsonl", "log.txt")
 def keep(out: Path, dest: Path) -> list[Path]:
     """The run folders of `out` that hold results, copied into `dest` (same relative paths)."""
     kept = []
+    dest.mkdir(parents=True, exist_ok=True)
     for results in sorted(out.rglob("results.jsonl")):
         run = results.parent
         target = dest / run.relative_to(out)

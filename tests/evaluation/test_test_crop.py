@@ -13,6 +13,7 @@ from hybridssl.cli import main
 from hybridssl.data.decode import decode_image, fit, read_image
 from hybridssl.data.sources import DataInfo
 from hybridssl.data.synthetic import photo
+from hybridssl.errors import ConfigError
 from hybridssl.evaluation.data import eval_split
 from hybridssl.evaluation.run import EvalContext, EvalRequest, resolve_settings
 from hybridssl.report.run_report import results_table
@@ -38,7 +39,8 @@ def timm_test_view(path, size, crop_pct):
         return transform(im.convert("RGB")) * 255
 
 
-@pytest.mark.parametrize("size", [64, 36])  # 36: 36 / 0.875 = 41.1 is fractional, and JPEG's 1/8 draft (37 px) too small
+# 36: JPEG's 1/8 draft (37 px) is smaller than 36 / 0.875 = 41.1; 32: 36.6 rounds down (timm's floor), not up
+@pytest.mark.parametrize("size", [64, 36, 32])
 def test_both_decoders_give_timms_test_view(photo_file, size):
     timm_view = timm_test_view(photo_file, size, 0.875)
     streamed = fit(read_image(photo_file, 3), size, 0.875).float()  # torchvision on the full image (workers)
@@ -113,9 +115,9 @@ def test_a_fraction_outside_0_1_is_refused_naming_the_setting(tiny_mae_run, fmni
     assert main(["evaluate", "--checkpoint", ckpt, "--data-dir", str(fmnist_dir), "--protocol", "knn", "--output", str(tmp_path),
                  "--test-crop-fraction", bad]) != 0  # fmt: skip
     assert "test_crop_fraction" in capsys.readouterr().err
-    with pytest.raises(Exception, match="test_crop_fraction"):
-        EvalContext(EvalRequest(checkpoint=tiny_mae_run / "checkpoints" / "last.ckpt", dataset=None, protocol="knn",
-                                output=tmp_path, data_dir=fmnist_dir, test_crop_fraction=float(bad)))  # fmt: skip
+    with pytest.raises(ConfigError, match="test_crop_fraction"):  # API callers (compare builds one before training)
+        EvalRequest(checkpoint=tiny_mae_run / "checkpoints" / "last.ckpt", dataset=None, protocol="knn", output=tmp_path,
+                    test_crop_fraction=float(bad))  # fmt: skip
 
 
 @pytest.mark.parametrize("split", ["test", "validation"])

@@ -71,6 +71,10 @@ class EvalRequest:
     # MAE and timm test ImageNet at 0.875); 1.0 keeps the whole shorter side. Train images stay whole.
     test_crop_fraction: float = 1.0
 
+    def __post_init__(self) -> None:  # before any work: compare builds one before training its methods
+        if not 0 < self.test_crop_fraction <= 1:
+            raise ConfigError(f"test_crop_fraction: {self.test_crop_fraction} is not in (0, 1]; 0.875 is MAE's and timm's test view, 1 the whole image")
+
 
 VALIDATION_FRACTION = 0.1
 
@@ -135,8 +139,6 @@ class EvalContext:
     """The images, encoder and (lazily) the frozen features that the protocols share."""
 
     def __init__(self, req: EvalRequest) -> None:
-        if not 0 < req.test_crop_fraction <= 1:
-            raise ConfigError(f"test_crop_fraction: {req.test_crop_fraction} is not in (0, 1]; 0.875 is MAE's and timm's test view, 1 the whole image")
         self.checkpoint_stamp = file_stamp(req.checkpoint)  # before loading: what a fine-tune's progress is keyed to
         self.encoder, self.info, self.config, trained_pooling = encoder_for(req)
         # the dataset (and its folder) the checkpoint was trained on, unless told otherwise
