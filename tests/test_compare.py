@@ -138,3 +138,18 @@ def test_compare_needs_a_budget_and_known_protocols(tmp_path, capsys):
     assert main(["compare", "--methods", "mae", "--budget-epochs", "1", "--protocols", "knn,vibes", "--output", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "budget_epochs" in err[0] and "protocols: unknown 'vibes'" in err[1]
+
+
+def test_validation_and_pooling_reach_the_evaluations_and_the_command(tmp_path, monkeypatch):
+    """compare --validation measures on the train hold-out (never the test split) and its command, which
+    guards the folder against other settings, says so."""
+    import hybridssl.compare
+    from hybridssl.cli import main
+
+    seen = []
+    monkeypatch.setattr(hybridssl.compare, "compare", lambda req: seen.append(req) or {})
+    args = ["compare", "--methods", "mae", "--budget-epochs", "1", "--output", str(tmp_path)]
+    assert main([*args, "--validation", "--pooling", "cls"]) == 0 and main(args) == 0
+    assert seen[0].eval["split"] == "validation" and seen[0].eval["pooling"] == "cls"
+    assert "--validation" in seen[0].command() and "--pooling cls" in seen[0].command()
+    assert seen[1].eval["split"] == "test" and "--validation" not in seen[1].command() and "--pooling" not in seen[1].command()

@@ -274,7 +274,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if unknown or not protocols:
         raise UsageError(f"protocols: unknown {unknown[0] if unknown else args.protocols!r}; choose from {', '.join(PROTOCOLS)} or all")
     shared = eval_request_args(args)
-    evaluation = {k: shared[k] for k in ("limit_test", "epochs", "pooling", "ks", "settings", "test_crop_fraction")}
+    evaluation = {k: shared[k] for k in ("limit_test", "epochs", "pooling", "ks", "settings", "test_crop_fraction", "split")}
     req = CompareRequest(
         methods=parse_methods(args.methods), output=args.output, dataset=args.dataset, model=args.model,
         budget_epochs=positive("budget_epochs", args.budget_epochs), max_steps=positive("max_steps", args.max_steps),

@@ -58,6 +58,10 @@ class CompareRequest:
                             ("--limit-test", self.eval.get("limit_test")), ("--eval-epochs", self.eval.get("epochs"))):  # fmt: skip
             if value is not None:
                 parts += [flag, str(value)]
+        if self.eval.get("split") == "validation":
+            parts.append("--validation")
+        if self.eval.get("pooling"):
+            parts += ["--pooling", self.eval["pooling"]]
         if self.eval.get("test_crop_fraction", 1.0) != 1.0:
             parts += ["--test-crop-fraction", str(self.eval["test_crop_fraction"])]
         if self.eval.get("ks"):
