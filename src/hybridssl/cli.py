@@ -166,12 +166,6 @@ def positive(name: str, value: int | None) -> int | None:
     return value
 
 
-def crop_fraction(value: float) -> float:
-    if not 0 < value <= 1:
-        raise UsageError(f"test_crop_fraction: must be in (0, 1] (got {value}); 0.875 is MAE's and timm's test view, 1 the whole image")
-    return value
-
-
 def positive_or_zero(name: str, value: int | None) -> int | None:
     if value is not None and value < 0:
         raise UsageError(f"{name}: must be 0 or more (got {value})")
@@ -213,7 +207,7 @@ def eval_request_args(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": positive("epochs", args.epochs), "pooling": args.pooling, "ks": tuple(sorted(set(number_list("k", args.k)))),
         "seed": args.seed, "download": bool(args.download), "settings": eval_settings(args),
         "split": "validation" if args.validation else "test",
-        "test_crop_fraction": crop_fraction(args.test_crop_fraction),
+        "test_crop_fraction": args.test_crop_fraction,  # checked by EvalRequest
         **({"loader": args.loader} if getattr(args, "loader", None) else {}),
         "num_workers": positive_or_zero("num_workers", getattr(args, "num_workers", None)),
     }  # fmt: skip

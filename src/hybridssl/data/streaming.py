@@ -201,8 +201,8 @@ def collate_fitted(samples: list[dict[str, Any] | str]) -> dict[str, Any]:
 def fitted_batches(index: FileIndex | ShardIndex, size: int, channels: int, batch_size: int = 256, num_workers: int = 0,
                    strict: bool = False, progress: str | None = None, crop_fraction: float = 1.0) -> Iterator[dict[str, Any]]:  # fmt: skip
     """Images in the view of decode.fit (the whole shorter side unless crop_fraction < 1), batch by batch,
-    in index order, decoded by workers;
-    unreadable files are left out with a warning naming each. `progress`: a tqdm bar with this description."""
+    in index order, decoded by workers; unreadable files are left out with a warning naming each.
+    `progress`: a tqdm bar with this description."""
     loader = DataLoader(FitDataset(index, size, channels, strict, crop_fraction), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate_fitted, prefetch_factor=4 if num_workers else None)  # fmt: skip
     batches = loader
