@@ -20,6 +20,8 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import yaml
+
 from hybridssl.evaluation.results import read_results
 
 
@@ -77,13 +79,25 @@ def draw(encoders: list[tuple[str, list[dict], str]], path: Path) -> None:
         print(f"\nwrote {path}")
 
 
+def row_label(row: Path) -> str:
+    """What a row trained, from the config its pretraining wrote (a row whose folder only links a
+    checkpoint, like the shipped MAE, has none: its records' README says what it is)."""
+    config = row / "config.yaml"
+    if not config.is_file():
+        return f"{row.name} (linked checkpoint)"
+    cfg = yaml.safe_load(config.read_text())
+    args = cfg.get("method_args") or {}
+    if "tune_epochs" in args:
+        return f"{row.name} ({cfg['method']}: head {args['head_epochs']} + tune {args['tune_epochs']} epochs on rows/mae)"
+    return f"{row.name} ({cfg['method']}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, base lr {cfg['optim']['base_lr']:g})"
+
+
 def main(out: Path, figure: Path | None = None) -> None:
     encoders = [
         ("MAE (paper recipe)", read_results(out / "mae" / "results.jsonl"), "trained"),
         ("MAE-CT (from that MAE)", read_results(out / "mae-ct" / "results.jsonl"), "trained"),
         *((("MAE-CT, tune 8 epochs", read_results(longer), "trained"),) if (longer := out / "mae-ct-tune8" / "results.jsonl").is_file() else ()),
-        *((f"{row.name} ({'on the mae row' if row.name.startswith('mae-ct') else 'small-image recipe'})", read_results(row / "results.jsonl"), "trained")
-          for row in sorted((out / "rows").glob("*"))),
+        *((row_label(row), read_results(row / "results.jsonl"), "trained") for row in sorted((out / "rows").glob("*"))),
         ("random init (same ViT)", read_results(out / "floors" / "results.jsonl"), "random-init"),
         ("raw pixels", read_results(out / "floors" / "results.jsonl"), "raw-pixels"),
     ]

@@ -6,9 +6,9 @@ figure can be drawn again on a machine that never held the runs.
 A row takes hours of CPU and its run folder lives outside git (checkpoints and event files are large),
 so a session's machine that is gone took the row's evidence with it: that happened to every row before
 2026-12-03. Kept per run folder (OUT/{mae,mae-ct,...}, OUT/floors, OUT/rows/<name>): results.jsonl
-(every measurement with its settings), log.txt (the stage stamps) and training.json (the training minutes
-and starts summed from TensorBoard's wall times, which benchmarks/flagship_table.py reads when the event
-files are absent). benchmarks/flagship_table.py reads the kept folder like the original:
+(every measurement with its settings), log.txt (the stage stamps), config.yaml (the recipe the row
+trained with, which labels it in the table) and training.json (the training minutes and starts summed
+from TensorBoard's wall times, which benchmarks/flagship_table.py reads when the event files are absent). benchmarks/flagship_table.py reads the kept folder like the original:
 
     python benchmarks/flagship_table.py benchmarks/records/real-budgets --figure docs/figures/results-real-budgets.png
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from flagship_table import training_minutes  # benchmarks/ is on sys.path when this script runs
 
-KEPT = ("results.jsonl", "log.txt")
+KEPT = ("results.jsonl", "log.txt", "config.yaml")  # config.yaml: the recipe the row trained with
 
 
 def keep(out: Path, dest: Path) -> list[Path]:
