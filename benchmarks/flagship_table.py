@@ -4,19 +4,20 @@
 
 Reads OUT/{mae,mae-ct,floors}/results.jsonl (and OUT/mae-ct-tune8/, the longer tuning, when present)
 and OUT/log.txt (the stage start times) written by benchmarks/flagship_mae_ct.sh, OUT/floors/log.txt
-of benchmarks/floors.sh, and OUT/rows/<method>/{results.jsonl,log.txt} of benchmarks/results_row.sh,
+of benchmarks/floors.sh, and OUT/rows/<method>/{results.jsonl,log.txt,config.yaml} of benchmarks/results_row.sh,
 and prints one markdown row per encoder that has results: k-NN (k=20), linear probe, fine-tuning
 (benchmarks/flagship_finetune.sh), k-means cluster accuracy and NMI, and the linear probe on 1% and 10%
 of the labels (mean of the seeds), then each row's training time summed over every session that ran it
 (TensorBoard's wall times; the log stamps leave out a stage a killed session cut off). --figure also draws k-NN and linear probe of every measured encoder
 against the floors (hybridssl.report.scores). OUT can also be the copy benchmarks/keep_records.py keeps in
-the repository (benchmarks/records/real-budgets: results, log stamps and training times, no checkpoints).
+the repository (benchmarks/records/real-budgets: results, log stamps, configs and training times, no checkpoints).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from datetime import datetime
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def draw(encoders: list[tuple[str, list[dict], str]], path: Path) -> None:
     def probes(results: list[dict], kind: str) -> dict[str, float | None]:
         return probe_scores([r for r in results if r["encoder"] == kind])
 
-    trained = [(name, probes(results, kind)) for name, results, kind in encoders if kind == "trained"]
+    trained = [(textwrap.fill(name, 36), probes(results, kind)) for name, results, kind in encoders if kind == "trained"]  # long labels on lines
     floors = [(name, probes(results, kind)) for name, results, kind in encoders if kind != "trained"]
     png = scores_png([(n, s) for n, s in trained if any(v is not None for v in s.values())], floors,
                      "Fashion-MNIST test top-1, frozen vit-pico features (BENCHMARKS.md, results at real budgets)")
@@ -85,11 +86,21 @@ def row_label(row: Path) -> str:
     config = row / "config.yaml"
     if not config.is_file():
         return f"{row.name} (linked checkpoint)"
-    cfg = yaml.safe_load(config.read_text())
-    args = cfg.get("method_args") or {}
-    if "tune_epochs" in args:
-        return f"{row.name} ({cfg['method']}: head {args['head_epochs']} + tune {args['tune_epochs']} epochs on rows/mae)"
-    return f"{row.name} ({cfg['method']}, {cfg['epochs']} epochs, batch {cfg['batch_size']}, base lr {cfg['optim']['base_lr']:g})"
+    cfg = yaml.safe_load(config.read_text()) or {}
+    args, method = cfg.get("method_args") or {}, cfg.get("method", "?")
+    if "tune_epochs" in args:  # MAE-CT's stages 2-3, on the checkpoint it was given or after its own stage 1
+        start = Path(cfg["init_from"]) if cfg.get("init_from") else None
+        on = ("after its own MAE" if start is None else f"on rows/{start.parts[-3]}"
+              if start.parent.name == "checkpoints" else f"on {start.name}")  # fmt: skip
+        return f"{row.name} ({method}: head {epochs(args.get('head_epochs'))} + tune {epochs(args.get('tune_epochs'))} {on})"
+    lr = (cfg.get("optim") or {}).get("base_lr")
+    if lr is None:
+        return f"{row.name} ({method})"
+    return f"{row.name} ({method}, {epochs(cfg.get('epochs'))}, batch {cfg.get('batch_size')}, base lr {lr:g})"
+
+
+def epochs(n: int | None) -> str:
+    return "default epochs" if n is None else f"{n} epoch{'' if n == 1 else 's'}"
 
 
 def main(out: Path, figure: Path | None = None) -> None:
@@ -119,7 +130,7 @@ def main(out: Path, figure: Path | None = None) -> None:
     for row in sorted((out / "rows").glob("*")):
         minutes, sessions = training_minutes(row)
         if sessions:
-            print(f"- {row.name}: {minutes:.1f} min of training over {sessions} start(s) of the command (TensorBoard wall times)")
+            print(f"- {row.name}: {minutes:.1f} min of training over {sessions} start(s) of a stage (TensorBoard wall times; MAE-CT rows have two stages)")
     if figure is not None:
         draw(encoders, figure)
 

@@ -38,15 +38,16 @@ def test_kept_records_give_the_same_table_without_the_run_folders(tmp_path, monk
     record = {"encoder": "trained", "protocol": "knn", "value": 83.25, "pooling": "cls", "settings": {"k": 20}}
     (row / "results.jsonl").write_text(json.dumps(record) + "\n")
     (row / "config.yaml").write_text("method: cmae\nepochs: 24\nbatch_size: 128\noptim:\n  base_lr: 0.00045\n")
-    stages = out / "rows" / "mae-ct-aug"  # stages 2-3 on rows/mae, which only links a checkpoint
+    stages = out / "rows" / "mae-ct-head5"  # stages 2-3 on rows/mae, which only links a checkpoint
     stages.mkdir(parents=True)
     (stages / "results.jsonl").write_text(json.dumps({**record, "value": 84.5}) + "\n")
-    (stages / "config.yaml").write_text("method: mae-ct-aug\nepochs: 100\nmethod_args:\n  head_epochs: 1\n  tune_epochs: 8\n")
+    (stages / "config.yaml").write_text("method: mae-ct-aug\nepochs: 100\ninit_from: /runs/rows/mae/checkpoints/last.ckpt\n"
+                                        "method_args:\n  head_epochs: 1\n  tune_epochs: 8\n")
     linked = out / "rows" / "mae"
     (linked / "checkpoints").mkdir(parents=True)
     (linked / "results.jsonl").write_text(json.dumps({**record, "value": 80.29}) + "\n")
 
-    assert keep(out, kept) == [kept / "rows" / name for name in ("cmae", "mae", "mae-ct-aug")]
+    assert keep(out, kept) == [kept / "rows" / name for name in ("cmae", "mae", "mae-ct-head5")]
     assert sorted(p.name for p in (kept / "rows" / "cmae").iterdir()) == ["config.yaml", "log.txt", "results.jsonl", "training.json"]
     assert training_minutes(kept / "rows" / "cmae") == training_minutes(row) == (10.0, 1)
     main(out)
@@ -55,5 +56,5 @@ def test_kept_records_give_the_same_table_without_the_run_folders(tmp_path, monk
     assert capsys.readouterr().out == original
     assert "| 83.25 |" in original and "cmae: 10.0 min of training over 1 start" in original
     assert "| cmae (cmae, 24 epochs, batch 128, base lr 0.00045) | cls | 83.25 |" in original, "the row names its recipe"
-    assert "| mae-ct-aug (mae-ct-aug: head 1 + tune 8 epochs on rows/mae) | cls | 84.50 |" in original
+    assert "| mae-ct-head5 (mae-ct-aug: head 1 epoch + tune 8 epochs on rows/mae) | cls | 84.50 |" in original
     assert "| mae (linked checkpoint) | cls | 80.29 |" in original
