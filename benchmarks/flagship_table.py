@@ -4,13 +4,14 @@
 
 Reads OUT/{mae,mae-ct,floors}/results.jsonl (and OUT/mae-ct-tune8/, the longer tuning, when present)
 and OUT/log.txt (the stage start times) written by benchmarks/flagship_mae_ct.sh, OUT/floors/log.txt
-of benchmarks/floors.sh, and OUT/rows/<method>/{results.jsonl,log.txt,config.yaml} of benchmarks/results_row.sh,
-and prints one markdown row per encoder that has results: k-NN (k=20), linear probe, fine-tuning
-(benchmarks/flagship_finetune.sh), k-means cluster accuracy and NMI, and the linear probe on 1% and 10%
-of the labels (mean of the seeds), then each row's training time summed over every session that ran it
-(TensorBoard's wall times; the log stamps leave out a stage a killed session cut off). --figure also draws k-NN and linear probe of every measured encoder
-against the floors (hybridssl.report.scores). OUT can also be the copy benchmarks/keep_records.py keeps in
-the repository (benchmarks/records/real-budgets: results, log stamps, configs and training times, no checkpoints).
+of benchmarks/floors.sh, and OUT/rows/<method>/{results.jsonl,log.txt,config.yaml} of
+benchmarks/results_row.sh, and prints one markdown row per encoder that has results: k-NN (k=20),
+linear probe, fine-tuning (benchmarks/flagship_finetune.sh), k-means cluster accuracy and NMI, and the
+linear probe on 1% and 10% of the labels (mean of the seeds), then each row's training time summed over
+every session that ran it (TensorBoard's wall times; the log stamps leave out a stage a killed session
+cut off). --figure also draws k-NN and linear probe of every measured encoder against the floors
+(hybridssl.report.scores). OUT can also be the copy benchmarks/keep_records.py keeps in the repository
+(benchmarks/records/real-budgets: results, log stamps, configs and training times, no checkpoints).
 """
 
 from __future__ import annotations
@@ -86,17 +87,13 @@ def row_label(row: Path) -> str:
     config = row / "config.yaml"
     if not config.is_file():
         return f"{row.name} (linked checkpoint)"
-    cfg = yaml.safe_load(config.read_text()) or {}
-    args, method = cfg.get("method_args") or {}, cfg.get("method", "?")
-    if "tune_epochs" in args:  # MAE-CT's stages 2-3, on the checkpoint it was given or after its own stage 1
-        start = Path(cfg["init_from"]) if cfg.get("init_from") else None
-        on = ("after its own MAE" if start is None else f"on rows/{start.parts[-3]}"
-              if start.parent.name == "checkpoints" else f"on {start.name}")  # fmt: skip
-        return f"{row.name} ({method}: head {epochs(args.get('head_epochs'))} + tune {epochs(args.get('tune_epochs'))} {on})"
-    lr = (cfg.get("optim") or {}).get("base_lr")
-    if lr is None:
-        return f"{row.name} ({method})"
-    return f"{row.name} ({method}, {epochs(cfg.get('epochs'))}, batch {cfg.get('batch_size')}, base lr {lr:g})"
+    cfg = yaml.safe_load(config.read_text())  # written whole by pretraining: every key is there
+    args = cfg["method_args"]
+    if "tune_epochs" not in args:
+        return f"{row.name} ({cfg['method']}, {epochs(cfg['epochs'])}, batch {cfg['batch_size']}, base lr {cfg['optim']['base_lr']:g})"
+    start = Path(cfg["init_from"]) if cfg.get("init_from") else None  # MAE-CT's stages 2-3: on what?
+    on = "after its own MAE" if start is None else f"on rows/{start.parts[-3]}" if start.parent.name == "checkpoints" else f"on {start.name}"
+    return f"{row.name} ({cfg['method']}: head {epochs(args['head_epochs'])} + tune {epochs(args['tune_epochs'])} {on})"
 
 
 def epochs(n: int | None) -> str:

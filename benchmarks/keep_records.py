@@ -8,7 +8,8 @@ so a session's machine that is gone took the row's evidence with it: that happen
 2026-12-03. Kept per run folder (OUT/{mae,mae-ct,...}, OUT/floors, OUT/rows/<name>): results.jsonl
 (every measurement with its settings), log.txt (the stage stamps), config.yaml (the recipe the row
 trained with, which labels it in the table) and training.json (the training minutes and starts summed
-from TensorBoard's wall times, which benchmarks/flagship_table.py reads when the event files are absent). benchmarks/flagship_table.py reads the kept folder like the original:
+from TensorBoard's wall times, which benchmarks/flagship_table.py reads when the event files are
+absent). benchmarks/flagship_table.py reads the kept folder like the original:
 
     python benchmarks/flagship_table.py benchmarks/records/real-budgets --figure docs/figures/results-real-budgets.png
 """

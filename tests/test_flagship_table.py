@@ -28,7 +28,7 @@ def test_kept_records_give_the_same_table_without_the_run_folders(tmp_path, monk
     from keep_records import keep
 
     out, kept = tmp_path / "out", tmp_path / "kept"
-    row = out / "rows" / "cmae"
+    row = out / "rows" / "cmae-b128"  # a row named apart from its method
     with SummaryWriter(row / "logs" / "tensorboard") as writer:
         for step, walltime in enumerate((100, 700)):
             writer.add_scalar("train/loss", 1.0, step, walltime=walltime)
@@ -37,7 +37,7 @@ def test_kept_records_give_the_same_table_without_the_run_folders(tmp_path, monk
     (row / "log.txt").write_text("[2026-12-03T00:00:00Z] cmae 24 epochs\n[2026-12-03T02:00:00Z] evaluate knn\n")
     record = {"encoder": "trained", "protocol": "knn", "value": 83.25, "pooling": "cls", "settings": {"k": 20}}
     (row / "results.jsonl").write_text(json.dumps(record) + "\n")
-    (row / "config.yaml").write_text("method: cmae\nepochs: 24\nbatch_size: 128\noptim:\n  base_lr: 0.00045\n")
+    (row / "config.yaml").write_text("method: cmae\nepochs: 24\nbatch_size: 128\noptim:\n  base_lr: 0.00045\nmethod_args:\n  temperature: 0.07\n")
     stages = out / "rows" / "mae-ct-head5"  # stages 2-3 on rows/mae, which only links a checkpoint
     stages.mkdir(parents=True)
     (stages / "results.jsonl").write_text(json.dumps({**record, "value": 84.5}) + "\n")
@@ -47,14 +47,14 @@ def test_kept_records_give_the_same_table_without_the_run_folders(tmp_path, monk
     (linked / "checkpoints").mkdir(parents=True)
     (linked / "results.jsonl").write_text(json.dumps({**record, "value": 80.29}) + "\n")
 
-    assert keep(out, kept) == [kept / "rows" / name for name in ("cmae", "mae", "mae-ct-head5")]
-    assert sorted(p.name for p in (kept / "rows" / "cmae").iterdir()) == ["config.yaml", "log.txt", "results.jsonl", "training.json"]
-    assert training_minutes(kept / "rows" / "cmae") == training_minutes(row) == (10.0, 1)
+    assert keep(out, kept) == [kept / "rows" / name for name in ("cmae-b128", "mae", "mae-ct-head5")]
+    assert sorted(p.name for p in (kept / "rows" / "cmae-b128").iterdir()) == ["config.yaml", "log.txt", "results.jsonl", "training.json"]
+    assert training_minutes(kept / "rows" / "cmae-b128") == training_minutes(row) == (10.0, 1)
     main(out)
     original = capsys.readouterr().out
     main(kept)
     assert capsys.readouterr().out == original
-    assert "| 83.25 |" in original and "cmae: 10.0 min of training over 1 start" in original
-    assert "| cmae (cmae, 24 epochs, batch 128, base lr 0.00045) | cls | 83.25 |" in original, "the row names its recipe"
+    assert "| 83.25 |" in original and "cmae-b128: 10.0 min of training over 1 start" in original
+    assert "| cmae-b128 (cmae, 24 epochs, batch 128, base lr 0.00045) | cls | 83.25 |" in original, "the row names its recipe"
     assert "| mae-ct-head5 (mae-ct-aug: head 1 epoch + tune 8 epochs on rows/mae) | cls | 84.50 |" in original
     assert "| mae (linked checkpoint) | cls | 80.29 |" in original
