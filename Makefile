@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-# Fashion-MNIST (Debian: dataset-fashion-mnist) and tcmalloc (a 1.3-1.5x faster CPU step);
+# Fashion-MNIST (Debian: dataset-fashion-mnist) and tcmalloc (a 1.16-1.33x faster CPU step);
 # installed with apt when missing and apt is usable, otherwise skipped with a note.
 system-deps:
 	@sh scripts/system-deps.sh

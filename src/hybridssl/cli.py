@@ -68,7 +68,7 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path,
                    help="YAML file with any of these settings, or a shipped one by name (mae/imagenet-vit-b16; "
                         "`hybridssl configs` lists them); flags override it")  # fmt: skip
-    p.add_argument("--resume", action="store_true", default=None, help="continue from OUTPUT/checkpoints/last.ckpt")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the newest checkpoint in OUTPUT/checkpoints")
     p.add_argument("--init-from", type=Path,
                    help="start from a checkpoint of ours, or a published ViT: official MAE (.pth), timm (state dict or "
                         ".safetensors), mmpretrain/MMSelfSup")  # fmt: skip
@@ -418,7 +418,7 @@ TCMALLOC_GLOBS = ("/usr/lib/*/libtcmalloc_minimal.so.4", "/usr/lib/libtcmalloc_m
 
 def preload_tcmalloc() -> None:
     """Re-executes the command with tcmalloc preloaded when it is installed: on CPU it cuts the page
-    faults of PyTorch's allocator (full-token steps 1.3-1.5x faster here; BENCHMARKS.md).
+    faults of PyTorch's allocator (steps 1.16-1.33x faster here; BENCHMARKS.md).
     HYBRIDSSL_TCMALLOC=0 turns this off."""
     import glob
     import os
