@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import re
 
 import pytest
 import timm
@@ -104,10 +105,11 @@ def test_help_and_config_errors_answer_without_importing_torch():
     import sys
 
     probe = ("import sys\nfrom hybridssl.cli import main\n"
-             "for argv in (['--help'], ['pretrain', '--help'], ['pretrain', '--method', 'mae', '--batch-size', '-5']):\n"
+             "for argv in (['--help'], ['--version'], ['pretrain', '--help'], ['pretrain', '--method', 'mae', '--batch-size', '-5']):\n"
              "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
              "heavy = sorted(m for m in ('torch', 'lightning', 'timm', 'kornia') if m in sys.modules)\n"
              "print('HEAVY', heavy)\n")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
     assert "batch_size: Input should be greater than 0" in out.stderr
+    assert re.search(r"^hybridssl \d+\.\d+\.\d+ \(torch \d+\.\d+\.\d+\S*, torchvision .*; python 3\.\d+", out.stdout, re.M), out.stdout[-2000:]

@@ -119,8 +119,9 @@ def test_a_checkpoint_whose_config_names_an_import_path_is_refused(trained, tmp_
 
 def test_no_code_path_imports_or_evaluates_names(tmp_path):
     """Names from configs and checkpoints go through the registries (METHODS, PRESETS, DATASETS):
-    nothing in the package imports, evaluates or unpickles by name."""
-    forbidden = re.compile(r"importlib|__import__|(?<![.\w])eval\(|(?<![.\w])exec\(|pydoc\.locate|import_string|pickle\.load|yaml\.load\(|yaml\.unsafe_load|yaml\.Loader")
+    nothing in the package imports, evaluates or unpickles by name (importlib.metadata, which reads
+    installed packages' versions and runs nothing, is allowed)."""
+    forbidden = re.compile(r"importlib(?!\.metadata import)|__import__|(?<![.\w])eval\(|(?<![.\w])exec\(|pydoc\.locate|import_string|pickle\.load|yaml\.load\(|yaml\.unsafe_load|yaml\.Loader")
     hits = [f"{p.relative_to(SRC)}:{i}: {line.strip()}" for p in SRC.rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1) if forbidden.search(line)]  # fmt: skip
     assert hits == []

@@ -362,8 +362,36 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def versions() -> str:
+    """Ours and the versions that decide the numbers, for bug reports (read from the installed
+    metadata: importing torch would cost seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from hybridssl import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"{name} not installed"
+
+    return f"hybridssl {__version__} ({', '.join(map(installed, ('torch', 'torchvision', 'lightning', 'timm')))}; python {sys.version.split()[0]})"
+
+
+class PrintVersions(argparse.Action):
+    """argparse's version action, on one unwrapped line, read only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(versions())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="hybridssl", description="Self-supervised ViT pretraining: MIM + contrastive hybrids.")
+    parser.add_argument("--version", action=PrintVersions, help="print the versions of hybridssl, torch, torchvision, lightning, timm and python")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_pretrain_args(sub.add_parser("pretrain", help="pretrain an encoder"))
     add_evaluate_args(sub.add_parser("evaluate", help="k-NN, linear probe, fine-tuning, low-shot or clustering of a checkpoint"))
