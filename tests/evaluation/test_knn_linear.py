@@ -1,3 +1,6 @@
+import warnings
+
+import pytest
 import torch
 
 from hybridssl.evaluation.knn import knn_accuracy, knn_predict
@@ -7,6 +10,7 @@ from hybridssl.evaluation.linear import (
     linear_probe_sweep,
     train_linear_probe,
     train_linear_probes,
+    warn_at_the_edge,
 )
 
 
@@ -190,3 +194,20 @@ def test_knn_standardises_with_the_train_statistics_then_votes_at_temperature_00
     assert knn_predict(bank, bank_labels, query, ks=(3,))[3].item() == 0
     assert knn_predict(bank, bank_labels, query, ks=(3,), temperature=1.0)[3].item() == 1
     assert knn_accuracy(bank, bank_labels, query, torch.tensor([0]), ks=(3,)) == {3: 100.0}
+
+
+def test_sweep_warns_when_it_chooses_an_end_that_beats_its_neighbour():
+    xtr, ytr = noisy(40, seed=0)
+    xte, yte = noisy(10, seed=1)
+    settings = ProbeSettings(epochs=2, batch_size=16)
+    with pytest.warns(UserWarning, match=r"largest base lr of the sweep \(0\.1 of 1e-06, 0\.1\)"):
+        linear_probe_sweep(xtr, ytr, xte, yte, settings.model_copy(update={"base_lrs": (1e-6, 0.1)}))
+    with pytest.warns(UserWarning, match=r"smallest base lr of the sweep \(0\.01 of 0\.01, 0\.1, 1\)"):
+        warn_at_the_edge({1.0: 70.0, 0.01: 80.0, 0.1: 79.0}, 0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a tie at the small end is the rule's choice, not a sign
+        tied = linear_probe_sweep(*separable(30), *separable(10, seed=1), ProbeSettings(epochs=3, batch_size=8, base_lrs=(0.3, 1.0)))
+        assert tied.selected_base_lr == 0.3 and tied.holdout_top1 == {0.3: 100.0, 1.0: 100.0}
+        warn_at_the_edge({0.01: 70.0, 0.1: 80.0, 1.0: 79.0}, 0.1)  # inside the sweep
+        warn_at_the_edge({0.01: 80.0, 0.1: 80.0, 1.0: 70.0}, 0.01)  # ties its neighbour, beats the far end
+        warn_at_the_edge({0.1: 50.0}, 0.1)  # `--lrs 0.1,0.1`: one lr swept

@@ -8,11 +8,14 @@ train-set statistics after one epoch, also in the one-epoch smoke runs.
 The sweep (MAE-CT trains 10 lrs in parallel and reports the best) trains one head per lr in the same
 pass over the features. Selection rule: the lr with the highest top-1 on a class-stratified, seeded
 hold-out of the *train* features (ties: the smaller lr); that lr is then retrained on all train
-features and only this head is evaluated on the test set. Test accuracy never picks anything.
+features and only this head is evaluated on the test set. Test accuracy never picks anything. A choice
+at either end of the sweep that beats its neighbour is warned about: the best lr may lie outside it
+(`--lrs` widens it).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -123,8 +126,22 @@ def linear_probe_sweep(train_features: Tensor, train_labels: Tensor, test_featur
         heads = train_linear_probes(train_features[fit], train_labels[fit], num_classes, settings, lrs, seed)
         holdout = dict(zip(lrs, head_accuracies(heads, train_features[held], train_labels[held])))
         best = max(lrs, key=lambda lr: (holdout[lr], -lr))
+        warn_at_the_edge(holdout, best)
     else:
         holdout, best = {}, lrs[0]
     final = train_linear_probe(train_features, train_labels, num_classes, settings.model_copy(update={"base_lr": best}), seed)
     test = head_accuracies(final, test_features, test_labels)[0]
     return SweepResult(test, best, holdout, len(held) if holdout else 0)
+
+
+def warn_at_the_edge(holdout: dict[float, float], best: float) -> None:
+    """A choice at an end of the sweep that beats its neighbour may be short of the best lr (a tie
+    with the neighbour is not: ties go to the smaller lr by rule)."""
+    lrs = sorted(holdout)  # distinct: `--lrs 0.1,0.1` sweeps one lr
+    if len(lrs) < 2:
+        return
+    neighbour = {lrs[0]: lrs[1], lrs[-1]: lrs[-2]}.get(best)
+    if neighbour is not None and holdout[best] > holdout[neighbour]:
+        end = "largest" if best == lrs[-1] else "smallest"
+        warnings.warn(f"linear probe: the hold-out chose the {end} base lr of the sweep ({best:g} of "
+                      f"{', '.join(f'{lr:g}' for lr in lrs)}); a wider sweep (--lrs) may do better", stacklevel=3)
