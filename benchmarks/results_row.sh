@@ -30,8 +30,10 @@ mae-ct*)
     HEAD=${HEAD_EPOCHS:-1}
     TUNE=${TUNE_EPOCHS:-8}
     stamp "$METHOD head $HEAD + tune $TUNE epochs from $START"
+    # each stage checkpoints every epoch, the newest two kept (as below)
     $HYBRIDSSL pretrain --config "$CONFIG" --init-from "$START" --set method_args.head_epochs="$HEAD" \
-        --set method_args.tune_epochs="$TUNE" --no-progress-bar --output "$ROW" --resume $PRETRAIN_FLAGS
+        --set method_args.tune_epochs="$TUNE" --checkpoint-every-epochs 1 --keep-checkpoints 2 --no-progress-bar \
+        --output "$ROW" --resume $PRETRAIN_FLAGS
     evaluate "$ROW/stage3-tune/checkpoints/last.ckpt" "$ROW" ""
     ;;
 *)
