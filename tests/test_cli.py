@@ -1,8 +1,8 @@
 """End to end through the public CLI, on a tiny Fashion-MNIST-format fixture."""
 
 import json
-import shutil
 import re
+import shutil
 
 import pytest
 import timm
