@@ -1,5 +1,7 @@
 """The online k-NN monitor: data it uses, modes it restores, the metric it logs."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ def test_bank_from_training_images_and_queries_from_the_test_split(fmnist_dir):
     run = resolve({"method": "simclr", "data_dir": str(fmnist_dir), "knn_monitor_every_epochs": 2, "knn_monitor_samples": 100})
     train = load_dataset("fashion-mnist", "train", fmnist_dir)
     monitor = KNNMonitor.for_run(run, train, data_info("fashion-mnist", train), "cls")
+    monitor.take_sets()
     assert len(monitor.bank) == 100 and len(monitor.queries) == 100 and monitor.every_epochs == 2
     test = load_dataset("fashion-mnist", "test", fmnist_dir)
     first = monitor.queries.images[0]
@@ -26,10 +29,30 @@ def test_a_folder_holds_out_a_fifth_and_unlabelled_images_switch_it_off(tmp_path
     images, labels = toy_images(60)
     labelled = ImageSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels).long())
     monitor = KNNMonitor.for_run(run, labelled, data_info("toy", labelled), "cls")
+    monitor.take_sets()
     assert (len(monitor.bank), len(monitor.queries)) == (40, 10)
     unlabelled = ImageSet(labelled.images, None)
+    off = KNNMonitor.for_run(run, unlabelled, data_info("toy", unlabelled), "cls")
     with pytest.warns(UserWarning, match="k-NN monitor is off"):
-        assert not KNNMonitor.for_run(run, unlabelled, data_info("toy", unlabelled), "cls").enabled
+        off.take_sets()
+    assert not off.enabled
+
+
+def test_only_rank_zero_samples_the_bank():
+    """The other ranks never measure: sampling there would decode and hold thousands of images for nothing."""
+    taken = []
+    bank = ImageSet(torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.arange(4))
+
+    def sets():
+        taken.append(1)
+        return bank, bank
+
+    monitor = KNNMonitor(1, sets, data_info("toy", bank), "cls")
+    monitor.setup(SimpleNamespace(global_rank=1), None, "fit")
+    assert not taken and monitor.bank is None and not monitor.enabled
+    monitor.setup(SimpleNamespace(global_rank=0), None, "fit")
+    monitor.setup(SimpleNamespace(global_rank=0), None, "fit")  # a second setup keeps the first sample
+    assert len(taken) == 1 and monitor.bank is bank and monitor.enabled
 
 
 def test_measuring_restores_modes_and_leaves_weights_alone():
@@ -40,7 +63,9 @@ def test_measuring_restores_modes_and_leaves_weights_alone():
     encoder.freeze_lower(2)
     encoder.train()
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    monitor = KNNMonitor(1, ImageSet(data.images[:60], data.labels[:60]), ImageSet(data.images[60:], data.labels[60:]), info, "cls", k=5)
+    sets = ImageSet(data.images[:60], data.labels[:60]), ImageSet(data.images[60:], data.labels[60:])
+    monitor = KNNMonitor(1, lambda: sets, info, "cls", k=5)
+    monitor.take_sets()
     top1 = monitor.measure(encoder, torch.device("cpu"))
     assert 0 <= top1 <= 100
     assert encoder.training and encoder.blocks[2].training and not encoder.blocks[1].training

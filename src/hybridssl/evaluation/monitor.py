@@ -3,15 +3,18 @@
 The bank is a seeded labelled subset of the training images, the queries the test split where the
 dataset has one (else a held-out fifth of the subset). Features come from the encoder in eval mode on
 un-augmented images, with the method's evaluation pooling (evaluation/features.py, evaluation/knn.py);
-the labels are used here only and never reach a loss. Rank 0 measures and logs `monitor/knn_top1`;
-the other ranks go on and wait for it at their next collective. The engine does not know this module:
+the labels are used here only and never reach a loss. Rank 0 alone samples the images (at setup:
+on a streamed folder that means decoding them), measures and logs `monitor/knn_top1`; the other ranks
+hold no bank, go on and wait for it at their next collective. The engine does not know this module:
 the CLI hands `monitor_callbacks` to `pretrain`, which calls it for every stage.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import lightning as L
 import numpy as np
@@ -46,33 +49,52 @@ def labelled_sample(data: TrainingData | EvalData, limit: int, seed: int) -> Ima
     return labelled(data).take(limit, seed=seed)
 
 
+def monitor_sets(run_config: RunConfig, images: ImageSet, info: DataInfo) -> tuple[ImageSet, ImageSet]:
+    """The bank (labelled training images) and the queries (the test split, else a fifth of the bank)."""
+    limit, seed = run_config.knn_monitor_samples, run_config.seed
+    bank = labelled_sample(images, limit, seed)
+    queries = None
+    try:  # the evaluation's test split (a folder: its val/ when it has one)
+        test = eval_split(run_config.dataset, "test", run_config.data_dir, None, info, limit=limit, seed=seed,
+                          loader=run_config.loader, num_workers=run_config.num_workers)  # fmt: skip
+        queries = labelled_sample(with_classes_of(images, test), limit, seed)
+    except DataError:
+        pass
+    if queries is None or len(queries) == 0:  # no test split: hold out a fifth of the bank
+        held_out = len(bank) // 5
+        queries = ImageSet(bank.images[:held_out], bank.labels[:held_out])
+        bank = ImageSet(bank.images[held_out:], bank.labels[held_out:])
+    return bank, queries
+
+
 class KNNMonitor(Callback):
     def __init__(
-        self, every_epochs: int, bank: ImageSet, queries: ImageSet, info: DataInfo, pooling: Pooling, k: int = 20
+        self, every_epochs: int, sets: Callable[[], tuple[ImageSet, ImageSet]], info: DataInfo, pooling: Pooling, k: int = 20
     ) -> None:
-        self.every_epochs, self.bank, self.queries = every_epochs, bank, queries
-        self.info, self.pooling, self.k = info, pooling, k
+        self.every_epochs, self.sets, self.info, self.pooling, self.k = every_epochs, sets, info, pooling, k
+        self.bank: ImageSet | None = None
+        self.queries: ImageSet | None = None
         self.history: list[tuple[int, float]] = []  # (global step, top-1 %)
-        self.enabled = len(bank) > 0 and len(queries) > 0
-        if not self.enabled:
-            warnings.warn("knn_monitor_every_epochs: no labelled images to monitor with; the k-NN monitor is off", stacklevel=3)
 
     @classmethod
     def for_run(cls, run_config: RunConfig, images: ImageSet, info: DataInfo, pooling: Pooling) -> "KNNMonitor":
-        limit, seed = run_config.knn_monitor_samples, run_config.seed
-        pool = labelled_sample(images, limit, seed)
-        queries = None
-        try:  # the evaluation's test split (a folder: its val/ when it has one)
-            test = eval_split(run_config.dataset, "test", run_config.data_dir, None, info, limit=limit, seed=seed,
-                              loader=run_config.loader, num_workers=run_config.num_workers)  # fmt: skip
-            queries = labelled_sample(with_classes_of(images, test), limit, seed)
-        except DataError:
-            pass
-        if queries is None or len(queries) == 0:  # no test split: hold out a fifth of the bank
-            held_out = len(pool) // 5
-            queries = ImageSet(pool.images[:held_out], pool.labels[:held_out])
-            pool = ImageSet(pool.images[held_out:], pool.labels[held_out:])
-        return cls(run_config.knn_monitor_every_epochs, pool, queries, info, pooling, run_config.knn_monitor_k)
+        sets = partial(monitor_sets, run_config, images, info)
+        return cls(run_config.knn_monitor_every_epochs, sets, info, pooling, run_config.knn_monitor_k)
+
+    @property
+    def enabled(self) -> bool:
+        return self.bank is not None and self.queries is not None and len(self.bank) > 0 and len(self.queries) > 0
+
+    def take_sets(self) -> None:
+        if self.bank is not None:
+            return
+        self.bank, self.queries = self.sets()
+        if not self.enabled:
+            warnings.warn("knn_monitor_every_epochs: no labelled images to monitor with; the k-NN monitor is off", stacklevel=2)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.global_rank == 0:  # the only rank that measures
+            self.take_sets()
 
     @torch.no_grad()
     def measure(self, encoder: ViT, device: torch.device) -> float:
