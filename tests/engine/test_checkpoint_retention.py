@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hybridssl.engine import callbacks
-from hybridssl.engine.callbacks import checkpoint_bytes, disk_room_warning
+from hybridssl.engine.callbacks import checkpoint_bytes, disk_room_warning, rebased_checkpoint_paths
 from hybridssl.engine.checkpoints import load_checkpoint
 from tests.conftest import pretrain_tiny
 
@@ -104,3 +104,27 @@ def test_checkpoint_plan_reads_lightning_state_keys_and_never_fails():
     assert checkpoint_plan(ModelCheckpoint(every_n_train_steps=5, monitor="step").state_key) == "every 5 steps, keeping the newest ones"
     assert checkpoint_plan(ModelCheckpoint(every_n_epochs=2).state_key) == "every 2 epochs, keeping all"
     assert checkpoint_plan("ModelCheckpoint<something else>") == "ModelCheckpoint<something else>"
+
+
+def test_a_moved_run_folder_resumes_with_its_pruning(fmnist_dir, tmp_path):
+    """A run copied to another disk or machine and resumed there still prunes the files it wrote before."""
+    every = ("--checkpoint-every-steps", "2", "--keep-checkpoints", "2")
+    run = pretrain_tiny(fmnist_dir, tmp_path / "here" / "run", "mae", 6, *every)
+    moved = tmp_path / "there" / "run"
+    moved.parent.mkdir()
+    run.rename(moved)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        pretrain_tiny(fmnist_dir, moved, "mae", 10, *every, "--resume")
+    assert saved(moved) == ["last.ckpt", "step0000008.ckpt", "step0000010.ckpt"]
+    assert not [w for w in seen if "dirpath has changed" in str(w.message)], [str(w.message) for w in seen]
+
+
+def test_rebasing_moves_only_the_files_of_the_old_folder():
+    state = {"dirpath": "/a/ckpt", "best_model_path": "/a/ckpt/step2.ckpt", "kth_best_model_path": "/a/ckpt/step1.ckpt",
+             "last_model_path": "", "best_k_models": {"/a/ckpt/step1.ckpt": 1, "/elsewhere/x.ckpt": 0}, "kth_value": 1}  # fmt: skip
+    moved = rebased_checkpoint_paths(state, "/b/ckpt")
+    assert moved["dirpath"] == "/b/ckpt" and moved["best_model_path"] == "/b/ckpt/step2.ckpt"
+    assert moved["kth_best_model_path"] == "/b/ckpt/step1.ckpt" and moved["last_model_path"] == "" and moved["kth_value"] == 1
+    assert moved["best_k_models"] == {"/b/ckpt/step1.ckpt": 1, "/elsewhere/x.ckpt": 0}
+    assert rebased_checkpoint_paths(state, "/a/ckpt") is state and state["dirpath"] == "/a/ckpt"

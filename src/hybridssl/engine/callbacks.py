@@ -1,5 +1,5 @@
 """Small Lightning callbacks: data position, throughput in the progress bar, final checkpoint, disk room,
-checkpoint settings changed on a resume."""
+checkpoint settings changed or the run folder moved on a resume."""
 
 from __future__ import annotations
 
@@ -145,15 +145,40 @@ def checkpoint_plan(state_key: str) -> str:
     return f"every {f'{steps} steps' if steps else f'{epochs} epochs'}, keeping {kept}"
 
 
+def rebased_checkpoint_paths(state: dict, folder: str) -> dict:
+    """ModelCheckpoint's saved state with the paths of its files moved from the folder they were written in
+    to `folder` (same names): Lightning drops the whole list when the folder differs, and the files it
+    listed would then never be pruned."""
+    before = state.get("dirpath")
+    if not before or before == folder:
+        return state
+
+    def moved(path):
+        return str(Path(folder) / Path(path).name) if path and Path(path).parent == Path(before) else path
+
+    paths = ("best_model_path", "kth_best_model_path", "last_model_path")
+    return {
+        **state,
+        **{key: moved(state[key]) for key in paths if key in state},
+        "best_k_models": {moved(path): score for path, score in state.get("best_k_models", {}).items()},
+        "dirpath": folder,
+    }
+
+
 class CheckpointSettings(Callback):
     """On a resume whose checkpoint frequency or keep_checkpoints differs from the run's so far, says what
     that means: the files written before stay, outside the new pruning. (Lightning's own warning asks for
-    the old callback to be passed, which a user cannot do; quiet_lightning hides it.)"""
+    the old callback to be passed, which a user cannot do; quiet_lightning hides it.) A run folder moved
+    (another disk, another machine) keeps pruning the files it wrote before."""
 
     def __init__(self, periodic: ModelCheckpoint) -> None:
         self.periodic = periodic
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # runs before the callbacks' load_state_dict, so the periodic callback reads the rebased paths
+        states = checkpoint.get("callbacks", {})
+        if self.periodic.state_key in states and self.periodic.dirpath is not None:
+            states[self.periodic.state_key] = rebased_checkpoint_paths(states[self.periodic.state_key], self.periodic.dirpath)
         before = [key for key in checkpoint.get("callbacks", {}) if key.startswith("ModelCheckpoint")]
         if not trainer.is_global_zero or not before or self.periodic.state_key in before:
             return
