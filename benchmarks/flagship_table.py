@@ -118,7 +118,8 @@ def main(out: Path, figure: Path | None = None) -> None:
               f"{pick(results, kind, 'finetune')} | {pick(results, kind, 'clustering', metric='cluster_accuracy')} | {pick(results, kind, 'clustering', metric='nmi')} | "
               f"{pick(results, kind, 'lowshot', subset='1%')} | {pick(results, kind, 'lowshot', subset='10%')} |")  # fmt: skip
     print("\nTimes between log stamps (a stretch a killed session cut off is not counted: training times below)")
-    for log in [out / "log.txt", out / "floors" / "log.txt", *sorted((out / "rows").glob("*/log.txt"))]:
+    # logs/*.stamps: the fine-tunes benchmarks/results_gpu.py runs beside the rows, each with its own log
+    for log in [out / "log.txt", out / "floors" / "log.txt", *sorted((out / "rows").glob("*/log.txt")), *sorted((out / "logs").glob("*.stamps"))]:
         if log.is_file():
             print()
             for what, minutes in stage_minutes(log).items():

@@ -43,6 +43,9 @@ def keep(out: Path, dest: Path) -> list[Path]:
         kept.append(target)
     if (out / "log.txt").is_file():
         shutil.copyfile(out / "log.txt", dest / "log.txt")
+    for stamps in sorted((out / "logs").glob("*.stamps")):  # results_gpu.py's parallel fine-tunes
+        (dest / "logs").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stamps, dest / "logs" / stamps.name)
     return kept
 
 

@@ -43,6 +43,9 @@ def test_kept_records_give_the_same_table_without_the_run_folders(tmp_path, monk
     (stages / "results.jsonl").write_text(json.dumps({**record, "value": 84.5}) + "\n")
     (stages / "config.yaml").write_text("method: mae-ct-aug\nepochs: 100\ninit_from: /runs/rows/mae/checkpoints/last.ckpt\n"
                                         "method_args:\n  head_epochs: 1\n  tune_epochs: 8\n")
+    (out / "logs").mkdir()  # a fine-tune benchmarks/results_gpu.py ran beside the rows
+    (out / "logs" / "finetune-mae.stamps").write_text("[2026-12-03T03:00:00Z] evaluate finetune --epochs 15 (x)\n"
+                                                      "[2026-12-03T03:12:30Z] finetune mae done\n")
     linked = out / "rows" / "mae"
     (linked / "checkpoints").mkdir(parents=True)
     (linked / "results.jsonl").write_text(json.dumps({**record, "value": 80.29}) + "\n")
@@ -54,6 +57,7 @@ def test_kept_records_give_the_same_table_without_the_run_folders(tmp_path, monk
     original = capsys.readouterr().out
     main(kept)
     assert capsys.readouterr().out == original
+    assert "- evaluate finetune --epochs 15 (x): 12.5 min" in original, "the parallel fine-tune's time is listed"
     assert "| 83.25 |" in original and "cmae-b128: 10.0 min of training over 1 start" in original
     assert "| cmae-b128 (cmae, 24 epochs, batch 128, base lr 0.00045) | cls | 83.25 |" in original, "the row names its recipe"
     assert "| mae-ct-head5 (mae-ct-aug: head 1 epoch + tune 8 epochs on rows/mae) | cls | 84.50 |" in original
