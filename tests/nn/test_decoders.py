@@ -26,3 +26,10 @@ def test_decoder_input_puts_tokens_at_their_patches_then_adds_positions_and_the_
             expected.append(embedded[b, 1 + kept.index(patch)] if patch in kept else decoder.mask_token[0, 0])
         expected = torch.stack(expected) + pos + cond[b]
         assert torch.allclose(seen[0][b], expected, atol=1e-6), b
+
+
+def test_every_layer_norm_uses_the_official_eps():
+    """1e-6 as in the official MAE encoder and decoder (whose released weights we import), not torch's 1e-5."""
+    decoder = TokenDecoder(in_dim=8, grid_size=2, dim=16, depth=2, num_heads=2, out_dim=4)
+    norms = [m for m in decoder.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 1 and all(m.eps == 1e-6 for m in norms)

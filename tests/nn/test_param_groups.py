@@ -1,9 +1,11 @@
 """Which parameters get weight decay and which lr scale (layer-wise decay) each encoder parameter gets."""
 
 import pytest
+import torch
+from torch import nn
 
 from hybridssl.nn.decoders import pixel_decoder
-from hybridssl.nn.param_groups import layer_decay, param_groups
+from hybridssl.nn.param_groups import layer_decay, no_weight_decay, param_groups
 from hybridssl.nn.vit import ViT, vit_config
 
 
@@ -18,6 +20,14 @@ def test_no_weight_decay_on_norms_biases_and_tokens():
     assert "encoder.norm.weight" in no_decay and "encoder.blocks.0.attn.qkv.bias" in no_decay
     assert "encoder.blocks.0.attn.qkv.weight" in decay and "encoder.patch_embed.proj.weight" in decay
     assert len(no_decay | decay) == len(named)
+
+
+def test_tokens_are_known_by_their_own_name_at_any_depth():
+    """A DDP- or wrapper-prefixed token is still a token; a weight that only mentions one is decayed."""
+    token, matrix = nn.Parameter(torch.zeros(1, 1, 8)), nn.Parameter(torch.zeros(8, 8))
+    assert no_weight_decay("module.method.encoder.cls_token", token) and no_weight_decay("pos_embed", token)
+    assert not no_weight_decay("module.encoder.cls_token_proj.weight", matrix)
+    assert not no_weight_decay("module.pos_embed.scale", token) and not no_weight_decay("decoder.decoder_pos_embed", token)
 
 
 def test_frozen_parameters_are_left_out():
