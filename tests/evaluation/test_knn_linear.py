@@ -28,6 +28,21 @@ def test_knn_is_perfect_on_separable_data():
     assert accs == {1: 100.0, 5: 100.0, 20: 100.0}
 
 
+def test_knn_predicts_as_a_brute_force_vote_over_cosine_neighbours():
+    """Features of very different lengths, so normalising the wrong axis or not at all changes the answer."""
+    g = torch.Generator().manual_seed(3)
+    train = torch.randn(60, 6, generator=g) * torch.logspace(-1, 1, 60).unsqueeze(1)
+    test = torch.randn(40, 6, generator=g) * torch.logspace(1, -1, 40).unsqueeze(1)
+    labels = torch.randint(0, 4, (60,), generator=g)
+    preds = knn_predict(train, labels, test, ks=(1, 7, 25), temperature=0.2)
+    for i, query in enumerate(test):
+        sims = torch.nn.functional.cosine_similarity(query.unsqueeze(0), train, dim=1)
+        order = sims.argsort(descending=True)
+        for k in (1, 7, 25):
+            votes = torch.zeros(4).index_add_(0, labels[order[:k]], (sims[order[:k]] / 0.2).exp())
+            assert preds[k][i].item() == votes.argmax().item(), (i, k)
+
+
 def test_knn_weights_votes_by_similarity():
     train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     labels = torch.tensor([0, 1, 1])
