@@ -202,15 +202,15 @@ def test_tune_stage_freezes_up_to_every_block_and_records_what_it_resolved():
 
 
 @pytest.mark.parametrize("augment", ["minimal", "byol"])
-def test_stage_views_follow_the_augment_setting(augment):
-    from hybridssl.data.views import min_crop_scale
-
-    views = build("mae-ct-head", augment=augment).views
+@pytest.mark.parametrize(("side", "smallest_crop"), [(28, 0.2), (32, 0.08)])  # the paper's 0.08, raised below 32 px
+def test_stage_views_follow_the_augment_setting(augment, side, smallest_crop):
+    info = DataInfo("toy", side, 1, (0.5,), (0.25,), 10, 512)
+    views = build("mae-ct-head", info=info, augment=augment).views
     colour = [type(f).__name__ for f in views.finishers]
     assert len(views) == 2
     if augment == "minimal":
         assert colour == ["Identity", "Identity"]
-        assert all(tuple(c.scale) == (min_crop_scale(toy.INFO), 1.0) for c in views.crops)
+        assert all(tuple(c.scale) == (smallest_crop, 1.0) for c in views.crops)
     else:
         assert colour == ["Sequential", "Sequential"]
 
