@@ -15,7 +15,7 @@ from hybridssl import __version__
 from hybridssl.config import RunConfig
 from hybridssl.errors import NonFiniteLossError
 from hybridssl.data.sources import DataInfo
-from hybridssl.engine.optim import WarmupCosine, adamw, steps_per_epoch
+from hybridssl.engine.optim import WarmupCosine, adamw
 from hybridssl.engine.randomness import gather_rng_states, restore_rng_states, seed_step, step_seed
 from hybridssl.methods.base import Batch, Method
 from hybridssl.nn.batch_random import shared_stream
@@ -58,11 +58,14 @@ def method_batch(method: Method, batch: dict[str, Any]) -> Batch:
 
 
 class PretrainModule(L.LightningModule):
-    def __init__(self, method: Method, run_config: RunConfig, info: DataInfo) -> None:
+    def __init__(self, method: Method, run_config: RunConfig, info: DataInfo, steps_per_epoch: int) -> None:
         super().__init__()
         self.method = method
         self.run_config = run_config
         self.info = info
+        # from the engine's own count: the Trainer does not know its batches per epoch yet when it asks
+        # for the optimizer (inf before the loader exists; it gets a step budget, not epochs)
+        self.steps_per_epoch = steps_per_epoch
         self.forward_method = torch.compile(method.forward) if run_config.compile else method.forward
 
     @property
@@ -98,7 +101,7 @@ class PretrainModule(L.LightningModule):
         optimizer = adamw(groups, lr, opt.betas)
         total = self.total_steps
         if opt.warmup_epochs is not None:
-            warmup = int(opt.warmup_epochs * steps_per_epoch(self.trainer.num_training_batches, self.run_config.accumulate_grad_batches))
+            warmup = int(opt.warmup_epochs * self.steps_per_epoch)
         else:
             warmup = int(opt.warmup_fraction * total)
         schedule = WarmupCosine(total, min(warmup, total), opt.min_lr_fraction)

@@ -326,7 +326,7 @@ def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFa
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
     data = PretrainData(images, method.views.crops, run_config.batch_size, run_config.seed, run_config.global_batch_views)
     try:
-        trainer.fit(PretrainModule(method, run_config, info), datamodule=data, ckpt_path=resume_from)
+        trainer.fit(PretrainModule(method, run_config, info, steps_per_epoch(run_config, len(images))), datamodule=data, ckpt_path=resume_from)
     except NonFiniteLossError as exc:
         kept = checkpoints_of(run_config)
         where = f"the last good checkpoint is {kept[0]}" if kept else "no checkpoint was written"
