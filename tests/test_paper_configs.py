@@ -50,6 +50,23 @@ def test_paper_config_trains_a_step_in_every_stage(path: Path) -> None:
         assert torch.isfinite(loss)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.parent.name)
+def test_paper_config_runs_through_the_trainer(path: Path, fmnist_dir, tmp_path) -> None:
+    """Every key of the config through the CLI and Lightning, with only the model and data shrunk: the
+    step above bypasses the Trainer, and warmup_epochs once crashed every one of these before step 1."""
+    import yaml
+
+    from hybridssl.cli import main
+
+    queue = "queue_size" in (yaml.safe_load(path.read_text()).get("method_args") or {})
+    args = ["pretrain", "--config", str(path), "--model", "vit-pico", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir),
+            "--image-size", "28", "--set", "patch_size=4", "--batch-size", "16", "--max-steps", "2", "--accelerator", "cpu",
+            "--no-progress-bar", "--output", str(tmp_path), *(["--set", "method_args.queue_size=256"] if queue else [])]  # fmt: skip
+    assert main(args) == 0
+    assert list(tmp_path.rglob("last.ckpt"))
+
+
 def test_mae_ct_paper_stages_and_queue():
     run = resolve({}, shipped_configs()["mae-ct/imagenet-vit-b16"])
     stages = {s.method: s for s in METHODS["mae-ct"].stages(run)}
