@@ -97,3 +97,18 @@ def test_a_late_stage_setting_fails_before_the_first_stage_trains(fmnist_dir, tm
     assert main(args) == 2
     assert "method_args.queue_size: 100000 exceeds the 512 training images" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_kill_between_the_final_step_checkpoint_and_last_ckpt_resumes_to_a_finished_run(fmnist_dir, tmp_path):
+    """The periodic save at the budget's last step came, last.ckpt did not: a resume has nothing left to
+    train, and must still leave the finished last.ckpt that a next stage starts from."""
+    from hybridssl.engine.stages import finished
+    from tests.conftest import pretrain_tiny
+
+    every = ("--checkpoint-every-steps", "2")
+    run = pretrain_tiny(fmnist_dir, tmp_path / "run", "mae", 4, *every)
+    (run / "checkpoints" / "last.ckpt").unlink()  # the kill
+    pretrain_tiny(fmnist_dir, run, "mae", 4, *every, "--resume")
+    last = run / "checkpoints" / "last.ckpt"
+    assert finished(last) and load_checkpoint(last)["global_step"] == 4
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
 from hybridssl.config import RunConfig
-from hybridssl.files import save_yaml
+from hybridssl.files import atomic_write, save_yaml
 from hybridssl.data.loader import InMemoryLoader
 from hybridssl.data.sources import STREAMED, DataInfo
 from hybridssl.data.streaming import StreamingLoader, StreamingSet, default_workers
@@ -331,4 +332,11 @@ def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFa
         kept = checkpoints_of(run_config)
         where = f"the last good checkpoint is {kept[0]}" if kept else "no checkpoint was written"
         raise NonFiniteLossError(f"{exc}; stopped, {where}") from None
-    return checkpoint_dir(run_config) / LAST
+    last = checkpoint_dir(run_config) / LAST
+    if resume_from is not None and not last.is_file():
+        # the checkpoint resumed from had reached the budget (a kill came after it, before last.ckpt):
+        # the Trainer trains nothing and writes nothing, so that checkpoint becomes the final one
+        # (each rank copies it: an atomic rename of the same content, no barrier needed)
+        with open(resume_from, "rb") as source:
+            atomic_write(last, lambda f: shutil.copyfileobj(source, f), unique=True)
+    return last
