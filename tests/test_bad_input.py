@@ -191,6 +191,18 @@ def test_an_existing_run_is_not_overwritten_without_resume(mae_run, fmnist_dir, 
     assert f"output: {mae_run} already holds a run" in line and "--resume" in line and "--output" in line
 
 
+def test_an_existing_staged_run_is_refused_before_its_files_are_touched(fmnist_dir, tmp_path, capsys):
+    """MAE-CT wrote config.yaml and stages.yaml before its first stage found the old run: a report of the
+    folder then described the refused command."""
+    tune = tmp_path / "run" / "stage3-tune" / "checkpoints"
+    tune.mkdir(parents=True)
+    (tune / "last.ckpt").write_bytes(b"a run was here")
+    (tmp_path / "run" / "config.yaml").write_text("the old run's\n")
+    line = one_line_error(capsys, tiny(fmnist_dir, tmp_path / "run", "--max-steps", "2", method="mae-ct"))
+    assert f"output: {tmp_path / 'run'} already holds a run (stage3-tune/checkpoints/last.ckpt)" in line
+    assert (tmp_path / "run" / "config.yaml").read_text() == "the old run's\n" and not (tmp_path / "run" / "stages.yaml").exists()
+
+
 def test_init_from_a_checkpoint_of_another_model(mae_run, fmnist_dir, tmp_path, capsys):
     last = mae_run / "checkpoints" / "last.ckpt"
     line = one_line_error(capsys, tiny(fmnist_dir, tmp_path, "--max-steps", "1", "--model", "vit-tiny", "--init-from", str(last)))

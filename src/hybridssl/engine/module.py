@@ -104,9 +104,19 @@ class PretrainModule(L.LightningModule):
             warmup = int(opt.warmup_epochs * self.steps_per_epoch)
         else:
             warmup = int(opt.warmup_fraction * total)
-        schedule = WarmupCosine(total, min(warmup, total), opt.min_lr_fraction)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.schedule = (total, min(warmup, total), opt.min_lr_fraction)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(*self.schedule))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """A resume restored the schedule the checkpoint was trained towards; a run resumed with another
+        budget (more epochs) follows its own, from this step on."""
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            for schedule in scheduler.lr_lambdas:
+                schedule.total_steps, schedule.warmup_steps, schedule.min_fraction = self.schedule
+            for group, base, schedule in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * schedule(scheduler.last_epoch)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

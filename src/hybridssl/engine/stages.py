@@ -19,8 +19,8 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from hybridssl.config import RunConfig, validate_method_args
 from hybridssl.data.training_set import training_info
 from hybridssl.engine.checkpoints import load_checkpoint
-from hybridssl.engine.train import LAST, CallbackFactory, check_queues, checkpoint_dir, load_training_data
-from hybridssl.engine.train import quiet_lightning, seeded_method, train_run
+from hybridssl.engine.train import LAST, CallbackFactory, check_queues, checkpoint_dir, checkpoints_of, load_training_data
+from hybridssl.engine.train import quiet_lightning, refuse_a_run_folder, seeded_method, train_run
 from hybridssl.errors import CheckpointError
 from hybridssl.files import save_yaml
 from hybridssl.methods.base import METHODS, Stage
@@ -68,6 +68,9 @@ def pretrain(run_config: RunConfig, callbacks: CallbackFactory | None = None) ->
     for stage in stages:
         configs.append(stage_config(run_config, stage, previous))
         previous = checkpoint_dir(configs[-1]) / LAST
+    if not run_config.resume:  # before any file of the run folder is written
+        for config in configs:
+            refuse_a_run_folder(config, checkpoints_of(config), Path(run_config.output))
     images = load_training_data(configs[0])
     if len(configs) > 1:
         info = training_info(run_config.dataset, images)

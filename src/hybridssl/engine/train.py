@@ -126,16 +126,40 @@ def checkpoints_of(run_config: RunConfig) -> list[Path]:
     return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name == LAST), reverse=True)
 
 
+def refuse_a_run_folder(run_config: RunConfig, found: list[Path], output: Path | None = None) -> None:
+    """Without --resume, a folder that already holds a run is refused rather than mixed with a new one."""
+    if found:
+        output = output or Path(run_config.output)
+        raise ConfigError(
+            f"output: {output} already holds a run ({found[0].relative_to(output)}); "
+            "continue it with --resume or choose another --output"
+        )
+
+
+def check_global_batch(ckpt: dict, run_config: RunConfig) -> None:
+    """Steps, the step budget and the lr schedule of a checkpoint count its own global batch: a resume
+    with another one would end at the wrong epoch with the wrong lr, so it is refused."""
+    saved = ckpt.get("callbacks", {}).get("DataPosition", {}).get("global_batch")
+    if saved is None:
+        return
+    accumulate = ckpt["hybridssl"]["config"].get("accumulate_grad_batches", 1)
+    before, now = saved * accumulate, global_batch(run_config) * run_config.accumulate_grad_batches
+    if before != now:
+        raise ConfigError(
+            f"batch_size: the checkpoint was trained at a global batch of {before} ({saved} per step x accumulate "
+            f"{accumulate}), this run's is {now} (batch_size {run_config.batch_size} x {now // run_config.batch_size // run_config.accumulate_grad_batches} "
+            f"processes x accumulate {run_config.accumulate_grad_batches}); its steps, budget and lr schedule count the old "
+            "batch: resume with the same global batch (on fewer devices, raise --accumulate-grad-batches to match) "
+            "or start a new run from it with --init-from"
+        )
+
+
 def resume_checkpoint(run_config: RunConfig, method: Method, num_images: int | None = None) -> Path | None:
     """With --resume: the newest checkpoint of the run folder, checked against this run; without it,
     a folder that already holds a run is refused rather than mixed with a new one."""
     found = checkpoints_of(run_config)
     if not run_config.resume:
-        if found:
-            raise ConfigError(
-                f"output: {run_config.output} already holds a run ({found[0].relative_to(run_config.output)}); "
-                "continue it with --resume or choose another --output"
-            )
+        refuse_a_run_folder(run_config, found)
         return None
     if not found:
         warnings.warn(f"--resume: no checkpoint in {checkpoint_dir(run_config)}; starting from scratch", stacklevel=2)
@@ -147,6 +171,12 @@ def resume_checkpoint(run_config: RunConfig, method: Method, num_images: int | N
     if (config.get("method"), config.get("model")) != (run_config.method, run_config.model):
         raise CheckpointError(problem)
     check_fits(ckpt, method.state_dict(), f"{problem} with other settings", "method.")
+    check_global_batch(ckpt, run_config)
+    planned = [lam.get("total_steps") for sched in ckpt.get("lr_schedulers") or [] for lam in sched.get("lr_lambdas") or [] if lam]
+    if num_images is not None and planned and planned[0] != (budget := optimizer_steps(run_config, num_images)):
+        warnings.warn(f"resume: {path.name} was trained towards {planned[0]:,} optimizer steps, this run's budget is {budget:,}: "
+                      "the lr schedule is stretched to the new budget from here on (as the official MAE code "
+                      "recomputes it from the epochs it is given)", stacklevel=2)  # fmt: skip
     before = ckpt["hybridssl"].get("data_info", {}).get("num_images")
     if num_images is not None and before is not None and before != num_images:
         warnings.warn(f"resume: the training set had {before} images when {path.name} was written and has {num_images} now "

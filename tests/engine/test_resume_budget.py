@@ -1,0 +1,42 @@
+"""A resume with other settings: a longer budget stretches the lr schedule to it, another global batch
+(whose steps would count other units) is refused before training, the same one by accumulation is not."""
+
+import csv
+
+import pytest
+
+from hybridssl.cli import main
+from tests.conftest import pretrain_tiny
+
+
+def logged_lrs(run) -> dict[int, float]:
+    lrs = {}
+    for path in sorted((run / "logs" / "csv").glob("metrics*.csv")):
+        for row in csv.DictReader(path.open()):
+            column = next((c for c in row if c.startswith("lr-") and row[c]), None)
+            if column is not None:
+                lrs[int(row["step"])] = float(row[column])
+    return lrs
+
+
+def test_a_longer_budget_on_resume_follows_its_own_schedule(fmnist_dir, tmp_path):
+    every = ("--checkpoint-every-steps", "2")
+    straight = pretrain_tiny(fmnist_dir, tmp_path / "straight", "mae", 8, *every)
+    run = pretrain_tiny(fmnist_dir, tmp_path / "run", "mae", 4, *every)
+    with pytest.warns(UserWarning, match=r"trained towards 4 optimizer steps, this run's budget is 8: the lr schedule is stretched"):
+        pretrain_tiny(fmnist_dir, run, "mae", 8, *every, "--resume")
+    expected, resumed = logged_lrs(straight), logged_lrs(run)
+    after = [step for step in expected if step >= 4]
+    assert len(after) == 4 and [resumed[s] for s in after] == pytest.approx([expected[s] for s in after], rel=1e-6)
+    assert all(resumed[s] > 0 for s in after), "not the old schedule's end (lr 0 past its 4 steps)"
+
+
+def test_another_global_batch_is_refused_and_the_same_one_by_accumulation_resumes(fmnist_dir, tmp_path, capsys):
+    run = pretrain_tiny(fmnist_dir, tmp_path / "run", "mae", 2, "--checkpoint-every-steps", "2")
+    args = ["pretrain", "--method", "mae", "--dataset", "fashion-mnist", "--data-dir", str(fmnist_dir), "--model", "vit-pico",
+            "--max-steps", "3", "--accelerator", "cpu", "--no-progress-bar", "--output", str(run), "--resume"]  # fmt: skip
+    assert main([*args, "--batch-size", "16"]) == 2
+    error = capsys.readouterr().err
+    assert "batch_size: the checkpoint was trained at a global batch of 32" in error and "this run's is 16" in error
+    assert "--accumulate-grad-batches" in error
+    assert main([*args, "--batch-size", "16", "--accumulate-grad-batches", "2"]) == 0
