@@ -221,3 +221,16 @@ def test_a_row_appended_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
     with pytest.warns(UserWarning, match=r"results.jsonl:2: .*torn line"):
         rows = read_results(tmp_path)
     assert [r["value"] for r in rows] == [1.0, 2.0]
+
+
+def test_an_unlabelled_val_folder_is_named_with_the_way_out(tmp_path):
+    """ImageNet's val/ as downloaded is flat: the error names the folder and the file-list way out."""
+    from hybridssl.data.sources import DataInfo
+    from hybridssl.data.synthetic import write_photo_folder
+    from hybridssl.errors import DataError
+    from hybridssl.evaluation.data import eval_split
+
+    write_photo_folder(tmp_path / "val", 4, layout="flat", sizes=(40, 48))
+    info = DataInfo("folder", 32, 3, (0.5,) * 3, (0.25,) * 3, 4, 4)
+    with pytest.raises(DataError, match=r"test split of folder \(.*val\) has no labels.*class subfolders.*--eval-data-dir a file list"):
+        eval_split("folder", "test", None, tmp_path / "val", info)

@@ -65,7 +65,10 @@ def eval_split(dataset: str, split: str, data_dir: Path | None, eval_data_dir: P
         data = stored_or_streamed(dataset, index, info.image_size, info.channels, loader=loader, num_workers=num_workers,
                                   crop_fraction=crop_fraction)  # fmt: skip
     if data.labels is None or (data.labels < 0).all():
-        raise DataError(f"the {split} split of {dataset} has no labels; evaluation needs labelled images")
+        where = f" ({source})" if dataset in STREAMED else ""
+        fix = (": put its images in class subfolders, or give --eval-data-dir a file list with a `path,label` line "
+               "per image (ImageNet's flat val/ needs one)") if dataset == "folder" else ""
+        raise DataError(f"the {split} split of {dataset}{where} has no labels; evaluation needs labelled images{fix}")
     if isinstance(data, ImageSet):
         shape = tuple(data.images.shape[1:])
         if shape != (info.channels, info.image_size, info.image_size):
