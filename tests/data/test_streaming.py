@@ -148,13 +148,3 @@ def test_memory_or_stream_is_chosen_by_decoded_size_and_can_be_forced(tmp_path, 
     with pytest.raises(Exception, match="stream"):
         training_set.training_data("fashion-mnist", None, image_size=28, channels=1, loader="stream")
 
-
-def test_default_workers_count_the_cpus_the_job_may_use(monkeypatch):
-    """A SLURM job given 5 CPUs on a 64-CPU node: 4 workers (one CPU for the training process), shared by ranks."""
-    import os
-
-    from hybridssl.data.streaming import default_workers
-
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(5)), raising=False)
-    assert (default_workers(), default_workers(2), default_workers(8)) == (4, 2, 1)

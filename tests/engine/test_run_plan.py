@@ -3,6 +3,8 @@ the method was measured to need."""
 
 from __future__ import annotations
 
+import torch
+
 from hybridssl.config import resolve
 from hybridssl.engine.train import budget_hint, run_plan
 from hybridssl.methods import METHODS
@@ -48,3 +50,14 @@ def test_pretrain_prints_its_plan_and_the_note_before_training(fmnist_dir, tmp_p
     assert plan in out
     needed = METHODS["mae"].steps_to_beat_random_init * 256 // 32
     assert f"this run has 1: for features worth evaluating, give it --max-steps {needed} or more" in out
+
+
+def test_devices_auto_counts_cuda_devices_only_for_a_cuda_run(monkeypatch):
+    """On a 4-GPU host, --accelerator cpu --devices auto is one process (Lightning's count), not four."""
+    from hybridssl.engine.train import global_batch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    cpu = resolve({"method": "mae", "accelerator": "cpu", "devices": "auto", "batch_size": 32})
+    gpu = resolve({"method": "mae", "accelerator": "gpu", "devices": "auto", "batch_size": 32})
+    assert (global_batch(cpu), global_batch(gpu)) == (32, 128)

@@ -112,3 +112,20 @@ def test_a_kill_between_the_final_step_checkpoint_and_last_ckpt_resumes_to_a_fin
     last = run / "checkpoints" / "last.ckpt"
     assert finished(last) and load_checkpoint(last)["global_step"] == 4
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt"]
+
+
+def test_a_stale_last_ckpt_of_a_shorter_budget_gives_way_to_the_finished_step_checkpoint(fmnist_dir, tmp_path):
+    """Budget 4 (last.ckpt at 4), extended to 6, killed after step 6's checkpoint: the old last.ckpt is
+    still there, finished for its own budget; the resume must not keep it as the final one."""
+    from hybridssl.engine.stages import finished
+    from tests.conftest import pretrain_tiny
+
+    every = ("--checkpoint-every-steps", "2")
+    run = pretrain_tiny(fmnist_dir, tmp_path / "run", "mae", 4, *every)
+    stale = (run / "checkpoints" / "last.ckpt").read_bytes()
+    pretrain_tiny(fmnist_dir, run, "mae", 6, *every, "--resume")
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(stale)  # the kill came after step 6's checkpoint, before last.ckpt
+    os.utime(last, (1, 1))  # older than step 6's, as it was
+    pretrain_tiny(fmnist_dir, run, "mae", 6, *every, "--resume")
+    assert finished(last) and load_checkpoint(last)["global_step"] == 6

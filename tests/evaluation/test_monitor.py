@@ -55,6 +55,16 @@ def test_only_rank_zero_samples_the_bank():
     assert len(taken) == 1 and monitor.bank is bank and monitor.enabled
 
 
+def test_a_failure_while_sampling_turns_the_monitor_off_instead_of_stalling_the_other_ranks():
+    def broken():
+        raise RuntimeError("the test split went away")
+
+    monitor = KNNMonitor(1, broken, data_info("toy", ImageSet(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), None)), "cls")
+    with pytest.warns(UserWarning, match="the test split went away.*k-NN monitor is off"):
+        monitor.setup(SimpleNamespace(global_rank=0), None, "fit")
+    assert not monitor.enabled
+
+
 def test_measuring_restores_modes_and_leaves_weights_alone():
     images, labels = toy_images(80)
     data = ImageSet(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels).long())

@@ -43,17 +43,9 @@ MAX_SUBSTITUTES = 64  # consecutive unreadable files before a run stops
 STATS_SAMPLES = 512  # images whose pixels give a folder's mean and std
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (a SLURM job's --cpus-per-task, a container's cpuset), not the node's."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity call (macOS, Windows)
-        return os.cpu_count() or 1
-
-
 def default_workers(ranks_per_node: int = 1) -> int:
-    """min(8, usable CPUs - 1) decoding processes, shared by the ranks of a node."""
-    return max(1, min(8, (usable_cpus() - 1) // max(1, ranks_per_node)))
+    """min(8, CPUs - 1) decoding processes, shared by the ranks of a node."""
+    return max(1, min(8, ((os.cpu_count() or 1) - 1) // max(1, ranks_per_node)))
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

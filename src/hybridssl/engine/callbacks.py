@@ -80,9 +80,11 @@ class FinalCheckpoint(Callback):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.written = False  # by this process's Trainer (a resume with nothing left to train writes none)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
+        self.written = True
 
 
 def checkpoint_bytes(module: torch.nn.Module) -> int:

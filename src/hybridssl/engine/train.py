@@ -20,7 +20,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
 from hybridssl.config import RunConfig
-from hybridssl.files import atomic_write, save_yaml
+from hybridssl.files import atomic_write, save_yaml, temporary_path
 from hybridssl.data.loader import InMemoryLoader
 from hybridssl.data.sources import STREAMED, DataInfo
 from hybridssl.data.streaming import StreamingLoader, StreamingSet, default_workers
@@ -66,14 +66,19 @@ class PretrainData(L.LightningDataModule):
         )  # fmt: skip
 
 
+def auto_devices(run_config: RunConfig) -> int:
+    """What Lightning's devices="auto" takes: every CUDA device, one process on the CPU."""
+    return max(1, torch.cuda.device_count()) if uses_cuda(run_config) else 1
+
+
 def global_batch(run_config: RunConfig) -> int:
-    devices = run_config.devices if isinstance(run_config.devices, int) else max(1, torch.cuda.device_count())
+    devices = run_config.devices if isinstance(run_config.devices, int) else auto_devices(run_config)
     return run_config.batch_size * devices * run_config.num_nodes
 
 
 def load_training_data(run_config: RunConfig) -> TrainingData:
     c = run_config
-    devices = c.devices if isinstance(c.devices, int) else max(1, torch.cuda.device_count())
+    devices = c.devices if isinstance(c.devices, int) else auto_devices(c)
     # decoding processes per rank: the node's CPUs shared by its ranks (8 GPUs x 8 workers oversubscribe)
     workers = c.num_workers if c.num_workers is not None else default_workers(devices)
     images = training_data(
@@ -363,10 +368,23 @@ def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFa
         where = f"the last good checkpoint is {kept[0]}" if kept else "no checkpoint was written"
         raise NonFiniteLossError(f"{exc}; stopped, {where}") from None
     last = checkpoint_dir(run_config) / LAST
-    if resume_from is not None and not last.is_file():
+    final = next(c for c in trainer.callbacks if isinstance(c, FinalCheckpoint))
+    if resume_from is not None and not final.written and resume_from.name != LAST:
         # the checkpoint resumed from had reached the budget (a kill came after it, before last.ckpt):
-        # the Trainer trains nothing and writes nothing, so that checkpoint becomes the final one
-        # (each rank copies it: an atomic rename of the same content, no barrier needed)
-        with open(resume_from, "rb") as source:
-            atomic_write(last, lambda f: shutil.copyfileobj(source, f), unique=True)
+        # the Trainer trained nothing and wrote nothing, so that checkpoint becomes the final one
+        promote_to_last(resume_from, last)
     return last
+
+
+def promote_to_last(checkpoint: Path, last: Path) -> None:
+    """`checkpoint` as `last`, atomically: a hard link (no copy of a GB file) where the filesystem has
+    them. Every rank decides the same and writes the same content under its own temporary name, so
+    no rank waits for another before its next stage reads `last`."""
+    tmp = temporary_path(last, unique=True)
+    try:
+        os.link(checkpoint, tmp)
+        os.replace(tmp, last)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        with open(checkpoint, "rb") as source:
+            atomic_write(last, lambda f: shutil.copyfileobj(source, f), unique=True)

@@ -88,7 +88,12 @@ class KNNMonitor(Callback):
     def take_sets(self) -> None:
         if self.bank is not None:
             return
-        self.bank, self.queries = self.sets()
+        try:
+            self.bank, self.queries = self.sets()
+        except Exception as exc:  # noqa: BLE001 - only rank 0 samples: raising here would leave the other ranks at a barrier
+            warnings.warn(f"knn_monitor_every_epochs: sampling the monitor's images failed ({exc}); the k-NN monitor is off", stacklevel=2)
+            self.bank = self.queries = ImageSet(torch.zeros(0, 1, 1, 1, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64))
+            return
         if not self.enabled:
             warnings.warn("knn_monitor_every_epochs: no labelled images to monitor with; the k-NN monitor is off", stacklevel=2)
 
