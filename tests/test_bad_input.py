@@ -201,6 +201,11 @@ def test_an_existing_staged_run_is_refused_before_its_files_are_touched(fmnist_d
     line = one_line_error(capsys, tiny(fmnist_dir, tmp_path / "run", "--max-steps", "2", method="mae-ct"))
     assert f"output: {tmp_path / 'run'} already holds a run (stage3-tune/checkpoints/last.ckpt)" in line
     assert (tmp_path / "run" / "config.yaml").read_text() == "the old run's\n" and not (tmp_path / "run" / "stages.yaml").exists()
+    plain = tmp_path / "plain" / "checkpoints"  # a plain run where a staged one is asked for
+    plain.mkdir(parents=True)
+    (plain / "last.ckpt").write_bytes(b"a run was here")
+    line = one_line_error(capsys, tiny(fmnist_dir, tmp_path / "plain", "--max-steps", "2", method="mae-ct"))
+    assert "already holds a run (checkpoints/last.ckpt)" in line and not (tmp_path / "plain" / "config.yaml").exists()
 
 
 def test_init_from_a_checkpoint_of_another_model(mae_run, fmnist_dir, tmp_path, capsys):

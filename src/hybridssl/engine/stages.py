@@ -68,8 +68,8 @@ def pretrain(run_config: RunConfig, callbacks: CallbackFactory | None = None) ->
     for stage in stages:
         configs.append(stage_config(run_config, stage, previous))
         previous = checkpoint_dir(configs[-1]) / LAST
-    if not run_config.resume:  # before any file of the run folder is written
-        for config in configs:
+    if not run_config.resume:  # before any file of the run folder is written (its top: a plain run there)
+        for config in [run_config, *configs]:
             refuse_a_run_folder(config, checkpoints_of(config), Path(run_config.output))
     images = load_training_data(configs[0])
     if len(configs) > 1:

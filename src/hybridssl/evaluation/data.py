@@ -66,7 +66,8 @@ def eval_split(dataset: str, split: str, data_dir: Path | None, eval_data_dir: P
                                   crop_fraction=crop_fraction)  # fmt: skip
     if data.labels is None or (data.labels < 0).all():
         where = f" ({source})" if dataset in STREAMED else ""
-        fix = (": put its images in class subfolders, or give --eval-data-dir a file list with a `path,label` line "
+        flag = "--eval-data-dir" if split == "test" else "--data-dir"
+        fix = (f": put its images in class subfolders, or give {flag} a file list with a `path,label` line "
                "per image (ImageNet's flat val/ needs one)") if dataset == "folder" else ""
         raise DataError(f"the {split} split of {dataset}{where} has no labels; evaluation needs labelled images{fix}")
     if isinstance(data, ImageSet):
