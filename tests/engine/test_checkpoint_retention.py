@@ -29,6 +29,31 @@ def test_keep_checkpoints_keeps_the_newest_and_a_resume_goes_on_pruning(fmnist_d
     assert saved(run) == ["last.ckpt", "step0000008.ckpt", "step0000010.ckpt"]
 
 
+def test_a_resume_from_a_step_file_prunes_that_file_too(fmnist_dir, tmp_path):
+    """A killed run (no last.ckpt) resumes from its newest step file; once newer files exist that one goes
+    like any other. Lightning keeps the file a run resumed from, so each requeue left one more."""
+    every = ("--checkpoint-every-steps", "2", "--keep-checkpoints", "2")
+    run = pretrain_tiny(fmnist_dir, tmp_path / "run", "mae", 6, *every)
+    (run / "checkpoints" / "last.ckpt").unlink()  # as if killed after step 6's save
+    pretrain_tiny(fmnist_dir, run, "mae", 12, *every, "--resume")  # resumes from step0000006.ckpt
+    assert saved(run) == ["last.ckpt", "step0000010.ckpt", "step0000012.ckpt"]
+
+
+def test_a_checkpoint_resumed_from_outside_the_run_folder_is_never_removed(tmp_path):
+    from types import SimpleNamespace
+
+    from hybridssl.engine.callbacks import RollingCheckpoint
+
+    keep = RollingCheckpoint(dirpath=tmp_path / "run" / "checkpoints", monitor="step", mode="max", save_top_k=2)
+    elsewhere = str(tmp_path / "other" / "step0000006.ckpt")
+    own = str(tmp_path / "run" / "checkpoints" / "step0000006.ckpt")
+    new = str(tmp_path / "run" / "checkpoints" / "step0000010.ckpt")
+    assert not keep._should_remove_checkpoint(SimpleNamespace(ckpt_path=elsewhere), elsewhere, new)
+    assert keep._should_remove_checkpoint(SimpleNamespace(ckpt_path=own), own, new)
+    assert not keep._should_remove_checkpoint(SimpleNamespace(ckpt_path=own), own, own)
+    assert keep.state_key.startswith("ModelCheckpoint{")  # checkpoints written before keep their pruning list
+
+
 def test_without_keep_every_checkpoint_stays(fmnist_dir, tmp_path):
     run = pretrain_tiny(fmnist_dir, tmp_path / "run", "mae", 6, "--checkpoint-every-steps", "2")
     assert saved(run) == ["last.ckpt", "step0000002.ckpt", "step0000004.ckpt", "step0000006.ckpt"]

@@ -1,5 +1,5 @@
-"""Small Lightning callbacks: data position, throughput in the progress bar, final checkpoint, disk room,
-checkpoint settings changed or the run folder moved on a resume."""
+"""Small Lightning callbacks: data position, throughput in the progress bar, periodic and final checkpoints,
+disk room, checkpoint settings changed or the run folder moved on a resume."""
 
 from __future__ import annotations
 
@@ -165,6 +165,25 @@ def rebased_checkpoint_paths(state: dict, folder: str) -> dict:
         "best_k_models": {moved(path): score for path, score in state.get("best_k_models", {}).items()},
         "dirpath": folder,
     }
+
+
+class RollingCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose keep_checkpoints pruning also removes the file the run resumed from. Lightning
+    never deletes that file (it guards a checkpoint a user resumed from elsewhere), so each requeue of a
+    killed run left one more file outside the pruning (about 1 GB for a ViT-B run). Here that file is one of
+    the run's own, in its own folder, and a newer one has been written (atomically) before it goes."""
+
+    def _generate_state_key(self, **kwargs) -> str:
+        # the key checkpoints written with Lightning's class carry, so their pruning list is restored on resume
+        return f"ModelCheckpoint{kwargs!r}"
+
+    def _should_remove_checkpoint(self, trainer: L.Trainer, previous: str, current: str) -> bool:
+        resumed_from = trainer.ckpt_path
+        if resumed_from is not None and previous != current and self.dirpath is not None:
+            previous_path = Path(previous).absolute()
+            if previous_path == Path(resumed_from).absolute() and previous_path.parent == Path(self.dirpath).absolute():
+                return True
+        return super()._should_remove_checkpoint(trainer, previous, current)
 
 
 class CheckpointSettings(Callback):

@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.layer_sync import LayerSync, TorchSyncBatchNorm
 from lightning.pytorch.strategies import DDPStrategy
@@ -27,7 +27,15 @@ from hybridssl.data.streaming import StreamingLoader, StreamingSet, default_work
 from hybridssl.data.training_set import TrainingData, training_data, training_info
 from hybridssl.data.views import Crop
 from hybridssl.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
-from hybridssl.engine.callbacks import CheckpointSettings, DataPosition, DiskRoom, FinalCheckpoint, ProgressBar, Throughput
+from hybridssl.engine.callbacks import (
+    CheckpointSettings,
+    DataPosition,
+    DiskRoom,
+    FinalCheckpoint,
+    ProgressBar,
+    RollingCheckpoint,
+    Throughput,
+)
 from hybridssl.engine.checkpoints import AtomicCheckpointIO, check_fits, load_checkpoint, run_label, trained_with
 from hybridssl.engine.logs import preserve_metrics
 from hybridssl.engine.module import PretrainModule
@@ -278,7 +286,7 @@ def build_trainer(
     # resumed from an epoch-end save ended its next epoch after one batch (measured)
     every_steps = checkpoint_every(run_config, num_images)
     keep = run_config.keep_checkpoints
-    periodic = ModelCheckpoint(
+    periodic = RollingCheckpoint(
         dirpath=checkpoint_dir(run_config),
         filename="step{step:07d}",
         auto_insert_metric_name=False,
