@@ -129,3 +129,24 @@ def test_a_stale_last_ckpt_of_a_shorter_budget_gives_way_to_the_finished_step_ch
     os.utime(last, (1, 1))  # older than step 6's, as it was
     pretrain_tiny(fmnist_dir, run, "mae", 6, *every, "--resume")
     assert finished(last) and load_checkpoint(last)["global_step"] == 6
+
+
+@pytest.mark.parametrize("node_rank", ["0", "1"])
+def test_under_a_node_rank_launch_only_node_0_writes_before_the_trainer(fmnist_dir, tmp_path, monkeypatch, node_rank):
+    """The same command on every node with NODE_RANK set (Lightning's multi-node launch, no torchrun):
+    node 1's first process has no rank variable and, until the Trainer, must not write the run's files."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from hybridssl.engine import stages
+    from hybridssl.engine.train import RANK_VARIABLES
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NODE_RANK", node_rank)
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    monkeypatch.setattr(stages, "train_run", lambda *args, **kwargs: None)  # up to the Trainer only
+    out = tmp_path / "run"
+    assert main(["pretrain", "--method", "mae-ct", *TINY, "--data-dir", str(fmnist_dir), "--max-steps", "2", "--output", str(out)]) == 0
+    written = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert written == ([] if node_rank == "1" else ["config.yaml", "stages.yaml"])
+    assert (rank_zero_only.rank == 0) == (node_rank == "0")

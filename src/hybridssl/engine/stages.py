@@ -20,7 +20,7 @@ from hybridssl.config import RunConfig, validate_method_args
 from hybridssl.data.training_set import training_info
 from hybridssl.engine.checkpoints import load_checkpoint
 from hybridssl.engine.train import LAST, CallbackFactory, check_queues, checkpoint_dir, checkpoints_of, load_training_data
-from hybridssl.engine.train import quiet_lightning, refuse_a_run_folder, seeded_method, train_run
+from hybridssl.engine.train import other_nodes_are_not_rank_zero, quiet_lightning, refuse_a_run_folder, seeded_method, train_run
 from hybridssl.errors import CheckpointError
 from hybridssl.files import save_yaml
 from hybridssl.methods.base import METHODS, Stage
@@ -62,6 +62,7 @@ def pretrain(run_config: RunConfig, callbacks: CallbackFactory | None = None) ->
     """Trains every stage of `run.method` in order; returns the last stage's final checkpoint.
     `callbacks` adds callbacks to each stage's Trainer (the evaluation side's online k-NN monitor)."""
     quiet_lightning()
+    other_nodes_are_not_rank_zero()
     stages = METHODS[run_config.method].stages(run_config)
     configs: list[RunConfig] = []
     previous = run_config.init_from
