@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import asdict
 from typing import Any
@@ -57,6 +58,28 @@ def method_batch(method: Method, batch: dict[str, Any]) -> Batch:
     return Batch(views, ids, batch["labels"])
 
 
+OPTIMIZER_SETTINGS = ("initial_lr", "weight_decay", "betas")
+
+
+def restore_group_settings(scheduler: torch.optim.lr_scheduler.LambdaLR, settings: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """Puts this run's peak lr, weight decay and betas back into every parameter group of a restored
+    optimizer (and the scheduler's base lrs); returns (setting, checkpoint's, this run's) for each group
+    setting that differed."""
+    changed = []
+    for i, (group, own) in enumerate(zip(scheduler.optimizer.param_groups, settings)):
+        for key in OPTIMIZER_SETTINGS:
+            before, after = group.get(key), own[key]
+            if key != "betas" and before is not None and math.isclose(before, after, rel_tol=1e-9):
+                continue
+            if key == "betas" and tuple(before) == tuple(after):
+                continue
+            name = "peak lr" if key == "initial_lr" else key
+            changed.append((f"group {i}", f"{name} {before}", f"{name} {after}"))
+            group[key] = after
+        scheduler.base_lrs[i] = own["initial_lr"]
+    return changed
+
+
 class PretrainModule(L.LightningModule):
     def __init__(self, method: Method, run_config: RunConfig, info: DataInfo, steps_per_epoch: int) -> None:
         super().__init__()
@@ -106,13 +129,22 @@ class PretrainModule(L.LightningModule):
             warmup = int(opt.warmup_fraction * total)
         self.schedule = (total, min(warmup, total), opt.min_lr_fraction)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(*self.schedule))
+        # this run's own settings per group: a resume restores the checkpoint's, on_train_start puts these back
+        self.group_settings = [{key: group[key] for key in OPTIMIZER_SETTINGS} for group in optimizer.param_groups]
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_start(self) -> None:
-        """A resume restored the schedule the checkpoint was trained towards; a run resumed with another
-        budget (more epochs) follows its own, from this step on."""
+        """A resume restored the schedule and the optimizer settings the checkpoint was trained with; a
+        run resumed with another budget (more epochs) or another lr, weight decay or betas follows its
+        own from this step on (as the official MAE code, which sets the lr from its arguments each step)."""
         for config in self.trainer.lr_scheduler_configs:
             scheduler = config.scheduler
+            changed = restore_group_settings(scheduler, self.group_settings)
+            if changed:
+                where, before, after = changed[0]
+                more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+                rank_zero_warn(f"resume: the checkpoint was trained with {before}, this run has {after} ({where}{more}): "
+                               f"this run's optimizer settings apply from step {self.global_step} on")  # fmt: skip
             for schedule in scheduler.lr_lambdas:
                 schedule.total_steps, schedule.warmup_steps, schedule.min_fraction = self.schedule
             for group, base, schedule in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
