@@ -83,6 +83,15 @@ def test_queue_and_ema_two_processes_match_one(fmnist_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["nnclr", "macrl"])
+def test_methods_without_buffer_broadcast_two_processes_match_one(method, fmnist_dir, tmp_path):
+    """These skip DDP's per-forward copy of rank 0's buffers (queue, EMA BatchNorm statistics): a rank
+    whose buffers drifted would change the mean loss, so matching one process shows they agree."""
+    assert not METHODS[method].broadcast_buffers
+    assert_two_processes_match_one(method, fmnist_dir, tmp_path, "--set", "method_args.queue_size=48")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_on_two_processes(method, fmnist_dir, tmp_path):
     # a queue of 48 fits the 64 images and holds one global batch (32)

@@ -64,6 +64,9 @@ class MACRL(Method):
     Config = MACRLConfig
     eval_pooling = "mean_patch"  # the contrastive feature is the mean patch token
     run_defaults = {"optim": MAE_OPTIM}
+    # the queue is written from gathered keys, the EMA branch follows identical weights and the
+    # projectors' BatchNorm sees the global batch: every buffer is the same on every rank
+    broadcast_buffers = False
 
     def __init__(self, cfg: MACRLConfig, encoder, info) -> None:
         super().__init__(cfg, encoder, info)
