@@ -150,3 +150,21 @@ def test_under_a_node_rank_launch_only_node_0_writes_before_the_trainer(fmnist_d
     written = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert written == ([] if node_rank == "1" else ["config.yaml", "stages.yaml"])
     assert (rank_zero_only.rank == 0) == (node_rank == "0")
+
+
+def test_a_resume_refused_by_a_later_stage_leaves_the_run_files_alone(maect_run, tmp_path, capsys):
+    """Stage 3 was interrupted; a resume with another global batch is refused before config.yaml and
+    stages.yaml are rewritten. Finished stages are not checked: with stage 3 not begun, the same
+    resume starts it from stage 2 at the new batch."""
+    out, args = maect_run
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)
+    ckpts = tmp_path / "stage3-tune" / "checkpoints"
+    (ckpts / "last.ckpt").unlink()  # stage 3 interrupted after step 4's save
+    before = {name: (tmp_path / name).read_bytes() for name in ("config.yaml", "stages.yaml")}
+    resumed = [a if a != str(out) else str(tmp_path) for a in args] + ["--resume", "--batch-size", "8"]
+    assert main(resumed) == 2
+    assert "batch_size: the checkpoint was trained at a global batch of 16" in capsys.readouterr().err
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    shutil.rmtree(tmp_path / "stage3-tune")
+    assert main(resumed) == 0
+    assert last(tmp_path, "stage3-tune")["callbacks"]["DataPosition"]["global_batch"] == 8

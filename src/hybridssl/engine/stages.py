@@ -19,7 +19,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from hybridssl.config import RunConfig, validate_method_args
 from hybridssl.data.training_set import training_info
 from hybridssl.engine.checkpoints import load_checkpoint
-from hybridssl.engine.train import LAST, CallbackFactory, check_queues, checkpoint_dir, checkpoints_of, load_training_data
+from hybridssl.engine.train import LAST, CallbackFactory, check_queues, check_resumable, checkpoint_dir, checkpoints_of, load_training_data
 from hybridssl.engine.train import other_nodes_are_not_rank_zero, quiet_lightning, refuse_a_run_folder, seeded_method, train_run
 from hybridssl.errors import CheckpointError
 from hybridssl.files import save_yaml
@@ -72,17 +72,22 @@ def pretrain(run_config: RunConfig, callbacks: CallbackFactory | None = None) ->
     if not run_config.resume:  # before any file of the run folder is written (its top: a plain run there)
         for config in [run_config, *configs]:
             refuse_a_run_folder(config, checkpoints_of(config), Path(run_config.output))
+    # with --resume, a stage before the last whose final checkpoint is finished is skipped
+    training = [not (run_config.resume and config is not configs[-1] and finished(checkpoint_dir(config) / LAST)) for config in configs]
     images = load_training_data(configs[0])
     if len(configs) > 1:
         info = training_info(run_config.dataset, images)
-        for config in configs:  # every stage's settings checked against the data before any training
-            check_queues(seeded_method(config.model_copy(update={"init_from": None}), info), config, len(images))
+        for config, trains in zip(configs, training):
+            # every stage checked against the data, and against the checkpoint it resumes, before any write
+            method = seeded_method(config.model_copy(update={"init_from": None}), info)
+            check_queues(method, config, len(images))
+            if trains and run_config.resume and (found := checkpoints_of(config)):
+                check_resumable(found[0], config, method)
         if rank_zero_only.rank == 0:
             save_yaml(run_config.dump(), Path(run_config.output) / "config.yaml")
             listing = [{"folder": s.folder, "method": s.method, "epochs": s.epochs} for s in stages]
             save_yaml({"stages": listing}, Path(run_config.output) / STAGES_FILE)
-    for i, config in enumerate(configs):
-        last_stage = i == len(configs) - 1
-        if not (run_config.resume and not last_stage and finished(checkpoint_dir(config) / LAST)):
+    for config, trains in zip(configs, training):
+        if trains:
             train_run(config, images, callbacks)
     return checkpoint_dir(configs[-1]) / LAST

@@ -167,6 +167,19 @@ def check_global_batch(ckpt: dict, run_config: RunConfig) -> None:
         )
 
 
+def check_resumable(path: Path, run_config: RunConfig, method: Method) -> dict:
+    """The checkpoint (tensors mapped, not read) if this run can continue it: same method and model,
+    weights of the same shapes, the same global batch; refused otherwise."""
+    ckpt = load_checkpoint(path, mmap=True)
+    config = ckpt["hybridssl"]["config"]
+    problem = f"resume: checkpoint {path} was trained with {trained_with(ckpt)}, this run is {run_label(run_config)}"
+    if (config.get("method"), config.get("model")) != (run_config.method, run_config.model):
+        raise CheckpointError(problem)
+    check_fits(ckpt, method.state_dict(), f"{problem} with other settings", "method.")
+    check_global_batch(ckpt, run_config)
+    return ckpt
+
+
 def resume_checkpoint(run_config: RunConfig, method: Method, num_images: int | None = None) -> Path | None:
     """With --resume: the newest checkpoint of the run folder, checked against this run; without it,
     a folder that already holds a run is refused rather than mixed with a new one."""
@@ -178,13 +191,7 @@ def resume_checkpoint(run_config: RunConfig, method: Method, num_images: int | N
         warnings.warn(f"--resume: no checkpoint in {checkpoint_dir(run_config)}; starting from scratch", stacklevel=2)
         return None
     path = found[0]
-    ckpt = load_checkpoint(path, mmap=True)
-    config = ckpt["hybridssl"]["config"]
-    problem = f"resume: checkpoint {path} was trained with {trained_with(ckpt)}, this run is {run_label(run_config)}"
-    if (config.get("method"), config.get("model")) != (run_config.method, run_config.model):
-        raise CheckpointError(problem)
-    check_fits(ckpt, method.state_dict(), f"{problem} with other settings", "method.")
-    check_global_batch(ckpt, run_config)
+    ckpt = check_resumable(path, run_config, method)
     planned = [lam.get("total_steps") for sched in ckpt.get("lr_schedulers") or [] for lam in sched.get("lr_lambdas") or [] if lam]
     if num_images is not None and planned and planned[0] != (budget := optimizer_steps(run_config, num_images)):
         warnings.warn(f"resume: {path.name} was trained towards {planned[0]:,} optimizer steps, this run's budget is {budget:,}: "
