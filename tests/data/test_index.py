@@ -149,3 +149,35 @@ def test_file_lists_saved_by_spreadsheets_and_with_other_headers(tmp_path):
     listed.write_bytes("\ufefffilename,class\na.jpg,x\nb.jpg,y\n".encode())
     index = file_index(listed)
     assert len(index) == 2 and index.classes == ["x", "y"] and index.path(0) == tmp_path / "a.jpg"
+
+
+def _index_in_a_process(folder: str, calls: str) -> None:
+    import hybridssl.data.index as index_module
+
+    original = index_module.list_folder
+
+    def slow_listing(path):
+        with open(calls, "a") as f:
+            f.write("listed\n")
+        time.sleep(0.5)  # long enough for the other processes to arrive while it lists
+        return original(path)
+
+    index_module.list_folder = slow_listing
+    assert len(index_module.file_index(Path(folder))) == 3
+
+
+def test_processes_starting_together_list_a_cold_folder_once(tmp_path):
+    """As the 8 processes of a torchrun node do: one lists, the others wait and read its index."""
+    import multiprocessing
+
+    for i in range(3):
+        jpeg(tmp_path / "d" / "k" / f"{i}.jpg")
+    calls = tmp_path / "calls.txt"
+    context = multiprocessing.get_context("fork")
+    procs = [context.Process(target=_index_in_a_process, args=(str(tmp_path / "d"), str(calls))) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert calls.read_text().splitlines() == ["listed"]

@@ -13,6 +13,8 @@ The index of a folder is built once and cached under ~/.cache/hybridssl/index/ (
 to put it elsewhere, e.g. on storage shared by the nodes; not inside the data folder, whose own
 modification time it would change), together with the modification time of every directory it
 listed: adding, removing or renaming a file changes its directory's time and the index is rebuilt.
+Processes that start together (every rank of a node) take a lock beside the cache file: one lists, the
+others read its index.
 Paths are kept as one NumPy byte array, not a list of Python strings, so DataLoader workers forked
 from the main process do not copy it page by page (reference counts would touch every string).
 """
@@ -23,12 +25,14 @@ import csv
 import hashlib
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-
+from filelock import FileLock
 from torch import Tensor
 
 from hybridssl.data.decode import IMAGE_SUFFIXES, read_image
@@ -238,14 +242,38 @@ def file_index(source: Path, cache: bool = True) -> FileIndex:
     """The index of a folder (cached, see the module docstring) or of a file list."""
     if source.is_file():
         return read_file_list(source)
-    cache_file = _cache_file(source)
-    index = _load_cached(cache_file, source) if cache else None
-    if index is None:
-        index, dirs = list_folder(source)
-        if cache:
-            _save_cached(cache_file, index, dirs)
+    if not cache:
+        index = list_folder(source)[0]
+    else:
+        cache_file = _cache_file(source)
+        index = _load_cached(cache_file, source)
+        if index is None:
+            with _one_lister(cache_file):  # the others wait, then read what it wrote
+                index = _load_cached(cache_file, source)
+                if index is None:
+                    index, dirs = list_folder(source)
+                    _save_cached(cache_file, index, dirs)
     _warn_ignored_top_level(index)
     return index
+
+
+@contextmanager
+def _one_lister(cache: Path) -> Iterator[None]:
+    """A lock beside the cache file, so that of the processes starting at once (8 per node under
+    torchrun) one lists a cold folder and the others read its index, instead of all listing a million
+    files on a network filesystem together. The OS releases it if its holder dies. A place where no
+    lock can be made (read-only) lists without one."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(cache.with_suffix(".lock")))
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _warn_ignored_top_level(index: FileIndex) -> None:
