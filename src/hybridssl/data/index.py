@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from torch import Tensor
 
 from hybridssl.data.decode import IMAGE_SUFFIXES, read_image
@@ -41,6 +41,7 @@ from hybridssl.errors import DataError
 SPLIT_FOLDERS = {"train": ("train",), "test": ("val", "validation", "test")}
 LIST_SUFFIXES = {".csv", ".txt"}
 INDEX_VERSION = 1
+LISTING_WAIT_S = 3600  # the longest a process waits for another to list a folder (a million files on NFS: minutes)
 
 
 class LabelledSamples:
@@ -262,12 +263,12 @@ def _one_lister(cache: Path) -> Iterator[None]:
     """A lock beside the cache file, so that of the processes starting at once (8 per node under
     torchrun) one lists a cold folder and the others read its index, instead of all listing a million
     files on a network filesystem together. The OS releases it if its holder dies. A place where no
-    lock can be made (read-only) lists without one."""
+    lock can be made (read-only, no file locks), or a wait past LISTING_WAIT_S, lists without one."""
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(cache.with_suffix(".lock")))
-        lock.acquire()
-    except OSError:
+        lock.acquire(timeout=LISTING_WAIT_S)
+    except (OSError, NotImplementedError, Timeout):  # Timeout is an OSError in recent filelock versions
         yield
         return
     try:
