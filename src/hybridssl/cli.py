@@ -80,7 +80,7 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
 def add_loader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loader", choices=("auto", "memory", "stream"),
                    help="folder datasets: decode into memory first or stream files through workers (default auto: by size)")
-    p.add_argument("--num-workers", type=int, help="streaming: decoding processes per rank (default min(8, (CPUs - 1) / devices))")
+    p.add_argument("--num-workers", type=int, help="streaming: decoding processes per rank (default min(8, (CPUs - 1) / devices, the process's own CPUs - 1))")
 
 
 def flags_to_layer(args: argparse.Namespace) -> dict[str, Any]:

@@ -31,7 +31,7 @@ class RunConfig(StrictModel):
     # folder datasets: decode everything into memory first ("memory": fastest for small data) or stream the
     # files through DataLoader workers ("stream"); "auto": memory up to MEMORY_BUDGET_BYTES decoded, else stream
     loader: Literal["auto", "memory", "stream"] = "auto"
-    num_workers: NonNegativeInt | None = None  # streaming: decoding processes per rank; None: min(8, (CPUs - 1) / devices)
+    num_workers: NonNegativeInt | None = None  # streaming: decoding processes per rank; None: min(8, (CPUs - 1) / devices, own CPUs - 1)
     limit_train: PositiveInt | None = None
     model: str = "vit-pico"
     patch_size: PositiveInt | None = None  # default: 4 px up to 32 px images, 8 up to 96, else 16

@@ -148,3 +148,21 @@ def test_memory_or_stream_is_chosen_by_decoded_size_and_can_be_forced(tmp_path, 
     with pytest.raises(Exception, match="stream"):
         training_set.training_data("fashion-mnist", None, image_size=28, channels=1, loader="stream")
 
+
+
+@pytest.mark.parametrize(
+    ("node_cpus", "own_cpus", "ranks", "workers"),
+    [
+        (96, 96, 8, 8),  # torchrun, no binding: the node's 95 spare CPUs shared by 8 ranks, capped at 8
+        (96, 12, 8, 8),  # SLURM per-task binding of 12 CPUs: its own 12 are not divided again
+        (96, 4, 8, 3),  # SLURM --cpus-per-task 4: 3 workers and the main process on its 4 CPUs
+        (16, 16, 8, 1),  # a small node with many ranks
+        (2, 2, 1, 1),  # this kind of CI machine
+    ],
+)
+def test_default_workers_fit_the_node_and_the_process_cpus(monkeypatch, node_cpus, own_cpus, ranks, workers):
+    import hybridssl.data.streaming as streaming
+
+    monkeypatch.setattr(streaming.os, "cpu_count", lambda: node_cpus)
+    monkeypatch.setattr(streaming, "usable_cpus", lambda: own_cpus)
+    assert streaming.default_workers(ranks) == workers

@@ -44,8 +44,19 @@ STATS_SAMPLES = 512  # images whose pixels give a folder's mean and std
 
 
 def default_workers(ranks_per_node: int = 1) -> int:
-    """min(8, CPUs - 1) decoding processes, shared by the ranks of a node."""
-    return max(1, min(8, ((os.cpu_count() or 1) - 1) // max(1, ranks_per_node)))
+    """min(8, CPUs - 1) decoding processes, the node's CPUs shared by its ranks, and never more than the
+    CPUs this process may run on: under SLURM's per-task binding those are already the task's own (so
+    they are not divided again), and a task of 4 CPUs on a 96-CPU node gets 3 workers, not 8."""
+    node = ((os.cpu_count() or 1) - 1) // max(1, ranks_per_node)
+    return max(1, min(8, node, usable_cpus() - 1))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a SLURM task's; all of them elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
