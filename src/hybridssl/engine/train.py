@@ -23,7 +23,7 @@ from hybridssl.config import RunConfig
 from hybridssl.files import atomic_write, save_yaml, temporary_path
 from hybridssl.data.loader import InMemoryLoader
 from hybridssl.data.sources import STREAMED, DataInfo
-from hybridssl.data.streaming import StreamingLoader, StreamingSet, default_workers
+from hybridssl.data.streaming import StreamingLoader, StreamingSet, default_workers, usable_cpus
 from hybridssl.data.training_set import TrainingData, training_data, training_info
 from hybridssl.data.views import Crop
 from hybridssl.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
@@ -387,7 +387,7 @@ def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFa
         if (hint := budget_hint(run_config, method, len(images))) is not None:
             print(f"hybridssl: {hint}", flush=True)
     if run_config.accelerator == "cpu" and trainer.world_size > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices)))
+        torch.set_num_threads(max(1, min((os.cpu_count() or 1) // max(1, trainer.num_devices), usable_cpus())))
     data = PretrainData(images, method.views.crops, run_config.batch_size, run_config.seed, run_config.global_batch_views)
     try:
         trainer.fit(PretrainModule(method, run_config, info, steps_per_epoch(run_config, len(images))), datamodule=data, ckpt_path=resume_from)
