@@ -131,10 +131,11 @@ def test_a_stale_last_ckpt_of_a_shorter_budget_gives_way_to_the_finished_step_ch
     assert finished(last) and load_checkpoint(last)["global_step"] == 6
 
 
-@pytest.mark.parametrize("node_rank", ["0", "1"])
-def test_under_a_node_rank_launch_only_node_0_writes_before_the_trainer(fmnist_dir, tmp_path, monkeypatch, node_rank):
+@pytest.mark.parametrize(("node_rank", "nodes"), [("0", "2"), ("1", "2"), ("1", "1")])
+def test_under_a_node_rank_launch_only_node_0_writes_before_the_trainer(fmnist_dir, tmp_path, monkeypatch, node_rank, nodes):
     """The same command on every node with NODE_RANK set (Lightning's multi-node launch, no torchrun):
-    node 1's first process has no rank variable and, until the Trainer, must not write the run's files."""
+    node 1's first process has no rank variable and, until the Trainer, must not write the run's files.
+    A one-node run that inherited a NODE_RANK is rank 0 (nothing would reset it later)."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from hybridssl.engine import stages
@@ -146,10 +147,12 @@ def test_under_a_node_rank_launch_only_node_0_writes_before_the_trainer(fmnist_d
     monkeypatch.setattr(rank_zero_only, "rank", 0)
     monkeypatch.setattr(stages, "train_run", lambda *args, **kwargs: None)  # up to the Trainer only
     out = tmp_path / "run"
-    assert main(["pretrain", "--method", "mae-ct", *TINY, "--data-dir", str(fmnist_dir), "--max-steps", "2", "--output", str(out)]) == 0
+    args = ["pretrain", "--method", "mae-ct", *TINY, "--data-dir", str(fmnist_dir), "--max-steps", "2", "--num-nodes", nodes]
+    assert main([*args, "--output", str(out)]) == 0
+    other_node = node_rank == "1" and nodes == "2"
     written = sorted(p.name for p in out.iterdir()) if out.exists() else []
-    assert written == ([] if node_rank == "1" else ["config.yaml", "stages.yaml"])
-    assert (rank_zero_only.rank == 0) == (node_rank == "0")
+    assert written == ([] if other_node else ["config.yaml", "stages.yaml"])
+    assert (rank_zero_only.rank == 0) == (not other_node)
 
 
 def test_a_resume_refused_by_a_later_stage_leaves_the_run_files_alone(maect_run, tmp_path, capsys):

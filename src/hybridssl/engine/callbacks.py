@@ -4,6 +4,7 @@ disk room, checkpoint settings changed or the run folder moved on a resume."""
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import time
 import warnings
@@ -180,8 +181,8 @@ class RollingCheckpoint(ModelCheckpoint):
     def _should_remove_checkpoint(self, trainer: L.Trainer, previous: str, current: str) -> bool:
         resumed_from = trainer.ckpt_path
         if resumed_from is not None and previous != current and self.dirpath is not None:
-            previous_path = Path(previous).absolute()
-            if previous_path == Path(resumed_from).absolute() and previous_path.parent == Path(self.dirpath).absolute():
+            previous_path = os.path.realpath(previous)  # Lightning keeps dirpath as a real path
+            if previous_path == os.path.realpath(resumed_from) and os.path.dirname(previous_path) == os.path.realpath(self.dirpath):
                 return True
         return super()._should_remove_checkpoint(trainer, previous, current)
 

@@ -62,7 +62,7 @@ def pretrain(run_config: RunConfig, callbacks: CallbackFactory | None = None) ->
     """Trains every stage of `run.method` in order; returns the last stage's final checkpoint.
     `callbacks` adds callbacks to each stage's Trainer (the evaluation side's online k-NN monitor)."""
     quiet_lightning()
-    other_nodes_are_not_rank_zero()
+    other_nodes_are_not_rank_zero(run_config)
     stages = METHODS[run_config.method].stages(run_config)
     configs: list[RunConfig] = []
     previous = run_config.init_from

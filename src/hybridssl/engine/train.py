@@ -340,13 +340,14 @@ def build_trainer(
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")  # what Lightning reads at import
 
 
-def other_nodes_are_not_rank_zero() -> None:
+def other_nodes_are_not_rank_zero(run_config: RunConfig) -> None:
     """Under Lightning's own multi-node launch (the same command on every node, NODE_RANK set, no
     torchrun or srun) the first process of every node but node 0 has no rank variable yet, and Lightning
     counts it as rank 0 until the Trainer sets up its real rank: before that it would write the run's
     config.yaml, move metrics.csv on a resume and print, beside node 0, into the same shared folder."""
     node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
-    if node > 0 and not any(name in os.environ for name in RANK_VARIABLES):
+    # a one-node run keeps rank 0 whatever it inherited: its single-device strategy never resets the rank
+    if run_config.num_nodes > 1 and node > 0 and not any(name in os.environ for name in RANK_VARIABLES):
         rank_zero_only.rank = node  # any rank but 0; the Trainer's strategy sets the global one
 
 
