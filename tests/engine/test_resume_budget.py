@@ -64,3 +64,36 @@ def test_a_changed_lr_on_resume_applies_from_there(fmnist_dir, tmp_path):
         warnings.simplefilter("always")
         pretrain_tiny(fmnist_dir, again, "mae", 4, *every, "--resume")
     assert not [w for w in seen if "optimizer settings apply" in str(w.message)]
+
+
+def test_another_grouping_of_the_weights_is_refused_with_the_sizes():
+    """Other frozen blocks or layer decay regroup the weights; the optimizer state would not load."""
+    from types import SimpleNamespace
+
+    from hybridssl.engine.train import check_param_groups
+    from hybridssl.errors import CheckpointError
+
+    ckpt = {"optimizer_states": [{"param_groups": [{"params": [0, 1, 2]}, {"params": [3]}]}]}
+    run = SimpleNamespace(optim=SimpleNamespace(weight_decay=0.05))
+    same = SimpleNamespace(param_groups=lambda wd: [{"params": ["a", "b", "c"]}, {"params": ["d"]}])
+    check_param_groups(ckpt, same, run, "resume")
+    other = SimpleNamespace(param_groups=lambda wd: [{"params": ["a", "b"]}, {"params": ["c"]}, {"params": ["d"]}])
+    with pytest.raises(CheckpointError, match=r"2 parameter groups of \[3, 1\] tensors, this run's 3 of \[2, 1, 1\]"):
+        check_param_groups(ckpt, other, run, "resume")
+
+
+def test_a_restored_optimizer_gets_this_runs_settings_in_every_group():
+    """Groups of different lrs (layer decay), betas and weight decay: each put back, each change named."""
+    import torch
+
+    from hybridssl.engine.module import restore_group_settings
+
+    weights = [torch.nn.Parameter(torch.zeros(2)) for _ in range(2)]
+    optimizer = torch.optim.AdamW([{"params": [weights[0]], "lr": 0.1}, {"params": [weights[1]], "lr": 0.4}], betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    own = [{"initial_lr": 0.2, "weight_decay": 0.05, "betas": (0.9, 0.95)}, {"initial_lr": 0.4, "weight_decay": 0.05, "betas": (0.9, 0.999)}]
+    changed = restore_group_settings(scheduler, own)
+    assert scheduler.base_lrs == [0.2, 0.4]
+    assert [(g["initial_lr"], g["weight_decay"], tuple(g["betas"])) for g in optimizer.param_groups] == [(0.2, 0.05, (0.9, 0.95)), (0.4, 0.05, (0.9, 0.999))]
+    assert [c[1].split()[0] for c in changed] == ["peak", "weight_decay", "weight_decay", "betas"]  # group 1 keeps its lr
+    assert restore_group_settings(scheduler, own) == []

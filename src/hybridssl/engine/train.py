@@ -177,7 +177,21 @@ def check_resumable(path: Path, run_config: RunConfig, method: Method) -> dict:
         raise CheckpointError(problem)
     check_fits(ckpt, method.state_dict(), f"{problem} with other settings", "method.")
     check_global_batch(ckpt, run_config)
+    check_param_groups(ckpt, method, run_config, problem)
     return ckpt
+
+
+def check_param_groups(ckpt: dict, method: Method, run_config: RunConfig, problem: str) -> None:
+    """The optimizer state restores group by group: other trainable weights or another grouping (frozen
+    blocks, layer decay) would fail deep in torch, so it is refused here with the sizes."""
+    saved = [len(group["params"]) for state in ckpt.get("optimizer_states") or [] for group in state["param_groups"]]
+    own = [len(group["params"]) for group in method.param_groups(run_config.optim.weight_decay)]
+    if saved and saved != own:
+        raise CheckpointError(
+            f"{problem} with other settings: its optimizer holds {len(saved)} parameter groups of {saved} tensors, this "
+            f"run's {len(own)} of {own} (other frozen blocks or layer decay?); resume with the checkpoint's settings "
+            "or start a new run from it with --init-from"
+        )
 
 
 def resume_checkpoint(run_config: RunConfig, method: Method, num_images: int | None = None) -> Path | None:
