@@ -174,7 +174,7 @@ class RollingCheckpoint(ModelCheckpoint):
     killed run left one more file outside the pruning (about 1 GB for a ViT-B run). Here that file is one of
     the run's own, in its own folder, and a newer one has been written (atomically) before it goes."""
 
-    def _generate_state_key(self, **kwargs) -> str:
+    def _generate_state_key(self, **kwargs: object) -> str:
         # the key checkpoints written with Lightning's class carry, so their pruning list is restored on resume
         return f"ModelCheckpoint{kwargs!r}"
 

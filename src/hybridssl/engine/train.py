@@ -292,7 +292,7 @@ def ddp_buffer_sync(method_cls: type[Method]) -> dict[str, bool]:
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
-def cluster_environment() -> list:
+def cluster_environment() -> list[SLURMEnvironment]:
     """On SLURM, Lightning's SLURM environment with its auto-requeue off. That requeue (on the SIGUSR1 of
     `--signal`) saves hpc_ckpt_N.ckpt from inside the signal handler, at any point of a step, into the
     run's top folder, where --resume does not look and nothing deletes it. A requeued job
