@@ -249,7 +249,7 @@ def file_index(source: Path, cache: bool = True) -> FileIndex:
         cache_file = _cache_file(source)
         index = _load_cached(cache_file, source)
         if index is None:
-            with _one_lister(cache_file):  # the others wait, then read what it wrote
+            with _one_lister(cache_file, source):  # the others wait, then read what it wrote
                 index = _load_cached(cache_file, source)
                 if index is None:
                     index, dirs = list_folder(source)
@@ -259,11 +259,15 @@ def file_index(source: Path, cache: bool = True) -> FileIndex:
 
 
 @contextmanager
-def _one_lister(cache: Path) -> Iterator[None]:
+def _one_lister(cache: Path, folder: Path) -> Iterator[None]:
     """A lock beside the cache file, so that of the processes starting at once (8 per node under
     torchrun) one lists a cold folder and the others read its index, instead of all listing a million
     files on a network filesystem together. The OS releases it if its holder dies. A place where no
-    lock can be made (read-only, no file locks), or a wait past LISTING_WAIT_S, lists without one."""
+    lock can be made (read-only, no file locks, or inside the folder itself, which it would change
+    before it is listed), or a wait past LISTING_WAIT_S, lists without one."""
+    if folder.resolve() in cache.resolve().parents:
+        yield
+        return
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(cache.with_suffix(".lock")))
