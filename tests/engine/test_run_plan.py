@@ -61,32 +61,3 @@ def test_devices_auto_counts_cuda_devices_only_for_a_cuda_run(monkeypatch):
     cpu = resolve({"method": "mae", "accelerator": "cpu", "devices": "auto", "batch_size": 32})
     gpu = resolve({"method": "mae", "accelerator": "gpu", "devices": "auto", "batch_size": 32})
     assert (global_batch(cpu), global_batch(gpu)) == (32, 128)
-
-
-SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "pretrain", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0",
-              "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "node0"}  # fmt: skip
-
-
-def test_on_slurm_the_trainer_never_saves_from_the_requeue_signal(monkeypatch, tmp_path):
-    """Lightning's auto-requeue would write hpc_ckpt_N.ckpt mid-step from a signal handler, where --resume
-    does not look; the SLURM environment is kept, its auto-requeue off. Not under torchrun or elsewhere."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    from hybridssl.engine.train import build_trainer, cluster_environment
-
-    for name, value in SLURM_TASK.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
-    run = resolve({"method": "mae", "accelerator": "cpu", "devices": 1, "batch_size": 32, "max_steps": 2, "output": str(tmp_path)})
-    trainer = build_trainer(run, METHODS["mae"], 64)
-    environment = trainer._accelerator_connector.cluster_environment
-    assert isinstance(environment, SLURMEnvironment) and not environment.auto_requeue
-    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # an salloc shell: Lightning does not use SLURM's
-    assert cluster_environment() == []
-    monkeypatch.setenv("SLURM_JOB_NAME", "pretrain")
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "1")  # torchrun inside an allocation
-    assert cluster_environment() == []
-    for name in SLURM_TASK:
-        monkeypatch.delenv(name)
-    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
-    assert cluster_environment() == []

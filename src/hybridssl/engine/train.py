@@ -12,7 +12,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -292,17 +291,6 @@ def ddp_buffer_sync(method_cls: type[Method]) -> dict[str, bool]:
     return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
-def cluster_environment() -> list[SLURMEnvironment]:
-    """On SLURM, Lightning's SLURM environment with its auto-requeue off. That requeue (on the SIGUSR1 of
-    `--signal`) saves hpc_ckpt_N.ckpt from inside the signal handler, at any point of a step, into the
-    run's top folder, where --resume does not look and nothing deletes it. A requeued job
-    (`#SBATCH --requeue`, or the scheduler's preemption) continues exactly from the last periodic
-    checkpoint with --resume instead. Elsewhere (torchrun first, as Lightning orders them), nothing."""
-    if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():
-        return []
-    return [SLURMEnvironment(auto_requeue=False)]
-
-
 def build_trainer(
     run_config: RunConfig, method_cls: type[Method], num_images: int, extra_callbacks: list[L.Callback] = ()
 ) -> L.Trainer:
@@ -337,7 +325,7 @@ def build_trainer(
         num_nodes=run_config.num_nodes,
         strategy=strategy,
         precision=precision,
-        plugins=[AtomicCheckpointIO(), *batchnorm_sync, *cluster_environment()],
+        plugins=[AtomicCheckpointIO(), *batchnorm_sync],
         max_epochs=-1,
         max_steps=optimizer_steps(run_config, num_images),
         accumulate_grad_batches=run_config.accumulate_grad_batches,
