@@ -25,8 +25,6 @@ import csv
 import hashlib
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,36 +247,49 @@ def file_index(source: Path, cache: bool = True) -> FileIndex:
         cache_file = _cache_file(source)
         index = _load_cached(cache_file, source)
         if index is None:
-            with _one_lister(cache_file, source):  # the others wait, then read what it wrote
-                index = _load_cached(cache_file, source)
-                if index is None:
-                    index, dirs = list_folder(source)
-                    _save_cached(cache_file, index, dirs)
+            index = _listed_by_one(cache_file, source)
     _warn_ignored_top_level(index)
     return index
 
 
-@contextmanager
-def _one_lister(cache: Path, folder: Path) -> Iterator[None]:
-    """A lock beside the cache file, so that of the processes starting at once (8 per node under
-    torchrun) one lists a cold folder and the others read its index, instead of all listing a million
-    files on a network filesystem together. The OS releases it if its holder dies. A place where no
-    lock can be made (read-only, no file locks, or inside the folder itself, which it would change
-    before it is listed), or a wait past LISTING_WAIT_S, lists without one."""
+def _list_and_cache(cache: Path, folder: Path) -> FileIndex:
+    index, dirs = list_folder(folder)
+    _save_cached(cache, index, dirs)
+    return index
+
+
+def _listed_by_one(cache: Path, folder: Path) -> FileIndex:
+    """Of the processes that start at once (8 per node under torchrun), the one that takes the lock beside
+    the cache file lists the folder; the others wait for it and read its index, instead of all listing a
+    million files on a network filesystem together. A waiter that still finds no valid index (the cache
+    could not be written) lists by itself, so the ranks never list one after another. Where no lock can
+    be made (read-only, no file locks, or the cache inside the folder, which creating it would change
+    before the listing), or after LISTING_WAIT_S, every process lists."""
     if folder.resolve() in cache.resolve().parents:
-        yield
-        return
+        return _list_and_cache(cache, folder)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(cache.with_suffix(".lock")))
-        lock.acquire(timeout=LISTING_WAIT_S)
-    except (OSError, NotImplementedError, Timeout):  # Timeout is an OSError in recent filelock versions
-        yield
-        return
+        lock.acquire(blocking=False)
+    except Timeout:  # held: another process is listing (Timeout is an OSError: caught first)
+        lock_free = False
+    except (OSError, NotImplementedError):
+        return _list_and_cache(cache, folder)
+    else:
+        lock_free = True
+    if lock_free:
+        try:  # a process that listed just before may have left a valid index
+            index = _load_cached(cache, folder)
+            return index if index is not None else _list_and_cache(cache, folder)
+        finally:
+            lock.release()
     try:
-        yield
-    finally:
+        lock.acquire(timeout=LISTING_WAIT_S)
         lock.release()
+    except (OSError, NotImplementedError):
+        pass
+    index = _load_cached(cache, folder)
+    return index if index is not None else _list_and_cache(cache, folder)
 
 
 def _warn_ignored_top_level(index: FileIndex) -> None:
