@@ -25,6 +25,7 @@ import csv
 import hashlib
 import os
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,6 +259,11 @@ def _list_and_cache(cache: Path, folder: Path) -> FileIndex:
     return index
 
 
+def _cached_or_listed(cache: Path, folder: Path) -> FileIndex:
+    index = _load_cached(cache, folder)
+    return index if index is not None else _list_and_cache(cache, folder)
+
+
 def _listed_by_one(cache: Path, folder: Path) -> FileIndex:
     """Of the processes that start at once (8 per node under torchrun), the one that takes the lock beside
     the cache file lists the folder; the others wait for it and read its index, instead of all listing a
@@ -272,24 +278,20 @@ def _listed_by_one(cache: Path, folder: Path) -> FileIndex:
         lock = FileLock(str(cache.with_suffix(".lock")))
         lock.acquire(blocking=False)
     except Timeout:  # held: another process is listing (Timeout is an OSError: caught first)
-        lock_free = False
+        held = False
     except (OSError, NotImplementedError):
         return _list_and_cache(cache, folder)
     else:
-        lock_free = True
-    if lock_free:
-        try:  # a process that listed just before may have left a valid index
-            index = _load_cached(cache, folder)
-            return index if index is not None else _list_and_cache(cache, folder)
-        finally:
+        held = True
+    if not held:  # wait for the lister, then read what it wrote (the listing outside any except block)
+        with suppress(OSError, NotImplementedError):
+            lock.acquire(timeout=LISTING_WAIT_S)
             lock.release()
-    try:
-        lock.acquire(timeout=LISTING_WAIT_S)
+        return _cached_or_listed(cache, folder)
+    try:  # a process that listed just before may have left a valid index
+        return _cached_or_listed(cache, folder)
+    finally:
         lock.release()
-    except (OSError, NotImplementedError):
-        pass
-    index = _load_cached(cache, folder)
-    return index if index is not None else _list_and_cache(cache, folder)
 
 
 def _warn_ignored_top_level(index: FileIndex) -> None:
