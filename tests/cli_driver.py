@@ -2,10 +2,13 @@
 
 With HYBRIDSSL_TEST_STALL_AT=N and HYBRIDSSL_TEST_STALL_MARKER=PATH set, the run touches PATH and
 sleeps when it is about to train step N (N - 1 steps done), so a test can kill it at a known point.
+With HYBRIDSSL_TEST_SIGNAL_AT=N, the run sends itself SIGUSR1 (SLURM's warning signal) as it starts
+training step N, in the first batch of that step.
 Lightning's DDP launcher re-runs this script for the other ranks, so they get the same methods.
 """
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -30,7 +33,22 @@ def stall_at(step: int, marker: Path) -> None:
     PretrainModule.training_step = stalling
 
 
+def signal_at(step: int) -> None:
+    original = PretrainModule.training_step
+    sent = []
+
+    def signalling(self, batch, batch_idx):
+        if self.global_step + 1 == step and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(self, batch, batch_idx)
+
+    PretrainModule.training_step = signalling
+
+
 if __name__ == "__main__":
+    if os.environ.get("HYBRIDSSL_TEST_SIGNAL_AT"):
+        signal_at(int(os.environ["HYBRIDSSL_TEST_SIGNAL_AT"]))
     if os.environ.get("HYBRIDSSL_TEST_STALL_AT"):
         stall_at(int(os.environ["HYBRIDSSL_TEST_STALL_AT"]), Path(os.environ["HYBRIDSSL_TEST_STALL_MARKER"]))
     sys.exit(main(sys.argv[1:]))

@@ -471,7 +471,7 @@ RESUME_HINTS = {
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         preload_tcmalloc()
-    from hybridssl.errors import USER_ERRORS
+    from hybridssl.errors import USER_ERRORS, RunRequeued
 
     args = None
     try:
@@ -480,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, *USER_ERRORS) as exc:
         print(f"hybridssl: error: {exc}", file=sys.stderr)
         return 2
+    except RunRequeued as exc:
+        if str(exc):
+            print(f"hybridssl: {exc}", file=sys.stderr)
+        return 0 if exc.requeued else 1
     except KeyboardInterrupt:
         hint = RESUME_HINTS.get(getattr(args, "command", None))
         print("hybridssl: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)

@@ -195,6 +195,9 @@ def evaluate_checkpoint(req: CompareRequest, checkpoint: Path, output: Path, kin
     todo = [p for p in req.protocols if not (kind == "raw-pixels" and p == "finetune") and not state.done(f"{key}/{kind}/{p}")]
     if not todo:
         return
+    from hybridssl.engine.requeue import requeue_if_warned
+
+    requeue_if_warned(f"{key}'s evaluations ({kind})")  # SLURM's warning during the evaluation before
     log(f"{key}: {', '.join(todo)} ({kind})")
     settings = {**req.eval, "pooling": pooling} if pooling else req.eval
     er = EvalRequest(checkpoint=checkpoint, dataset=req.dataset, protocol=todo[0], output=output, encoder_kind=kind,
@@ -220,6 +223,7 @@ def evaluate_floors(req: CompareRequest, records: dict[str, dict[str, Any]], tra
 def compare(req: CompareRequest) -> dict[str, Path]:
     """Trains and evaluates every method, then writes comparison.md/.json/.html; returns their paths."""
     from hybridssl.config import ConfigError
+    from hybridssl.engine.requeue import WARNING, requeue_if_warned, under_slurm
     from hybridssl.evaluation.run import protocols_for, resolve_settings
     from hybridssl.report.comparison import write_comparison
 
@@ -231,8 +235,11 @@ def compare(req: CompareRequest) -> dict[str, Path]:
     if state.data.setdefault("command", fingerprint) != fingerprint:
         raise ConfigError(f"output: {req.output} holds a comparison made with other settings "
                           f"({state.data['command']}); choose another --output")  # fmt: skip
+    if under_slurm():  # SLURM's warning is noted and acted on between methods and evaluations
+        WARNING.listen()
     records: dict[str, dict[str, Any]] = {}
     for method in req.methods:
+        requeue_if_warned(f"{method}'s pretraining")  # SLURM's warning during the previous method's evaluations
         try:
             records[method] = pretrain_method(req, method, state)
             evaluate_checkpoint(req, req.output / records[method]["checkpoint"], req.output / method, "trained", state, method)

@@ -23,4 +23,15 @@ class NonFiniteLossError(RuntimeError):
     """The loss (or the weights) became NaN or infinite; the message carries the step."""
 
 
+class RunRequeued(BaseException):
+    """A run stopped on SLURM's warning signal (engine/requeue.py). Not an error, and a BaseException
+    like KeyboardInterrupt, so that a loop which spares the rest from one failure (compare's) does not
+    go on in the job's last seconds. The CLI prints the message (empty on ranks but 0) and exits with 0
+    when the job was requeued."""
+
+    def __init__(self, message: str, requeued: bool) -> None:
+        super().__init__(message)
+        self.requeued = requeued
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, CheckpointError, NonFiniteLossError)

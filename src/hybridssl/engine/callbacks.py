@@ -77,13 +77,17 @@ class Throughput(Callback):
 
 
 class FinalCheckpoint(Callback):
-    """Writes `last.ckpt` when training ends, also when it ends between periodic checkpoints."""
+    """Writes `last.ckpt` when training ends, also when it ends between periodic checkpoints; not when
+    the run stopped to be requeued (`cancelled`, engine/requeue.py): it resumes from its step checkpoint."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.written = False  # by this process's Trainer (a resume with nothing left to train writes none)
+        self.cancelled = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.cancelled:
+            return
         trainer.save_checkpoint(self.path, weights_only=False)
         self.written = True
 
@@ -177,6 +181,12 @@ class RollingCheckpoint(ModelCheckpoint):
     def _generate_state_key(self, **kwargs: object) -> str:
         # the key checkpoints written with Lightning's class carry, so their pruning list is restored on resume
         return f"ModelCheckpoint{kwargs!r}"
+
+    def save_now(self, trainer: L.Trainer) -> None:
+        """This step's checkpoint outside the schedule (SLURM's warning signal), named and pruned like the
+        scheduled ones; a scheduled save of the same step then skips (Lightning notes the step saved)."""
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _should_remove_checkpoint(self, trainer: L.Trainer, previous: str, current: str) -> bool:
         resumed_from = trainer.ckpt_path

@@ -41,6 +41,7 @@ from hybridssl.engine.logs import preserve_metrics
 from hybridssl.engine.module import PretrainModule
 from hybridssl.engine.optim import steps_per_epoch as optim_steps_per_epoch
 from hybridssl.engine.randomness import seed_step
+from hybridssl.engine.requeue import WARNING, RequeueOnSignal, requeue, under_slurm
 from hybridssl.engine.init_from import init_from_checkpoint
 from hybridssl.engine.starting_points import start_info
 from hybridssl.methods.base import METHODS, Method, build_method
@@ -319,6 +320,11 @@ def build_trainer(
         save_top_k=keep or -1,
         save_last=False,  # last.ckpt is written once, at the end (FinalCheckpoint), not as a second copy of each save
     )
+    final = FinalCheckpoint(checkpoint_dir(run_config) / LAST)
+    requeue_on_signal = []
+    if under_slurm():  # its warning signal is acted on at a step's end (engine/requeue.py), not by Lightning
+        WARNING.listen()
+        requeue_on_signal = [RequeueOnSignal(periodic, final)]
     return L.Trainer(
         accelerator=run_config.accelerator,
         devices=run_config.devices,
@@ -333,11 +339,12 @@ def build_trainer(
         use_distributed_sampler=False,
         callbacks=[
             DataPosition(),
+            *requeue_on_signal,  # after DataPosition: a checkpoint it writes counts the step's batch as consumed
             Throughput(),
             LearningRateMonitor(logging_interval="step"),
             *([ProgressBar()] if run_config.progress_bar else []),
             periodic,
-            FinalCheckpoint(checkpoint_dir(run_config) / LAST),
+            final,
             DiskRoom(checkpoint_dir(run_config), every_steps, keep),
             CheckpointSettings(periodic),
             *extra_callbacks,
@@ -410,6 +417,9 @@ def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFa
         kept = checkpoints_of(run_config)
         where = f"the last good checkpoint is {kept[0]}" if kept else "no checkpoint was written"
         raise NonFiniteLossError(f"{exc}; stopped, {where}") from None
+    stop = next((c for c in trainer.callbacks if isinstance(c, RequeueOnSignal)), None)
+    if stop is not None and stop.stopped_at is not None:
+        requeue(f"stopped after step {stop.stopped_at:,}, checkpoint {stop.checkpoint()}", ask=trainer.is_global_zero)
     last = checkpoint_dir(run_config) / LAST
     final = next(c for c in trainer.callbacks if isinstance(c, FinalCheckpoint))
     if resume_from is not None and not final.written and resume_from.name != LAST:

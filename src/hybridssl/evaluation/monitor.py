@@ -114,7 +114,10 @@ class KNNMonitor(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # the loader's epoch: Lightning's counter drifts across repeated resumes (engine/train.py)
         epoch = getattr(trainer.train_dataloader, "epoch", trainer.current_epoch)
-        if not self.enabled or (epoch + 1) % self.every_epochs or trainer.global_rank != 0:
+        # a run stopped in the middle of an epoch (SLURM's warning signal) has not ended one
+        loader = trainer.train_dataloader
+        stopped_mid_epoch = trainer.should_stop and getattr(loader, "consumed", 0) < len(loader)
+        if not self.enabled or (epoch + 1) % self.every_epochs or trainer.global_rank != 0 or stopped_mid_epoch:
             return
         top1 = self.measure(pl_module.method.encoder, pl_module.device)
         self.history.append((trainer.global_step, top1))

@@ -1,0 +1,186 @@
+"""SLURM's warning signal (`--signal=SIGUSR1@N --requeue`): the run ends the optimizer step it is in,
+writes a normal step checkpoint, stops, requeues its job (a fake `scontrol` here), and `--resume` from
+there ends bit for bit where an uninterrupted run ends. Lightning's own handler, which saves mid-step into
+an hpc_ckpt file that --resume does not read, stays off."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hybridssl.cli import main
+from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.engine.module import PretrainModule
+from hybridssl.engine.requeue import WARNING, under_slurm
+from hybridssl.report.curves import read_metrics
+from tests.subprocess_runs import start_driver, threads
+from tests.test_multinode import free_port
+from tests.test_resume_kill import assert_same_training_state, tiny
+
+# 64 images, batch 16, two batches per step: 2 steps per epoch; a periodic checkpoint every 4 steps
+BUDGET = ["--max-steps", "6", "--accumulate-grad-batches", "2", "--checkpoint-every-steps", "4"]
+SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "pretrain", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+              "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _same_threads_and_no_warning_left() -> Iterator[None]:
+    """A warning noted but not acted on (the last step's) stays noted for the command, not the test run."""
+    with threads():
+        yield
+    WARNING.received = WARNING.listening = False
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="module")
+def reference(fmnist_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    with threads():
+        assert main(tiny("mae", fmnist_dir, out, *BUDGET)) == 0
+    return out
+
+
+def fake_scontrol(folder: Path, status: int = 0) -> Path:
+    """An `scontrol` that logs its arguments; returns the log."""
+    folder.mkdir(exist_ok=True)
+    log = folder / "scontrol.log"
+    script = folder / "scontrol"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {log}\necho "refused" >&2\nexit {status}\n' if status else f'#!/bin/sh\necho "$@" >> {log}\n')
+    script.chmod(0o755)
+    return log
+
+
+@pytest.fixture
+def slurm_job(tmp_path, monkeypatch) -> Iterator[Path]:
+    for name, value in SLURM_TASK.items():
+        monkeypatch.setenv(name, value)
+    log = fake_scontrol(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    yield log
+
+
+def signal_at(monkeypatch, step: int) -> None:
+    """SIGUSR1 as step `step` starts (its first accumulated batch), as SLURM sends it: any moment."""
+    original = PretrainModule.training_step
+    sent = []
+
+    def signalling(self, batch, batch_idx):
+        if self.global_step + 1 == step and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(PretrainModule, "training_step", signalling)
+
+
+@pytest.mark.parametrize("step", [3, 4], ids=["between-checkpoints", "at-a-periodic-checkpoint"])
+def test_warning_signal_checkpoints_the_step_requeues_and_resumes_bit_identical(
+    step, reference, fmnist_dir, tmp_path, slurm_job, monkeypatch, capsys
+):
+    out = tmp_path / "run"
+    signal_at(monkeypatch, step)
+    assert main(tiny("mae", fmnist_dir, out, *BUDGET)) == 0
+    assert slurm_job.read_text().split() == ["requeue", "4242"]
+    assert f"stopped after step {step}" in capsys.readouterr().err
+    # the step's own checkpoint (written once: no "-v1" copy beside the periodic one), no last.ckpt, no hpc_ckpt
+    written = sorted(p.name for p in out.rglob("*.ckpt"))
+    assert written == [f"step{step:07d}.ckpt"], written
+    assert load_checkpoint(out / "checkpoints" / written[0], mmap=True)["hybridssl"]["finished"] is False
+    # the checkpoint is the reference run's state after the same step (the accumulation finished)
+    monkeypatch.undo()  # no signal, no SLURM: the requeued job
+    with threads():
+        assert main(tiny("mae", fmnist_dir, out, *BUDGET, "--resume")) == 0
+    assert_same_training_state(reference / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt")
+
+
+def test_the_stop_checkpoint_is_pruned_like_the_periodic_ones(fmnist_dir, tmp_path, slurm_job, monkeypatch):
+    out = tmp_path / "run"
+    signal_at(monkeypatch, 3)
+    assert main(tiny("mae", fmnist_dir, out, *BUDGET, "--keep-checkpoints", "1")) == 0
+    monkeypatch.undo()
+    with threads():
+        assert main(tiny("mae", fmnist_dir, out, *BUDGET, "--keep-checkpoints", "1", "--resume")) == 0
+    assert sorted(p.name for p in out.rglob("*.ckpt")) == ["last.ckpt", "step0000004.ckpt"]
+
+
+@pytest.mark.parametrize(("step", "measured"), [(3, [2]), (4, [2, 4])], ids=["mid-epoch", "at-an-epoch-end"])
+def test_the_knn_monitor_skips_only_an_epoch_the_stop_cut_short(step, measured, fmnist_dir, tmp_path, slurm_job, monkeypatch):
+    out = tmp_path / "run"
+    signal_at(monkeypatch, step)  # 2 steps per epoch: step 3 is in the middle of the second epoch, step 4 ends it
+    assert main(tiny("mae", fmnist_dir, out, *BUDGET, "--set", "knn_monitor_every_epochs=1")) == 0
+    assert [s for s, _ in read_metrics(out)["monitor/knn_top1"]] == measured
+
+
+def test_a_warning_after_a_stage_stops_before_the_next_one(fmnist_dir, tmp_path, slurm_job, monkeypatch, capsys):
+    """The warning comes in stage 1's last step (nothing left to checkpoint there): MAE-CT's stage 2
+    does not start, the job is requeued, and its --resume goes on with stage 2."""
+    out = tmp_path / "run"
+    signal_at(monkeypatch, 2)
+    args = ["pretrain", "--method", "mae-ct", "--model", "vit-pico", "--batch-size", "16", "--limit-train", "64",
+            "--accelerator", "cpu", "--no-progress-bar", "--data-dir", str(fmnist_dir), "--max-steps", "2", "--output", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "stopped before training" in capsys.readouterr().err and slurm_job.read_text().split() == ["requeue", "4242"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["stage1-mae"]
+    monkeypatch.undo()
+    assert main([*args, "--resume"]) == 0
+    assert (out / "stage3-tune" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_torchrun_inside_a_slurm_job_is_left_to_torchrun(slurm_job, monkeypatch):
+    assert under_slurm()
+    for name, value in {"TORCHELASTIC_RUN_ID": "none", "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    assert not under_slurm()  # Lightning takes the ranks from torchrun's variables: no SLURM environment, no requeue
+
+
+def test_a_refused_requeue_says_to_resume_and_keeps_the_checkpoint(fmnist_dir, tmp_path, slurm_job, monkeypatch, capsys):
+    fake_scontrol(tmp_path / "bin", status=1)
+    signal_at(monkeypatch, 2)
+    out = tmp_path / "run"
+    assert main(tiny("mae", fmnist_dir, out, *BUDGET)) == 1
+    err = capsys.readouterr().err
+    assert "could not be requeued: run the same command with --resume" in err
+    assert sorted(p.name for p in out.rglob("*.ckpt")) == ["step0000002.ckpt"]
+
+
+def test_the_signal_on_the_last_step_finishes_the_run(reference, fmnist_dir, tmp_path, slurm_job, monkeypatch):
+    signal_at(monkeypatch, 6)
+    out = tmp_path / "run"
+    assert main(tiny("mae", fmnist_dir, out, *BUDGET)) == 0
+    assert not slurm_job.exists()  # nothing left to requeue
+    assert WARNING.received  # noted: a next stage of the command would not start
+    assert_same_training_state(reference / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ranks_signalled_at_different_steps_stop_together(fmnist_dir, tmp_path):
+    """Two SLURM tasks (one per "node", gloo) and only rank 1 gets the signal: both ranks stop after the
+    same step, the checkpoint is written once and one rank requeues."""
+    log = fake_scontrol(tmp_path / "bin")
+    out = tmp_path / "run"
+    port = str(free_port())
+    args = [*tiny("mae", fmnist_dir, out, *BUDGET), "--devices", "1", "--num-nodes", "2"]
+    bin_first = f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"
+
+    def task(rank: int) -> dict[str, str]:
+        signalled = {"HYBRIDSSL_TEST_SIGNAL_AT": "3"} if rank == 1 else {}
+        return {**SLURM_TASK, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": str(rank),
+                "SLURM_NODEID": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "PATH": bin_first, **signalled}  # fmt: skip
+
+    ranks = [start_driver(args, **task(rank)) for rank in (0, 1)]
+    try:
+        for rank in ranks:
+            text, _ = rank.communicate(timeout=300)  # ranks stopping at different steps wait for each other forever
+            assert rank.returncode == 0, text.decode(errors="replace")[-3000:]
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:
+                os.killpg(rank.pid, signal.SIGKILL)
+                rank.wait()
+    assert log.read_text().split() == ["requeue", "4242"]
+    assert sorted(p.name for p in out.rglob("*.ckpt")) == ["step0000003.ckpt"]
