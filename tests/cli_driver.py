@@ -8,7 +8,6 @@ Lightning's DDP launcher re-runs this script for the other ranks, so they get th
 """
 
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import extra_methods  # noqa: E402,F401  (registers)
 
 from hybridssl.cli import main  # noqa: E402
 from hybridssl.engine.module import PretrainModule  # noqa: E402
+from subprocess_runs import signalling_step  # noqa: E402
 
 
 def stall_at(step: int, marker: Path) -> None:
@@ -33,22 +33,9 @@ def stall_at(step: int, marker: Path) -> None:
     PretrainModule.training_step = stalling
 
 
-def signal_at(step: int) -> None:
-    original = PretrainModule.training_step
-    sent = []
-
-    def signalling(self, batch, batch_idx):
-        if self.global_step + 1 == step and not sent:
-            sent.append(True)
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return original(self, batch, batch_idx)
-
-    PretrainModule.training_step = signalling
-
-
 if __name__ == "__main__":
     if os.environ.get("HYBRIDSSL_TEST_SIGNAL_AT"):
-        signal_at(int(os.environ["HYBRIDSSL_TEST_SIGNAL_AT"]))
+        PretrainModule.training_step = signalling_step(PretrainModule.training_step, int(os.environ["HYBRIDSSL_TEST_SIGNAL_AT"]))
     if os.environ.get("HYBRIDSSL_TEST_STALL_AT"):
         stall_at(int(os.environ["HYBRIDSSL_TEST_STALL_AT"]), Path(os.environ["HYBRIDSSL_TEST_STALL_MARKER"]))
     sys.exit(main(sys.argv[1:]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -50,3 +51,17 @@ def threads(n: int = THREADS) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def signalling_step(original, step: int):
+    """A training_step that sends its process SIGUSR1 (SLURM's warning) once, as step `step` starts (its
+    first batch), then trains as `original` does."""
+    sent = []
+
+    def signalling(self, batch, batch_idx):
+        if self.global_step + 1 == step and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(self, batch, batch_idx)
+
+    return signalling

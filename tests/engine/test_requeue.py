@@ -17,7 +17,7 @@ from hybridssl.engine.checkpoints import load_checkpoint
 from hybridssl.engine.module import PretrainModule
 from hybridssl.engine.requeue import WARNING, under_slurm
 from hybridssl.report.curves import read_metrics
-from tests.subprocess_runs import start_driver, threads
+from tests.subprocess_runs import signalling_step, start_driver, threads
 from tests.test_multinode import free_port
 from tests.test_resume_kill import assert_same_training_state, tiny
 
@@ -65,16 +65,7 @@ def slurm_job(tmp_path, monkeypatch) -> Iterator[Path]:
 
 def signal_at(monkeypatch, step: int) -> None:
     """SIGUSR1 as step `step` starts (its first accumulated batch), as SLURM sends it: any moment."""
-    original = PretrainModule.training_step
-    sent = []
-
-    def signalling(self, batch, batch_idx):
-        if self.global_step + 1 == step and not sent:
-            sent.append(True)
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(PretrainModule, "training_step", signalling)
+    monkeypatch.setattr(PretrainModule, "training_step", signalling_step(PretrainModule.training_step, step))
 
 
 @pytest.mark.parametrize("step", [3, 4], ids=["between-checkpoints", "at-a-periodic-checkpoint"])
