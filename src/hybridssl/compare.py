@@ -223,7 +223,7 @@ def evaluate_floors(req: CompareRequest, records: dict[str, dict[str, Any]], tra
 def compare(req: CompareRequest) -> dict[str, Path]:
     """Trains and evaluates every method, then writes comparison.md/.json/.html; returns their paths."""
     from hybridssl.config import ConfigError
-    from hybridssl.engine.requeue import WARNING, requeue_if_warned, under_slurm
+    from hybridssl.engine.requeue import WARNING, requeue_if_warned
     from hybridssl.evaluation.run import protocols_for, resolve_settings
     from hybridssl.report.comparison import write_comparison
 
@@ -235,8 +235,7 @@ def compare(req: CompareRequest) -> dict[str, Path]:
     if state.data.setdefault("command", fingerprint) != fingerprint:
         raise ConfigError(f"output: {req.output} holds a comparison made with other settings "
                           f"({state.data['command']}); choose another --output")  # fmt: skip
-    if under_slurm():  # SLURM's warning is noted and acted on between methods and evaluations
-        WARNING.listen()
+    WARNING.listen()  # under SLURM, its warning is noted and acted on between methods and evaluations
     records: dict[str, dict[str, Any]] = {}
     for method in req.methods:
         requeue_if_warned(f"{method}'s pretraining")  # SLURM's warning during the previous method's evaluations

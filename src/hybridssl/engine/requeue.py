@@ -42,11 +42,12 @@ class WarningSignal:
         self.received = False
         self.listening = False
 
-    def listen(self) -> None:
-        if self.listening or threading.current_thread() is not threading.main_thread():  # handlers: main thread only
-            return
-        signal.signal(WARNING_SIGNAL, self._note)
-        self.listening = True
+    def listen(self) -> bool:
+        """Under SLURM, notes the warning from here on instead of dying of it; whether it is noted."""
+        if not self.listening and under_slurm() and threading.current_thread() is threading.main_thread():
+            signal.signal(WARNING_SIGNAL, self._note)  # handlers can be set from the main thread only
+            self.listening = True
+        return self.listening
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
         self.received = True
@@ -94,8 +95,8 @@ def slurm_job() -> str:
 
 
 def requeue(where: str, ask: bool) -> None:
-    """Ends the command with RunRequeued, first asking SLURM to requeue the job when `ask` (in a fit, rank
-    0 asks for all; between fits, each rank that saw the warning: a requeue ends every task of the job).
+    """Ends the command with RunRequeued, first asking SLURM to requeue the job when `ask` (rank 0 of a
+    fit asks for all ranks; between fits, the single task of a one-task job).
     Nothing after this runs (no later stage, no evaluation) in the time SLURM has left."""
     WARNING.received = False  # acted on (a process that goes on, as a test does, starts clean)
     if not ask:

@@ -19,7 +19,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from hybridssl.config import RunConfig, validate_method_args
 from hybridssl.data.training_set import training_info
 from hybridssl.engine.checkpoints import load_checkpoint
-from hybridssl.engine.requeue import WARNING, requeue_if_warned, under_slurm
+from hybridssl.engine.requeue import WARNING, requeue_if_warned
 from hybridssl.engine.train import LAST, CallbackFactory, check_queues, check_resumable, checkpoint_dir, checkpoints_of, load_training_data
 from hybridssl.engine.train import other_nodes_are_not_rank_zero, quiet_lightning, refuse_a_run_folder, seeded_method, train_run
 from hybridssl.errors import CheckpointError
@@ -64,8 +64,7 @@ def pretrain(run_config: RunConfig, callbacks: CallbackFactory | None = None) ->
     `callbacks` adds callbacks to each stage's Trainer (the evaluation side's online k-NN monitor)."""
     quiet_lightning()
     other_nodes_are_not_rank_zero(run_config)
-    if under_slurm():  # SLURM's warning, from here on, is noted rather than ending the process
-        WARNING.listen()
+    WARNING.listen()  # under SLURM, its warning is noted from here on rather than ending the process
     stages = METHODS[run_config.method].stages(run_config)
     configs: list[RunConfig] = []
     previous = run_config.init_from

@@ -41,7 +41,7 @@ from hybridssl.engine.logs import preserve_metrics
 from hybridssl.engine.module import PretrainModule
 from hybridssl.engine.optim import steps_per_epoch as optim_steps_per_epoch
 from hybridssl.engine.randomness import seed_step
-from hybridssl.engine.requeue import WARNING, RequeueOnSignal, requeue, under_slurm
+from hybridssl.engine.requeue import WARNING, RequeueOnSignal, requeue
 from hybridssl.engine.init_from import init_from_checkpoint
 from hybridssl.engine.starting_points import start_info
 from hybridssl.methods.base import METHODS, Method, build_method
@@ -321,10 +321,8 @@ def build_trainer(
         save_last=False,  # last.ckpt is written once, at the end (FinalCheckpoint), not as a second copy of each save
     )
     final = FinalCheckpoint(checkpoint_dir(run_config) / LAST)
-    requeue_on_signal = []
-    if under_slurm():  # its warning signal is acted on at a step's end (engine/requeue.py), not by Lightning
-        WARNING.listen()
-        requeue_on_signal = [RequeueOnSignal(periodic, final)]
+    # under SLURM its warning signal is acted on at a step's end (engine/requeue.py), not by Lightning
+    requeue_on_signal = [RequeueOnSignal(periodic, final)] if WARNING.listen() else []
     return L.Trainer(
         accelerator=run_config.accelerator,
         devices=run_config.devices,
