@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hybridssl"
 
 # Lowest first. A module may import its own layer or any lower one; a module not listed is an error.
 LAYERS: list[tuple[str, ...]] = [
-    ("hybridssl", "hybridssl.settings", "hybridssl.files", "hybridssl.errors", "hybridssl.shipped_configs"),
+    ("hybridssl", "hybridssl.settings", "hybridssl.files", "hybridssl.errors", "hybridssl.shipped_configs", "hybridssl.slurm"),
     ("hybridssl.nn", "hybridssl.data", "hybridssl.losses"),
     ("hybridssl.methods",),
     ("hybridssl.config", "hybridssl.engine"),

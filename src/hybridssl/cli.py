@@ -481,8 +481,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hybridssl: error: {exc}", file=sys.stderr)
         return 2
     except RunRequeued as exc:
-        if str(exc):
-            print(f"hybridssl: {exc}", file=sys.stderr)
+        command = getattr(args, "command", None)
+        if str(exc) and exc.requeued:
+            flag = " if its command has --resume" if command == "pretrain" else ""
+            print(f"hybridssl: {exc}: it continues from there{flag}", file=sys.stderr)
+        elif str(exc):
+            hint = RESUME_HINTS.get(command)
+            print(f"hybridssl: {exc}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 0 if exc.requeued else 1
     except KeyboardInterrupt:
         hint = RESUME_HINTS.get(getattr(args, "command", None))

@@ -195,7 +195,7 @@ def evaluate_checkpoint(req: CompareRequest, checkpoint: Path, output: Path, kin
     todo = [p for p in req.protocols if not (kind == "raw-pixels" and p == "finetune") and not state.done(f"{key}/{kind}/{p}")]
     if not todo:
         return
-    from hybridssl.engine.requeue import requeue_if_warned
+    from hybridssl.slurm import requeue_if_warned
 
     requeue_if_warned(f"{key}'s evaluations ({kind})")  # SLURM's warning during the evaluation before
     log(f"{key}: {', '.join(todo)} ({kind})")
@@ -223,9 +223,9 @@ def evaluate_floors(req: CompareRequest, records: dict[str, dict[str, Any]], tra
 def compare(req: CompareRequest) -> dict[str, Path]:
     """Trains and evaluates every method, then writes comparison.md/.json/.html; returns their paths."""
     from hybridssl.config import ConfigError
-    from hybridssl.engine.requeue import WARNING, requeue_if_warned
     from hybridssl.evaluation.run import protocols_for, resolve_settings
     from hybridssl.report.comparison import write_comparison
+    from hybridssl.slurm import WARNING, requeue_if_warned
 
     probe = EvalRequest(checkpoint=Path("-"), dataset=req.dataset, protocol="all", output=req.output, **req.eval)
     resolve_settings(probe, protocols_for(probe, req.protocols))  # invalid evaluation settings fail before training

@@ -24,7 +24,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class RunRequeued(BaseException):
-    """A run stopped on SLURM's warning signal (engine/requeue.py). Not an error, and a BaseException
+    """A run stopped on SLURM's warning signal (hybridssl/slurm.py). Not an error, and a BaseException
     like KeyboardInterrupt, so that a loop which spares the rest from one failure (compare's) does not
     go on in the job's last seconds. The CLI prints the message (empty on ranks but 0) and exits with 0
     when the job was requeued."""

@@ -11,15 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from hybridssl.cli import main
 from hybridssl.engine.checkpoints import load_checkpoint
 from hybridssl.engine.module import PretrainModule
-from hybridssl.engine.requeue import WARNING, under_slurm
+from hybridssl.errors import RunRequeued
 from hybridssl.report.curves import read_metrics
+from hybridssl.slurm import WARNING, under_slurm
 from tests.subprocess_runs import signalling_step, start_driver, threads
 from tests.test_multinode import free_port
-from tests.test_resume_kill import assert_same_training_state, tiny
+from tests.test_resume_kill import assert_same, assert_same_training_state, tiny
 
 # 64 images, batch 16, two batches per step: 2 steps per epoch; a periodic checkpoint every 4 steps
 BUDGET = ["--max-steps", "6", "--accumulate-grad-batches", "2", "--checkpoint-every-steps", "4"]
@@ -134,7 +137,7 @@ def test_a_refused_requeue_says_to_resume_and_keeps_the_checkpoint(fmnist_dir, t
     out = tmp_path / "run"
     assert main(tiny("mae", fmnist_dir, out, *BUDGET)) == 1
     err = capsys.readouterr().err
-    assert "could not be requeued: run the same command with --resume" in err
+    assert "could not be requeued; resume with --resume" in err
     assert sorted(p.name for p in out.rglob("*.ckpt")) == ["step0000002.ckpt"]
 
 
@@ -175,3 +178,65 @@ def test_ranks_signalled_at_different_steps_stop_together(fmnist_dir, tmp_path):
                 rank.wait()
     assert log.read_text().split() == ["requeue", "4242"]
     assert sorted(p.name for p in out.rglob("*.ckpt")) == ["step0000003.ckpt"]
+
+
+EVALUATE = ["--limit-train", "96", "--limit-test", "32", "--set", "finetune.batch_size=32"]
+
+
+def signal_in_first_call(monkeypatch, owner, name: str) -> None:
+    """`owner.name` sends SIGUSR1 (SLURM's warning) as its first call starts, then works as before."""
+    original, sent = getattr(owner, name), []
+
+    def signalling(*args, **kwargs):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, signalling)
+
+
+def test_a_finetune_stops_after_the_epoch_it_is_in_and_its_requeued_command_ends_as_an_uninterrupted_one(
+    tiny_mae_run, fmnist_dir, tmp_path, slurm_job, monkeypatch, capsys
+):
+    from hybridssl.evaluation.finetune import BatchRegularizers
+    from hybridssl.evaluation.results import read_results
+
+    def evaluate(out: Path) -> int:
+        return main(["evaluate", "--checkpoint", str(tiny_mae_run / "checkpoints" / "last.ckpt"), "--data-dir", str(fmnist_dir),
+                     "--output", str(out), "--protocol", "finetune", "--epochs", "3", *EVALUATE])  # fmt: skip
+
+    signal_in_first_call(monkeypatch, BatchRegularizers, "__call__")  # the warning comes in epoch 1's first batch
+    assert evaluate(tmp_path / "requeued") == 0
+    err = capsys.readouterr().err
+    assert "stopped before fine-tune epoch 2 of 3" in err and "job 4242 requeued: it continues from there" in err
+    assert "--resume" not in err, "evaluate continues without it"
+    assert slurm_job.read_text().split() == ["requeue", "4242"]
+    (progress,) = (tmp_path / "requeued" / "finetune-progress").glob("*.pt")
+    assert torch.load(progress, weights_only=True)["epochs_done"] == 1
+    assert not (tmp_path / "requeued" / "results.jsonl").exists()
+    monkeypatch.undo()  # the requeued job: no signal, no SLURM
+    assert evaluate(tmp_path / "requeued") == 0
+    assert "resuming after epoch 1 of 3" in capsys.readouterr().err
+    assert evaluate(tmp_path / "whole") == 0
+    (resumed,), (whole,) = read_results(tmp_path / "requeued"), read_results(tmp_path / "whole")
+    assert resumed["resumed_after_epoch"] == 1 and resumed["value"] == whole["value"]
+    (requeued_weights,), (whole_weights,) = ((tmp_path / run / "finetuned").glob("*.safetensors") for run in ("requeued", "whole"))
+    assert_same(load_file(requeued_weights), load_file(whole_weights))  # the fine-tuned classifier, bit for bit
+
+
+def test_a_warning_during_one_protocol_stops_before_the_next_and_keeps_its_result(tiny_mae_run, fmnist_dir, tmp_path, slurm_job, monkeypatch):
+    from hybridssl.evaluation import run
+    from hybridssl.evaluation.results import read_results
+
+    request = run.EvalRequest(checkpoint=tiny_mae_run / "checkpoints" / "last.ckpt", dataset="fashion-mnist", protocol="knn",
+                              output=tmp_path, data_dir=fmnist_dir, limit_train=96, limit_test=32)  # fmt: skip
+    signal_in_first_call(monkeypatch, run, "knn_accuracy")
+    with pytest.raises(RunRequeued, match="stopped before the linear protocol") as stopped:
+        run.evaluate(request, ["knn", "linear"])
+    assert stopped.value.requeued and slurm_job.read_text().split() == ["requeue", "4242"]
+    assert {r["protocol"] for r in read_results(tmp_path)} == {"knn"}
+    monkeypatch.undo()
+    run.evaluate(request, ["knn", "linear"])
+    assert [r["protocol"] for r in read_results(tmp_path)].count("knn") == 3, "k-NN kept, not measured again"
+    assert {r["protocol"] for r in read_results(tmp_path)} == {"knn", "linear"}

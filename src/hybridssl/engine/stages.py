@@ -19,13 +19,25 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from hybridssl.config import RunConfig, validate_method_args
 from hybridssl.data.training_set import training_info
 from hybridssl.engine.checkpoints import load_checkpoint
-from hybridssl.engine.requeue import WARNING, requeue_if_warned
-from hybridssl.engine.train import LAST, CallbackFactory, check_queues, check_resumable, checkpoint_dir, checkpoints_of, load_training_data
-from hybridssl.engine.train import other_nodes_are_not_rank_zero, quiet_lightning, refuse_a_run_folder, seeded_method, train_run
+from hybridssl.engine.train import (
+    LAST,
+    CallbackFactory,
+    check_queues,
+    check_resumable,
+    checkpoint_dir,
+    checkpoints_of,
+    load_training_data,
+    other_nodes_are_not_rank_zero,
+    quiet_lightning,
+    refuse_a_run_folder,
+    seeded_method,
+    train_run,
+)
 from hybridssl.errors import CheckpointError
 from hybridssl.files import save_yaml
 from hybridssl.methods.base import METHODS, Stage
 from hybridssl.settings import deep_merge, validated
+from hybridssl.slurm import WARNING, requeue_if_warned
 
 STAGES_FILE = "stages.yaml"
 

@@ -20,13 +20,11 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
 from hybridssl.config import RunConfig
-from hybridssl.files import atomic_write, save_yaml, temporary_path
 from hybridssl.data.loader import InMemoryLoader
 from hybridssl.data.sources import STREAMED, DataInfo
 from hybridssl.data.streaming import StreamingLoader, StreamingSet, default_workers, usable_cpus
 from hybridssl.data.training_set import TrainingData, training_data, training_info
 from hybridssl.data.views import Crop
-from hybridssl.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
 from hybridssl.engine.callbacks import (
     CheckpointSettings,
     DataPosition,
@@ -36,18 +34,27 @@ from hybridssl.engine.callbacks import (
     RollingCheckpoint,
     Throughput,
 )
-from hybridssl.engine.checkpoints import AtomicCheckpointIO, check_fits, load_checkpoint, run_label, trained_with
+from hybridssl.engine.checkpoints import (
+    AtomicCheckpointIO,
+    check_fits,
+    load_checkpoint,
+    run_label,
+    trained_with,
+)
+from hybridssl.engine.init_from import init_from_checkpoint
 from hybridssl.engine.logs import preserve_metrics
 from hybridssl.engine.module import PretrainModule
 from hybridssl.engine.optim import steps_per_epoch as optim_steps_per_epoch
 from hybridssl.engine.randomness import seed_step
-from hybridssl.engine.requeue import WARNING, RequeueOnSignal, requeue
-from hybridssl.engine.init_from import init_from_checkpoint
+from hybridssl.engine.requeue import RequeueOnSignal
 from hybridssl.engine.starting_points import start_info
+from hybridssl.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from hybridssl.files import atomic_write, save_yaml, temporary_path
 from hybridssl.methods.base import METHODS, Method, build_method
 from hybridssl.nn.batchnorm import convert_to_global_batchnorm
 from hybridssl.nn.queue import FeatureQueue
 from hybridssl.nn.vit import Pooling
+from hybridssl.slurm import WARNING, requeue
 
 # Builds extra Trainer callbacks for a run from (run, training images, data info, evaluation pooling):
 # how the evaluation layer hands the engine its online monitor without the engine importing it.

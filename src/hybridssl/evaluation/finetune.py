@@ -22,7 +22,9 @@ whole state (weights, optimizer, schedule, the batch order's and the augmentatio
 is written there atomically after every epoch, and a later call with the same file and key continues
 after the last finished epoch (on CPU with the result of an uninterrupted run, bit for bit). A file
 with another key, or one that cannot be read, is not used. The caller removes the file once the
-result is stored: a kill between the last epoch and that point costs only the test pass.
+result is stored: a kill between the last epoch and that point costs only the test pass. In a
+one-task SLURM job, the warning before its time limit (hybridssl/slurm.py) stops the fine-tune after the
+epoch it is in and requeues the job, whose same command continues from there.
 
 Splits too large for memory (data/training_set.py) stream, as in pretraining: DataLoader workers decode
 each file at full resolution and cut its random-resized crop and flip there (data/streaming.py), and
@@ -47,22 +49,37 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, SerializerFunctionWrapHandler, field_validator, model_serializer
+from pydantic import (
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 from torch import Tensor, nn
 
-from hybridssl.errors import ConfigError, DataError
-from hybridssl.files import atomic_write
-from hybridssl.settings import StrictModel
+from hybridssl.data.rand_augment import RandAugment, check_policy, mean_fill
 from hybridssl.data.sources import DataInfo, ImageSet
 from hybridssl.data.streaming import StreamingSet
-from hybridssl.data.rand_augment import RandAugment, check_policy, mean_fill
 from hybridssl.data.views import Crop, Views, identity, to_unit
 from hybridssl.engine.optim import WarmupCosine
-from hybridssl.nn.distributed import every_process, rank, same_on_every_process, sum_over_processes, world_size
-from hybridssl.nn.param_groups import layer_decay, param_groups
+from hybridssl.errors import ConfigError, DataError
 from hybridssl.evaluation.batches import epoch_batches, steps_per_epoch
 from hybridssl.evaluation.regularizers import BatchRegularizers
-from hybridssl.nn.vit import ViT, Pooling, pool, set_grad_checkpointing
+from hybridssl.files import atomic_write
+from hybridssl.nn.distributed import (
+    every_process,
+    rank,
+    same_on_every_process,
+    sum_over_processes,
+    world_size,
+)
+from hybridssl.nn.param_groups import layer_decay, param_groups
+from hybridssl.nn.vit import Pooling, ViT, pool, set_grad_checkpointing
+from hybridssl.settings import StrictModel
+from hybridssl.slurm import requeue_if_warned
 
 
 class FinetuneSettings(StrictModel):
@@ -326,6 +343,8 @@ def finetune(
                     **({"processes": processes} if world_size() > 1 else {}),
                     "loss": loss.cpu(), "seconds": earlier_seconds + time.perf_counter() - start,
                 })  # fmt: skip
+            if epoch + 1 < settings.epochs:  # SLURM's warning (one-task jobs): stop here, the epoch kept
+                requeue_if_warned(f"fine-tune epoch {epoch + 2} of {settings.epochs} (progress in {progress.path})")
     del batches, trained  # a streamed split's workers stop before the test pass starts its own
     top1 = classifier_accuracy(model, test, info, settings.eval_batch_size, device)
     seconds = earlier_seconds + time.perf_counter() - start

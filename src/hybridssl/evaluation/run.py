@@ -23,14 +23,20 @@ import torch
 from pydantic import BaseModel, Field, PositiveInt, ValidationError
 from torch import Tensor
 
-from hybridssl.settings import ConfigError, StrictModel, format_validation_error
+from hybridssl import __version__
 from hybridssl.data.streaming import StreamingSet, default_workers
 from hybridssl.engine.checkpoints import TrainedEncoder
 from hybridssl.engine.starting_points import load_start_encoder
 from hybridssl.evaluation.classifier_export import export_classifier
 from hybridssl.evaluation.clustering import ClusteringSettings, clustering_metrics
-from hybridssl.evaluation.data import EvalData, centre_crop, decoded_when_small, eval_split, features_and_labels, with_classes_of
-from hybridssl import __version__
+from hybridssl.evaluation.data import (
+    EvalData,
+    centre_crop,
+    decoded_when_small,
+    eval_split,
+    features_and_labels,
+    with_classes_of,
+)
 from hybridssl.evaluation.finetune import FinetuneResult, FinetuneSettings, Progress, finetune
 from hybridssl.evaluation.knn import knn_accuracy
 from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_probe_sweep, train_linear_probe
@@ -38,7 +44,9 @@ from hybridssl.evaluation.lowshot import LowshotSettings, lowshot_trials
 from hybridssl.evaluation.results import RESULTS, append_result, result_rows
 from hybridssl.evaluation.subsets import stratified_holdout
 from hybridssl.nn.distributed import launched_per_node, rank, same_on_every_process, world_size
-from hybridssl.nn.vit import ViT, Pooling
+from hybridssl.nn.vit import Pooling, ViT
+from hybridssl.settings import ConfigError, StrictModel, format_validation_error
+from hybridssl.slurm import WARNING, requeue_if_warned
 
 EncoderKind = Literal["trained", "random-init", "raw-pixels"]
 
@@ -413,6 +421,7 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
     if world_size() > 1 and protocols != ["finetune"]:
         raise ConfigError(f"protocol: only finetune runs on several processes; run {', '.join(p for p in protocols if p != 'finetune')} without torchrun")
     settings = resolve_settings(req, protocols)
+    WARNING.listen()  # under SLURM, its warning is noted and acted on between protocols and fine-tune epochs
     ctx = EvalContext(req)
     base = {
         "method": ctx.config["method"],
@@ -436,6 +445,7 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
                   f"kept, not run again (--again measures it anew)", file=sys.stderr, flush=True)  # fmt: skip
             written += before[key]
             continue
+        requeue_if_warned(f"the {protocol} protocol")  # SLURM's warning during the protocol before
         start, features_before = time.perf_counter(), ctx.feature_seconds
         rows = RUNNERS[protocol](ctx, settings)
         timing = {"feature_seconds": round(ctx.feature_seconds - features_before, 2), "wall_seconds": round(time.perf_counter() - start, 2)}
