@@ -460,6 +460,11 @@ def preload_tcmalloc() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "hybridssl", *sys.argv[1:]], env)
 
 
+REQUEUED_HINTS = {  # how the requeued job's command goes on (a demo starts over)
+    "pretrain": "it continues from there if its command has --resume",
+    "evaluate": "it continues from there",
+    "compare": "it continues from there",
+}
 RESUME_HINTS = {
     "pretrain": "resume with --resume",
     "evaluate": "run the same command again: the protocols that had finished are kept, not run again, "
@@ -483,8 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunRequeued as exc:
         command = getattr(args, "command", None)
         if str(exc) and exc.requeued:
-            flag = " if its command has --resume" if command == "pretrain" else ""
-            print(f"hybridssl: {exc}: it continues from there{flag}", file=sys.stderr)
+            print(f"hybridssl: {exc}" + (f": {REQUEUED_HINTS[command]}" if command in REQUEUED_HINTS else ""), file=sys.stderr)
         elif str(exc):
             hint = RESUME_HINTS.get(command)
             print(f"hybridssl: {exc}" + (f"; {hint}" if hint else ""), file=sys.stderr)

@@ -15,6 +15,7 @@ import threading
 import warnings
 from types import FrameType
 
+import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
 from hybridssl.errors import RunRequeued
@@ -78,8 +79,12 @@ def requeue(where: str, ask: bool) -> None:
 
 
 def requeue_if_warned(before: str) -> None:
-    """Between two fits (or fine-tune epochs): a warning noted since is acted on here, in a one-task job. With
-    several tasks it is left to the next fit's first step, where the ranks agree on it: one rank alone
-    leaving here would leave the others waiting in the next fit's setup."""
-    if WARNING.received and under_slurm() and int(os.environ.get("SLURM_NTASKS", "1")) == 1:
+    """Between two fits or protocols: a warning noted since is acted on here, by a one-task job's single
+    process. With several tasks or processes it is left to a place where they agree on it (the next fit's
+    first step, a fine-tune epoch's end): one leaving alone would leave the others waiting in a collective."""
+    if WARNING.received and under_slurm() and int(os.environ.get("SLURM_NTASKS", "1")) == 1 and not several_processes():
         requeue(f"stopped before {before}", ask=True)
+
+
+def several_processes() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -166,3 +166,35 @@ def test_under_torchrun_the_probes_are_refused_before_any_work(monkeypatch, caps
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none.ckpt"), "--output", str(tmp_path), "--protocol", "knn"]) == 2
     assert "only finetune runs on several processes" in capsys.readouterr().err
+
+
+def warned_process(rank: int, world: int, store: str, photo_root: str, out: str) -> None:
+    """SLURM's warning reaches process 0 alone, during epoch 1: both must stop after it, neither waits."""
+    from datetime import timedelta
+
+    from hybridssl.errors import RunRequeued
+    from hybridssl.slurm import WARNING
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    train, test = (streamed_split(photo_root, split, PHOTO_INFO) for split in ("train", "val"))
+    WARNING.listening, WARNING.received = True, rank == 0
+    progress = Progress(__import__("pathlib").Path(out) / "progress.pt", "run")
+    try:
+        finetune(encoder(), train, test, PHOTO_INFO, 4, "mean_patch", DRAWING, 0, progress=progress)
+        outcome = {"stopped": False}
+    except RunRequeued as exc:
+        outcome = {"stopped": True, "message": str(exc)}
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump(outcome, f)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes streaming photos for a rare launch (not torchrun) inside SLURM
+def test_a_warning_that_reaches_one_process_stops_every_process_after_the_same_epoch(photo_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # process 0 cannot ask SLURM: it says so and stops
+    mp.spawn(warned_process, args=(2, str(tmp_path / "store"), str(photo_root), str(tmp_path)), nprocs=2)
+    first, second = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert first["stopped"] and second["stopped"], "both stop, after the same epoch"
+    assert "stopped before fine-tune epoch 2 of 2" in first["message"] and second["message"] == "", "process 0 speaks for both"
+    assert torch.load(tmp_path / "progress.pt", weights_only=True)["epochs_done"] == 1

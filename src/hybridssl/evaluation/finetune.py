@@ -22,9 +22,9 @@ whole state (weights, optimizer, schedule, the batch order's and the augmentatio
 is written there atomically after every epoch, and a later call with the same file and key continues
 after the last finished epoch (on CPU with the result of an uninterrupted run, bit for bit). A file
 with another key, or one that cannot be read, is not used. The caller removes the file once the
-result is stored: a kill between the last epoch and that point costs only the test pass. In a
-one-task SLURM job, the warning before its time limit (hybridssl/slurm.py) stops the fine-tune after the
-epoch it is in and requeues the job, whose same command continues from there.
+result is stored: a kill between the last epoch and that point costs only the test pass. Under SLURM,
+the warning before its time limit (hybridssl/slurm.py) stops the fine-tune after the epoch it is in (every
+process after the same one) and requeues the job, whose same command continues from there.
 
 Splits too large for memory (data/training_set.py) stream, as in pretraining: DataLoader workers decode
 each file at full resolution and cut its random-resized crop and flip there (data/streaming.py), and
@@ -79,7 +79,7 @@ from hybridssl.nn.distributed import (
 from hybridssl.nn.param_groups import layer_decay, param_groups
 from hybridssl.nn.vit import Pooling, ViT, pool, set_grad_checkpointing
 from hybridssl.settings import StrictModel
-from hybridssl.slurm import requeue_if_warned
+from hybridssl.slurm import WARNING, requeue
 
 
 class FinetuneSettings(StrictModel):
@@ -343,8 +343,10 @@ def finetune(
                     **({"processes": processes} if world_size() > 1 else {}),
                     "loss": loss.cpu(), "seconds": earlier_seconds + time.perf_counter() - start,
                 })  # fmt: skip
-            if epoch + 1 < settings.epochs:  # SLURM's warning (one-task jobs): stop here, the epoch kept
-                requeue_if_warned(f"fine-tune epoch {epoch + 2} of {settings.epochs} (progress in {progress.path})")
+        if progress is not None and epoch + 1 < settings.epochs and WARNING.listening:  # under SLURM (hybridssl/slurm.py)
+            # every process stops after the same epoch, its state saved: the warning reaches them at different moments
+            if sum_over_processes(torch.tensor(float(WARNING.received), device=device)).item() > 0:
+                requeue(f"stopped before fine-tune epoch {epoch + 2} of {settings.epochs} (progress in {progress.path})", ask=rank() == 0)
     del batches, trained  # a streamed split's workers stop before the test pass starts its own
     top1 = classifier_accuracy(model, test, info, settings.eval_batch_size, device)
     seconds = earlier_seconds + time.perf_counter() - start
