@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hybridssl"
 
 # Lowest first. A module may import its own layer or any lower one; a module not listed is an error.
 LAYERS: list[tuple[str, ...]] = [
-    ("hybridssl", "hybridssl.settings", "hybridssl.files", "hybridssl.errors", "hybridssl.shipped_configs", "hybridssl.slurm"),
-    ("hybridssl.nn", "hybridssl.data", "hybridssl.losses"),
+    ("hybridssl", "hybridssl.settings", "hybridssl.files", "hybridssl.errors", "hybridssl.shipped_configs"),
+    ("hybridssl.nn", "hybridssl.data", "hybridssl.losses", "hybridssl.slurm"),
     ("hybridssl.methods",),
     ("hybridssl.config", "hybridssl.engine"),
     ("hybridssl.evaluation",),

@@ -3,7 +3,8 @@ can stop cleanly and continue: pretraining at an optimizer step's end (engine/re
 an epoch's end, and compare and evaluate between two fits or protocols. The place that stops asks SLURM to
 requeue the job, whose same command continues from there.
 
-Here, below every layer that acts on it, because pretraining (engine) and fine-tuning (evaluation) both do.
+Here, beside nn (whose collectives it uses) and below every layer that acts on it, because pretraining
+(engine) and fine-tuning (evaluation) both do.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import threading
 import warnings
 from types import FrameType
 
-import torch.distributed as dist
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
 from hybridssl.errors import RunRequeued
+from hybridssl.nn.distributed import world_size
 
 WARNING_SIGNAL = getattr(signal, "SIGUSR1", None)  # what `--signal=SIGUSR1@N` sends; Windows has none
 
@@ -82,9 +83,5 @@ def requeue_if_warned(before: str) -> None:
     """Between two fits or protocols: a warning noted since is acted on here, by a one-task job's single
     process. With several tasks or processes it is left to a place where they agree on it (the next fit's
     first step, a fine-tune epoch's end): one leaving alone would leave the others waiting in a collective."""
-    if WARNING.received and under_slurm() and int(os.environ.get("SLURM_NTASKS", "1")) == 1 and not several_processes():
+    if WARNING.received and under_slurm() and int(os.environ.get("SLURM_NTASKS", "1")) == 1 and world_size() == 1:
         requeue(f"stopped before {before}", ask=True)
-
-
-def several_processes() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

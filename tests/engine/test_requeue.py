@@ -242,3 +242,15 @@ def test_a_warning_during_one_protocol_stops_before_the_next_and_keeps_its_resul
     again = read_results(tmp_path)
     assert again[: len(knn_rows)] == knn_rows and {r["protocol"] for r in again[len(knn_rows):]} == {"linear"}, "k-NN kept, not measured again"
     assert {r["protocol"] for r in read_results(tmp_path)} == {"knn", "linear"}
+
+
+def test_between_protocols_one_of_several_processes_never_leaves_alone(slurm_job, monkeypatch):
+    from hybridssl import slurm
+
+    WARNING.received = True
+    monkeypatch.setattr(slurm, "world_size", lambda: 2)  # a fine-tune's process group: the epoch's end decides
+    slurm.requeue_if_warned("the finetune protocol")
+    assert WARNING.received and not slurm_job.exists()
+    monkeypatch.setattr(slurm, "world_size", lambda: 1)
+    with pytest.raises(RunRequeued, match="stopped before the finetune protocol"):
+        slurm.requeue_if_warned("the finetune protocol")
