@@ -1,4 +1,4 @@
-"""Copies the records of the results-at-real-budgets runs into the repository, so that the table and its
+"""Adds the records of the results-at-real-budgets runs to the repository, so that the table and its
 figure can be drawn again on a machine that never held the runs.
 
     python benchmarks/keep_records.py runs/flagship [benchmarks/records/real-budgets]
@@ -24,6 +24,7 @@ from pathlib import Path
 from flagship_table import training_minutes  # benchmarks/ is on sys.path when this script runs
 
 KEPT = ("results.jsonl", "log.txt", "config.yaml")  # config.yaml: the recipe the row trained with
+APPENDED = {"results.jsonl", "log.txt"}  # merged into the kept copy, never copied over it
 
 
 def keep(out: Path, dest: Path) -> list[Path]:
@@ -36,17 +37,27 @@ def keep(out: Path, dest: Path) -> list[Path]:
         target.mkdir(parents=True, exist_ok=True)
         for name in KEPT:
             if (run / name).is_file():
-                shutil.copyfile(run / name, target / name)
+                (merge if name in APPENDED else shutil.copyfile)(run / name, target / name)
         minutes, starts = training_minutes(run)
         if starts:
             (target / "training.json").write_text(json.dumps({"minutes": round(minutes, 1), "starts": starts}) + "\n")
         kept.append(target)
     if (out / "log.txt").is_file():
-        shutil.copyfile(out / "log.txt", dest / "log.txt")
+        merge(out / "log.txt", dest / "log.txt")
     for stamps in sorted((out / "logs").glob("*.stamps")):  # results_gpu.py's parallel fine-tunes
         (dest / "logs").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(stamps, dest / "logs" / stamps.name)
+        merge(stamps, dest / "logs" / stamps.name)
     return kept
+
+
+def merge(source: Path, kept: Path) -> None:
+    """Appends to `kept` the lines of `source` it lacks. Logs and results only grow, but a run folder on a
+    new machine starts empty: copying it over the kept one would drop what earlier machines measured.
+    The table reads the last result of each kind, so a measurement taken again wins."""
+    lines = kept.read_text().splitlines() if kept.is_file() else []
+    have = set(lines)
+    lines += [line for line in source.read_text().splitlines() if line not in have]
+    kept.write_text("".join(line + "\n" for line in lines))
 
 
 if __name__ == "__main__":

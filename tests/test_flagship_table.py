@@ -62,3 +62,28 @@ def test_kept_records_give_the_same_table_without_the_run_folders(tmp_path, monk
     assert "| cmae-b128 (cmae, 24 epochs, batch 128, base lr 0.00045) | cls | 83.25 |" in original, "the row names its recipe"
     assert "| mae-ct-head5 (mae-ct-aug: head 1 epoch + tune 8 epochs on rows/mae) | cls | 84.50 |" in original
     assert "| mae (linked checkpoint) | cls | 80.29 |" in original
+
+
+def test_kept_records_grow_across_machines(tmp_path, monkeypatch):
+    """A row's folder on a new machine starts empty: keeping it again adds its measurements and stamps to
+    those an earlier machine kept, and a measurement taken again is the one the table reads."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from benchmarks.flagship_table import pick
+    from hybridssl.evaluation.results import read_results
+    from keep_records import keep
+
+    record = {"encoder": "trained", "protocol": "knn", "value": 81.0, "pooling": "cls", "settings": {"k": 20}}
+    first, second, kept = tmp_path / "machine1", tmp_path / "machine2", tmp_path / "kept"
+    for out, records, stamp in [(first, [record, {**record, "protocol": "linear", "value": 84.0}], "[2026-12-03T01:00:00Z] mae 24 epochs\n"),
+                                (second, [{**record, "value": 82.0}, {**record, "protocol": "finetune", "value": 90.0}], "[2026-12-04T01:00:00Z] evaluate finetune\n")]:  # fmt: skip
+        row = out / "rows" / "mae"
+        row.mkdir(parents=True)
+        (row / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        (out / "log.txt").write_text("[2026-12-0xT00:00:00Z] session start\n" + stamp)
+        keep(out, kept)
+        keep(out, kept)  # keeping twice adds nothing
+    results = read_results(kept / "rows" / "mae" / "results.jsonl")
+    assert len(results) == 4
+    assert [pick(results, "trained", p) for p in ("knn", "linear", "finetune")] == ["82.00", "84.00", "90.00"]
+    assert (kept / "log.txt").read_text() == ("[2026-12-0xT00:00:00Z] session start\n[2026-12-03T01:00:00Z] mae 24 epochs\n"
+                                              "[2026-12-04T01:00:00Z] evaluate finetune\n")  # fmt: skip
