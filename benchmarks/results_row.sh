@@ -11,6 +11,8 @@
 # PRETRAIN_FLAGS / EVAL_FLAGS (default none) are added to the commands, e.g. for a smoke test.
 # ROW (default METHOD) names the row's folder, for a second row of one method, e.g.
 #   ROW=mae-ct-tune24 TUNE_EPOCHS=24 sh benchmarks/results_row.sh mae-ct runs/flagship
+# MAE_ROW (default mae) names the row whose last checkpoint mae-ct / mae-ct-aug start from, e.g. the tuned
+# MAE of ROW=mae-tuned: MAE_ROW=mae-tuned ROW=mae-ct-aug-tuned sh benchmarks/results_row.sh mae-ct-aug OUT
 set -eu
 METHOD=${1:?usage: sh benchmarks/results_row.sh METHOD [OUT] [EPOCHS]}
 OUT=${2:-runs/flagship}
@@ -25,8 +27,8 @@ mkdir -p "$ROW"
 
 case $METHOD in
 mae-ct*)
-    START="$OUT/rows/mae/checkpoints/last.ckpt"
-    [ -f "$START" ] || { echo "$METHOD: no MAE row to start from ($START): run results_row.sh mae first" >&2; exit 2; }
+    START="$OUT/rows/${MAE_ROW:-mae}/checkpoints/last.ckpt"
+    [ -f "$START" ] || { echo "$METHOD: no MAE row to start from ($START): run ROW=${MAE_ROW:-mae} results_row.sh mae first" >&2; exit 2; }
     HEAD=${HEAD_EPOCHS:-1}
     TUNE=${TUNE_EPOCHS:-8}
     stamp "$METHOD head $HEAD + tune $TUNE epochs from $START"
