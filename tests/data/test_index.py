@@ -97,6 +97,23 @@ def test_the_index_is_cached_and_rebuilt_when_a_folder_changes(tmp_path, monkeyp
     assert len(file_index(tmp_path / "d")) == 4 and len(calls) == 1, "a new file invalidates the cache"
 
 
+def test_a_cache_listing_fewer_folder_times_than_folders_is_rebuilt(tmp_path):
+    """Every listed folder's time is checked: a cache short of one (damaged, or from another version) must
+    not let the folder it no longer checks go stale."""
+    for i in range(3):
+        jpeg(tmp_path / "d" / "k" / f"{i}.jpg")
+    assert len(file_index(tmp_path / "d")) == 3
+    (cache,) = (tmp_path / "index-cache").glob("*.npz")
+    with np.load(cache) as z:
+        arrays = dict(z)
+    assert arrays["dirs"].tolist()[-1].endswith("k"), "the class folder is the last one listed"
+    np.savez(cache, **{**arrays, "mtimes": arrays["mtimes"][:-1]})
+    time.sleep(0.01)
+    jpeg(tmp_path / "d" / "k" / "new.jpg")
+    os.utime(tmp_path / "d" / "k")
+    assert len(file_index(tmp_path / "d")) == 4
+
+
 def test_limit_selects_before_decoding_and_matches_the_in_memory_subset(tmp_path):
     for i in range(20):
         jpeg(tmp_path / "d" / f"{i:02d}.jpg", value=i * 10)

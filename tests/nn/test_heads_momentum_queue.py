@@ -108,6 +108,9 @@ def test_schedules_and_norms_are_checked_by_name_and_momentum_stays_at_its_end_p
 def test_ema_refuses_a_source_of_another_shape_by_name():
     with pytest.raises(ValueError, match="^EMA source and target have different parameters$"):
         EMA(nn.Linear(2, 2)).update(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), 0.5)
+    # the same parameters, other buffers: the running statistics would silently stay unfollowed
+    with pytest.raises(ValueError, match="^EMA source and target have different buffers$"):
+        EMA(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))).update(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)), 0.5)
 
 
 def test_queue_top2_draws_between_the_two_best_and_top1_takes_the_best():

@@ -214,7 +214,7 @@ def _load_cached(cache: Path, folder: Path) -> FileIndex | None:
         with np.load(cache, allow_pickle=False) as z:
             if int(z["version"]) != INDEX_VERSION or str(z["root"]) != str(folder.resolve()):
                 return None
-            for d, mtime in zip(z["dirs"].tolist(), z["mtimes"].tolist()):
+            for d, mtime in zip(z["dirs"].tolist(), z["mtimes"].tolist(), strict=True):
                 if os.stat(d).st_mtime_ns != mtime:
                     return None
             classes = z["classes"].tolist() if bool(z["has_classes"]) else None

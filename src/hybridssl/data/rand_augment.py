@@ -81,7 +81,7 @@ class RandAugment:
         from torch's global generator: the one a resumable fine-tune saves)."""
         seeds = torch.randint(2**31, (len(images),)).tolist()
         pixels = images.mul(255).round_().to("cpu", torch.uint8)
-        out = torch.stack([self(image, seed) for image, seed in zip(pixels, seeds)])
+        out = torch.stack([self(image, seed) for image, seed in zip(pixels, seeds, strict=True)])
         return out.to(images.device).float().div_(255)
 
 

@@ -70,12 +70,12 @@ class Views:
         """Views of whole stored images: crops cut here, on the images' device."""
         x = to_unit(images)
         crops = [cut(x).clamp_(0, 1) for cut in self.device_crops]
-        crops = [c.rand_augment.batch(cut) if c.rand_augment else cut for c, cut in zip(self.crops, crops)]
+        crops = [c.rand_augment.batch(cut) if c.rand_augment else cut for c, cut in zip(self.crops, crops, strict=True)]
         return self.finish(crops)
 
     def finish(self, crops: Sequence[Tensor]) -> list[Tensor]:
         """Views from crops already cut (one batch per `crops` entry, uint8 or float in [0, 1])."""
-        return [self.normalize(f(to_unit(c)).clamp_(0, 1)) for f, c in zip(self.finishers, crops)]
+        return [self.normalize(f(to_unit(c)).clamp_(0, 1)) for f, c in zip(self.finishers, crops, strict=True)]
 
 
 def min_crop_scale(info: DataInfo, paper: float = 0.08) -> float:

@@ -44,7 +44,7 @@ def mean_over_ranks(losses: dict[str, Tensor]) -> dict[str, Tensor]:
     row[-1] = zlib.crc32(",".join(names).encode()) & 0xFFFFFF  # exact in float32
     rows = gather_no_grad(row.unsqueeze(0))
     if (rows[:, -1] == row[-1]).all():
-        return dict(zip(names, rows[:, : len(names)].mean(0)))
+        return dict(zip(names, rows[:, : len(names)].mean(0), strict=True))
     return {**{k: losses[k].detach().float() for k in names}, "loss": rows[:, 0].mean()}
 
 
@@ -66,7 +66,7 @@ def restore_group_settings(scheduler: torch.optim.lr_scheduler.LambdaLR, setting
     optimizer (and the scheduler's base lrs); returns (setting, checkpoint's, this run's) for each group
     setting that differed."""
     changed = []
-    for i, (group, own) in enumerate(zip(scheduler.optimizer.param_groups, settings)):
+    for i, (group, own) in enumerate(zip(scheduler.optimizer.param_groups, settings, strict=True)):
         for key in OPTIMIZER_SETTINGS:
             before, after = group.get(key), own[key]
             if key != "betas" and before is not None and math.isclose(before, after, rel_tol=1e-9):
@@ -147,7 +147,7 @@ class PretrainModule(L.LightningModule):
                                f"this run's optimizer settings apply from step {self.global_step} on")  # fmt: skip
             for schedule in scheduler.lr_lambdas:
                 schedule.total_steps, schedule.warmup_steps, schedule.min_fraction = self.schedule
-            for group, base, schedule in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            for group, base, schedule in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
                 group["lr"] = base * schedule(scheduler.last_epoch)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

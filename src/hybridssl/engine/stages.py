@@ -91,7 +91,7 @@ def pretrain(run_config: RunConfig, callbacks: CallbackFactory | None = None) ->
     images = load_training_data(configs[0])
     if len(configs) > 1:
         info = training_info(run_config.dataset, images)
-        for config, trains in zip(configs, training):
+        for config, trains in zip(configs, training, strict=True):
             # every stage checked against the data, and against the checkpoint it resumes, before any write
             method = seeded_method(config.model_copy(update={"init_from": None}), info)
             check_queues(method, config, len(images))
@@ -101,7 +101,7 @@ def pretrain(run_config: RunConfig, callbacks: CallbackFactory | None = None) ->
             save_yaml(run_config.dump(), Path(run_config.output) / "config.yaml")
             listing = [{"folder": s.folder, "method": s.method, "epochs": s.epochs} for s in stages]
             save_yaml({"stages": listing}, Path(run_config.output) / STAGES_FILE)
-    for config, trains in zip(configs, training):
+    for config, trains in zip(configs, training, strict=True):
         if trains:
             requeue_if_warned(f"training {config.output}")
             train_run(config, images, callbacks)

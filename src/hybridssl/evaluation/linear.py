@@ -73,7 +73,7 @@ def train_linear_probes(
     torch.manual_seed(seed)
     model = ProbeHeads(features.shape[1], num_classes, len(base_lrs))
     scale = settings.batch_size / 256
-    groups = [{"params": head.parameters(), "lr": lr * scale} for head, lr in zip(model.heads, base_lrs)]
+    groups = [{"params": head.parameters(), "lr": lr * scale} for head, lr in zip(model.heads, base_lrs, strict=True)]
     opt = torch.optim.SGD(groups, momentum=settings.momentum, weight_decay=settings.weight_decay)  # lr: per group
     total = settings.epochs * steps_per_epoch(len(features), settings.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(total, int(settings.warmup_fraction * total)))
@@ -124,7 +124,7 @@ def linear_probe_sweep(train_features: Tensor, train_labels: Tensor, test_featur
     fit, held = stratified_holdout(train_labels, settings.holdout_fraction, seed)
     if len(lrs) > 1 and len(held) > 0:
         heads = train_linear_probes(train_features[fit], train_labels[fit], num_classes, settings, lrs, seed)
-        holdout = dict(zip(lrs, head_accuracies(heads, train_features[held], train_labels[held])))
+        holdout = dict(zip(lrs, head_accuracies(heads, train_features[held], train_labels[held]), strict=True))
         best = max(lrs, key=lambda lr: (holdout[lr], -lr))
         warn_at_the_edge(holdout, best)
     else:

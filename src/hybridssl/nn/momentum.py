@@ -47,5 +47,8 @@ class EMA(nn.Module):
             elif momentum != 1.0:
                 torch._foreach_lerp_(targets, sources, 1.0 - momentum)
             if self.copy_buffers:
-                for target, buffer in zip(self.module.buffers(), source.buffers()):
+                target_buffers, source_buffers = list(self.module.buffers()), list(source.buffers())
+                if len(target_buffers) != len(source_buffers):
+                    raise ValueError("EMA source and target have different buffers")
+                for target, buffer in zip(target_buffers, source_buffers, strict=True):
                     target.copy_(buffer)

@@ -71,7 +71,7 @@ def curves_png(series: Series, title: str = "", columns: int = 3) -> bytes | Non
     for i, (name, lines) in enumerate(grid.items()):
         ax = fig.add_subplot(rows, cols, i + 1)
         for key, points in lines.items():
-            steps, values = zip(*points)
+            steps, values = zip(*points, strict=True)
             ax.plot(steps, values, marker="." if len(points) < 30 else None, linewidth=1.2,
                     label=key.removeprefix("lr-") if len(lines) > 1 else None)  # fmt: skip
         if len(lines) > 1:
