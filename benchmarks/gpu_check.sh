@@ -1,16 +1,17 @@
 #!/bin/sh
 # The ready GPU check: one run on a CUDA machine that answers "does hybridssl work and how fast is it here".
 #   sh benchmarks/gpu_check.sh [OUT_DIR]            (default OUT_DIR: runs/gpu-check)
-# On the `device` tool's machine (no kornia or pydantic there): `. benchmarks/device_env.sh && sh benchmarks/gpu_check.sh`
-# with .device-bundle carried (benchmarks/device_bundle.sh makes it here).
+# On a bare machine without network whose Python lacks kornia and pydantic:
+# `. benchmarks/archive/device_env.sh && sh benchmarks/gpu_check.sh`, with .device-bundle copied there
+# (benchmarks/archive/device_bundle.sh makes it on a machine with network).
 # Steps: (a) nvidia-smi, torch/CUDA versions and the measured bf16 matmul peak; (b) `pytest -m cuda`
 # (exit 5, "no tests ran", is fine); (c) the training step of every method at vit-base/16, 224 px,
 # batch 128, bf16 (img/s, MFU against the measured peak, peak memory); (d) a 4096-JPEG photo folder
 # and a 224 px vit-base/16 MAE run through the streaming loader (img/s, data wait %);
 # (e) OUT_DIR/gpu_check.json (everything) and OUT_DIR/gpu_check.md (the tables).
 # The bench goes through benchmarks/gpu_check.py, which calls hybridssl.engine.bench.bench (the step of
-# `hybridssl bench`): the CLI has no --image-size (28/32/96 px from a named dataset only) and measures the
-# matmul peak again in every call; here the peak is measured once and every MFU is against it.
+# `hybridssl bench`), which measures the matmul peak again in every call; here the peak is measured once
+# and every MFU is against it.
 # Expected duration on an H100/H200: about 4-5 minutes (versions + peak ~15 s, CUDA tests capped at
 # GPU_CHECK_TEST_TIMEOUT=180 s, bench ~15 s per method = ~2.5 min, photos ~10 s, MAE run ~1 min).
 # A failing method or step is recorded in its row and the script goes on; it exits 1 at the end when

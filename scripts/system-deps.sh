@@ -18,6 +18,6 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need) >/tmp/hybridssl-apt.log 2>&1 \
     || echo "note: apt could not install$need (see /tmp/hybridssl-apt.log); continuing without"
 else
-  echo "note: missing$need and apt is not usable here; continuing without (see README, "Named datasets and shards")"
+  echo "note: missing$need and apt is not usable here; continuing without (see docs/data.md, "Named datasets")"
 fi
 exit 0

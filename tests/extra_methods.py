@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field, PositiveInt
-from torch import Tensor
+from torch import Tensor, nn
 
 from hybridssl.data.views import crop_flip
 from hybridssl.losses import nnclr
@@ -51,6 +51,9 @@ class ToyQueueEMA(Method):
         loss = nnclr(prediction, neighbour, 0.2)
         self.queue.enqueue(key, batch.ids, batch.labels)
         return {"loss": loss}
+
+    def momentum_pairs(self) -> list[tuple[EMA, nn.Module]]:
+        return [(self.target, self.projector)]  # --init-from restarts the copy (tests/methods/test_contract.py)
 
     def after_step(self, progress: float) -> None:
         self.target.update(self.projector, self.cfg.momentum)

@@ -4,6 +4,8 @@ keeps the last good checkpoint."""
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ import torch
 from PIL import Image
 
 from hybridssl.cli import main
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 from hybridssl.methods.mae import MAE
 from tests.subprocess_runs import threads
 
@@ -278,3 +280,32 @@ def test_weights_that_become_non_finite_are_never_checkpointed(fmnist_dir, tmp_p
     assert "weights became non-finite" in line and "step 4" in line
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step0000002.ckpt"]
     assert load_checkpoint(tmp_path / "checkpoints" / "step0000002.ckpt")["global_step"] == 2
+
+
+# ----------------------------------------------------------------------------- full disk
+
+
+def test_a_full_disk_at_a_save_is_one_line_keeps_the_previous_checkpoint_and_resumes(fmnist_dir, tmp_path, capsys, monkeypatch):
+    """The disk fills up while step 4's checkpoint is written (part of it on disk): one line naming the
+    file and the intact previous checkpoint, not a traceback; the --resume it suggests ends the run."""
+    save, saves = torch.save, []
+
+    def disk_fills_up(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    args = tiny(fmnist_dir, tmp_path, "--max-steps", "6", "--checkpoint-every-steps", "2")
+    line = one_line_error(capsys, args)
+    kept = tmp_path / "checkpoints" / "step0000002.ckpt"
+    assert line == (f"hybridssl: error: disk full: {tmp_path / 'checkpoints' / 'step0000004.ckpt'} could not be written "
+                    f"(No space left on device); the previous checkpoint {kept} is intact: free space on that disk (or keep "
+                    "fewer checkpoints: --keep-checkpoints N) and continue with --resume")  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step0000002.ckpt"], "no temporary file left"
+    assert load_checkpoint(kept)["global_step"] == 2
+    monkeypatch.undo()  # room again
+    assert main([*args, "--resume"]) == 0
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 6

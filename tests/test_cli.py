@@ -9,7 +9,8 @@ import timm
 import torch
 
 from hybridssl.cli import main
-from hybridssl.engine.checkpoints import load_checkpoint, load_encoder
+from hybridssl.weights.loading import load_trained_encoder as load_encoder
+from hybridssl.weights.ours import load_checkpoint
 from hybridssl.nn.vit import pool
 
 TINY = ["--dataset", "fashion-mnist", "--model", "vit-pico", "--batch-size", "32", "--accelerator", "cpu", "--no-progress-bar"]

@@ -82,8 +82,8 @@ def test_compare_runs_end_to_end_resumes_and_survives_a_failing_method(fmnist_di
     assert "1 of 2 methods failed (broken: ValueError: broken on purpose)" in capsys.readouterr().err
     doc = json.loads((out / "comparison.json").read_text())
     mae_row, broken_row = doc["tables"]["main"]["rows"]
-    assert doc["tables"]["main"]["columns"] == ["method", "pooling", "pretraining", "k-NN"], "only the protocols asked for"
-    assert mae_row[:2] == ["mae", "mean_patch"] and mae_row[3] != "–"
+    assert doc["tables"]["main"]["columns"] == ["method", "pooling", "image size", "test crop", "pretraining", "k-NN"], "only the protocols asked for"
+    assert mae_row[:4] == ["mae", "mean_patch", "28 px", "whole"] and mae_row[5] != "–"
     assert broken_row[0] == "broken" and set(broken_row[1:]) == {"–"}
     assert doc["methods"]["mae"]["stages"] == [{"folder": ".", "method": "mae", "epochs": 1}]
     assert "--protocols knn" in doc["command"] and "broken did not complete" in (out / "comparison.md").read_text()
@@ -109,10 +109,10 @@ def test_compare_trains_and_evaluates_two_methods_and_resumes(fmnist_dir, tmp_pa
     floors = main_table["rows"][len(methods) :]
     assert [row[0] for row in floors] == ["random init (floor; mae's ViT)"] * len(poolings) + ["raw pixels (floor)"]
     assert [row[1] for row in floors] == [*poolings, "none"], "the untrained ViT at every pooling the methods use"
-    assert main_table["columns"][3:] == ["k-NN", "linear", "fine-tune", "1% fine-tune", "1% linear", "cluster acc", "NMI"]
+    assert main_table["columns"][5:] == ["k-NN", "linear", "fine-tune", "1% fine-tune", "1% linear", "cluster acc", "NMI"]
     for row in main_table["rows"][: len(methods)]:
         assert all(cell != "–" for cell in row), row  # every protocol measured for every method
-    assert main_table["rows"][-1][5] == "–", "raw pixels cannot be fine-tuned"
+    assert main_table["rows"][-1][7] == "–", "raw pixels cannot be fine-tuned"
     assert "hybridssl compare --methods" in md and f"| {methods[1]} |" in md and "Low-shot" in md
     for method in methods:
         record = doc["methods"][method]
@@ -153,3 +153,36 @@ def test_validation_and_pooling_reach_the_evaluations_and_the_command(tmp_path, 
     assert seen[0].eval["split"] == "validation" and seen[0].eval["pooling"] == "cls"
     assert "--validation" in seen[0].command() and "--pooling cls" in seen[0].command()
     assert seen[1].eval["split"] == "test" and "--validation" not in seen[1].command() and "--pooling" not in seen[1].command()
+
+
+def test_every_table_says_what_its_rows_were_measured_under_and_warns_when_sizes_mix(tmp_path):
+    """A method measured at another image size than the floors (or an old row without a size) must not
+    read as a better or worse encoder: the size is in every table, and the notes warn of the mix."""
+    from hybridssl.evaluation.results import append_result
+    from hybridssl.report.comparison import write_comparison
+
+    def rows(folder: str, encoder: str, pooling: str, size: int | None, crop: float = 1.0) -> None:
+        view = {} if size is None else {"image_size": size, "test_crop_fraction": crop}
+        for protocol, extra in (("knn", {"settings": {"k": 20}}), ("lowshot", {"head": "linear", "subset": "1%", "std": 0.5, "settings": {}}),
+                                ("clustering", {"metric": "nmi", "settings": {}})):  # fmt: skip
+            append_result(tmp_path / folder, {"protocol": protocol, "encoder": encoder, "pooling": pooling, "metric": "top1",
+                                              "value": 80.0, **view, **extra})  # fmt: skip
+
+    rows("mae", "trained", "mean_patch", 112, 0.875)
+    rows("floors", "random-init", "mean_patch", 224)
+    rows("floors", "raw-pixels", "none", None)  # written before the size was recorded
+    req = CompareRequest(methods=["mae"], output=tmp_path, budget_epochs=1, protocols=["knn", "lowshot", "clustering"])
+    paths = write_comparison(req, {"mae": {"pretrain_seconds": 5.0}})
+    doc = json.loads(paths["json"].read_text())
+    for name in ("main", "lowshot", "clustering"):
+        table = doc["tables"][name]
+        assert table["columns"][1:4] == ["pooling", "image size", "test crop"], name
+        assert [row[1:4] for row in table["rows"]] == [["mean_patch", "112 px", "centre 0.875"], ["mean_patch", "224 px", "whole"],
+                                                       ["none", "size not recorded", "whole"]], name  # fmt: skip
+    note = "different image sizes (112 px, 224 px, size not recorded)"
+    assert any(note in line for line in doc["notes"]) and note in paths["md"].read_text() and note in paths["html"].read_text()
+    (tmp_path / "floors" / "results.jsonl").unlink()
+    rows("floors", "random-init", "mean_patch", 112)
+    req.floors = True
+    doc = json.loads(write_comparison(req, {"mae": {}})["json"].read_text())
+    assert not any("different image sizes" in line for line in doc["notes"]), "one size: nothing to warn about"

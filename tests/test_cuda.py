@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hybridssl.cli import main
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from hybridssl.cli import main
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 from hybridssl.methods import METHODS
 from hybridssl.report.curves import read_metrics
 from tests.subprocess_runs import run_driver, threads

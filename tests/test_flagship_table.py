@@ -1,4 +1,4 @@
-"""benchmarks/flagship_table.py's training time: every start of a resumed row counts, even one a
+"""benchmarks/archive/flagship_table.py's training time: every start of a resumed row counts, even one a
 killed session cut off before its next log stamp."""
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 
-from benchmarks.flagship_table import training_minutes
+from benchmarks.archive.flagship_table import training_minutes
 
 
 def test_training_minutes_sum_each_start_of_every_stage(tmp_path):
@@ -21,10 +21,10 @@ def test_training_minutes_sum_each_start_of_every_stage(tmp_path):
 
 
 def test_kept_records_give_the_same_table_without_the_run_folders(tmp_path, monkeypatch, capsys):
-    """benchmarks/keep_records.py: the table and training times drawn from the kept copy equal the
+    """benchmarks/archive/keep_records.py: the table and training times drawn from the kept copy equal the
     originals', with the checkpoints and event files left behind."""
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
-    from benchmarks.flagship_table import main
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks" / "archive"))
+    from benchmarks.archive.flagship_table import main
     from keep_records import keep
 
     out, kept = tmp_path / "out", tmp_path / "kept"
@@ -43,7 +43,7 @@ def test_kept_records_give_the_same_table_without_the_run_folders(tmp_path, monk
     (stages / "results.jsonl").write_text(json.dumps({**record, "value": 84.5}) + "\n")
     (stages / "config.yaml").write_text("method: mae-ct-aug\nepochs: 100\ninit_from: /runs/rows/mae/checkpoints/last.ckpt\n"
                                         "method_args:\n  head_epochs: 1\n  tune_epochs: 8\n")
-    (out / "logs").mkdir()  # a fine-tune benchmarks/results_gpu.py ran beside the rows
+    (out / "logs").mkdir()  # a fine-tune benchmarks/archive/results_gpu.py ran beside the rows
     (out / "logs" / "finetune-mae.stamps").write_text("[2026-12-03T03:00:00Z] evaluate finetune --epochs 15 (x)\n"
                                                       "[2026-12-03T03:12:30Z] finetune mae done\n")
     linked = out / "rows" / "mae"
@@ -67,8 +67,8 @@ def test_kept_records_give_the_same_table_without_the_run_folders(tmp_path, monk
 def test_kept_records_grow_across_machines(tmp_path, monkeypatch):
     """A row's folder on a new machine starts empty: keeping it again adds its measurements and stamps to
     those an earlier machine kept, and a measurement taken again is the one the table reads."""
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
-    from benchmarks.flagship_table import pick
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks" / "archive"))
+    from benchmarks.archive.flagship_table import pick
     from hybridssl.evaluation.results import read_results
     from keep_records import keep
 

@@ -1,5 +1,5 @@
-"""The package's imports flow one way (nn, data -> methods -> config, engine -> evaluation -> report ->
-compare, demo, cli): a lower layer never imports a higher one, and no two modules import each other, directly or through others. Imports inside functions
+"""The package's imports flow one way (nn, data -> methods -> config -> weights -> engine, embedding ->
+evaluation -> report -> compare, demo, cli, and the package's face): a lower layer never imports a higher one, and no two modules import each other, directly or through others. Imports inside functions
 count too: a deferred import still couples the layers (and hid a cycle once)."""
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hybridssl"
 
 # Lowest first. A module may import its own layer or any lower one; a module not listed is an error.
 LAYERS: list[tuple[str, ...]] = [
-    ("hybridssl", "hybridssl.settings", "hybridssl.files", "hybridssl.errors", "hybridssl.shipped_configs"),
+    ("hybridssl.version", "hybridssl.settings", "hybridssl.files", "hybridssl.errors", "hybridssl.shipped_configs"),
     ("hybridssl.nn", "hybridssl.data", "hybridssl.losses", "hybridssl.slurm"),
     ("hybridssl.methods",),
-    ("hybridssl.config", "hybridssl.engine"),
+    ("hybridssl.config",),
+    ("hybridssl.weights",),
+    ("hybridssl.engine", "hybridssl.embedding"),
     ("hybridssl.evaluation",),
     ("hybridssl.report",),
-    ("hybridssl.compare", "hybridssl.demo", "hybridssl.cli", "hybridssl.__main__"),
+    ("hybridssl.compare", "hybridssl.demo", "hybridssl.cli", "hybridssl.__main__", "hybridssl.api"),
+    ("hybridssl",),  # the package's face: it re-exports from every layer (lazily)
 ]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 from hybridssl.report.curves import read_metrics
 from tests.subprocess_runs import run_driver, start_driver
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hybridssl.cli import main
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 from tests.subprocess_runs import run_driver
 
 STREAM = ["--dataset", "folder", "--image-size", "32", "--patch-size", "8", "--model", "vit-pico", "--batch-size", "16",

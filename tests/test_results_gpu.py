@@ -1,4 +1,4 @@
-"""benchmarks/results_gpu.py: the epochs it fits into the time given, and (slow) its toy run on the CPU,
+"""benchmarks/archive/results_gpu.py: the epochs it fits into the time given, and (slow) its toy run on the CPU,
 so the one-call GPU results table cannot rot between the sessions that are lent a GPU."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "benchmarks" / "results_gpu.py"
+SCRIPT = REPO / "benchmarks" / "archive" / "results_gpu.py"
 
 
 def script():

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from hybridssl.cli import main
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 from hybridssl.report.curves import read_metrics
 from tests.subprocess_runs import run_driver, start_driver, threads
 
@@ -175,6 +175,43 @@ def test_epoch_checkpoints_resume_with_epochs_where_the_data_has_them(fmnist_dir
     assert epochs == [(step, epoch) for step, epoch in expected if step >= 4]
     assert {p.name for p in (resumed / "checkpoints").glob("step*.ckpt")} == {"step0000008.ckpt", "step0000012.ckpt"}
 
+
+def killed_after(epoch_run: Path, folder: Path, steps: list[int]) -> Path:
+    """A copy of `epoch_run`'s checkpoints of `steps` only: the run as a kill after the last of them left it."""
+    (folder / "checkpoints").mkdir(parents=True)
+    for step in steps:
+        shutil.copy2(epoch_run / "checkpoints" / f"step{step:07d}.ckpt", folder / "checkpoints")
+    return folder
+
+
+def trained_steps(out: Path) -> list[int]:
+    return [step for step, _ in read_metrics(out)["train/loss"]]
+
+
+def test_resume_takes_the_highest_step_not_the_newest_file(epoch_run, fmnist_dir, tmp_path):
+    """The older checkpoint touched (a copy, a restore from a backup) was resumed from, and the run went
+    back silently: here it would train steps 4-12 again instead of 8-12."""
+    out = killed_after(epoch_run, tmp_path / "run", [4, 8])
+    os.utime(out / "checkpoints" / "step0000004.ckpt")  # now the newest file
+    stale = out / "checkpoints" / ".step0000010.ckpt.4242.0badf00d.tmp"  # a save the kill cut short
+    stale.write_bytes(b"half a checkpoint")
+    assert main(tiny("mae", fmnist_dir, out, "--epochs", "3", "--checkpoint-every-steps", "2", "--resume")) == 0
+    assert trained_steps(out) == [8, 9, 10, 11]
+    assert not stale.exists()
+    assert_same_training_state(epoch_run / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt")
+
+
+def test_a_damaged_newest_checkpoint_is_named_set_aside_and_the_previous_one_resumed(epoch_run, fmnist_dir, tmp_path):
+    out = killed_after(epoch_run, tmp_path / "run", [6, 8])
+    damaged = out / "checkpoints" / "step0000008.ckpt"
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # a torn copy
+    with pytest.warns(UserWarning, match=r"resume: .*step0000008.ckpt is not a readable checkpoint .*; set aside as "
+                                         r"step0000008.ckpt.damaged, resuming from step0000006.ckpt"):  # fmt: skip
+        assert main(tiny("mae", fmnist_dir, out, "--epochs", "3", "--checkpoint-every-steps", "2", "--resume")) == 0
+    assert trained_steps(out) == [6, 7, 8, 9, 10, 11]
+    assert_same_training_state(epoch_run / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt")
+    assert_same_training_state(epoch_run / "checkpoints" / "step0000008.ckpt", damaged)  # written again, under its own name
+    assert (out / "checkpoints" / "step0000008.ckpt.damaged").is_file()
 
 def test_checkpoint_carries_every_ranks_rng_states_and_loads_weights_only(epoch_run):
     ckpt = torch.load(epoch_run / "checkpoints" / "last.ckpt", weights_only=True)

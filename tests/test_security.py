@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from hybridssl.cli import main
-from hybridssl.engine.checkpoints import CheckpointError, load_method
+from hybridssl.errors import CheckpointError
+from hybridssl.weights.ours import load_method
 from tests.subprocess_runs import threads
 
 SRC = Path(__file__).parents[1] / "src" / "hybridssl"

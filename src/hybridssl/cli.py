@@ -1,4 +1,4 @@
-"""Command line: hybridssl pretrain | evaluate | compare | report | export | pack | bench | demo.
+"""Command line: hybridssl pretrain | evaluate | embed | neighbours | compare | report | export | pack | bench | demo.
 
 Every invalid input ends in one line `hybridssl: error: ...` naming the field, and exit status 2.
 """
@@ -100,7 +100,7 @@ def flags_to_layer(args: argparse.Namespace) -> dict[str, Any]:
 def start_defaults(given: dict[str, Any]) -> dict[str, Any]:
     """The settings an --init-from file decides (its model, patch and image size); imports torch, so
     it runs only once the flags and file are valid."""
-    from hybridssl.engine.starting_points import init_defaults
+    from hybridssl.weights.start import init_defaults
 
     return init_defaults(given)
 
@@ -142,6 +142,8 @@ def add_encoder_args(p: argparse.ArgumentParser, floors: bool = True, set_flag: 
     if floors:
         p.add_argument("--random-init", action="store_true", help="evaluate the same architecture untrained")
         p.add_argument("--raw-pixels", action="store_true", help="evaluate raw pixels instead of the encoder")
+        p.add_argument("--ema", action="store_true",
+                       help="evaluate the EMA of the encoder the checkpoint kept (mim-refiner; mae-ct with method_args.encoder_ema)")
     p.add_argument("--pooling", choices=("cls", "mean_patch"), help="default: the method's own pooling")
     p.add_argument("--k", default="10,20,200", help="k-NN: comma-separated k values (default 10,20,200)")
     p.add_argument("--lrs", help="linear: base lrs of the probe sweep (default 0.01,0.03,0.1,0.3,1)")
@@ -172,12 +174,12 @@ def positive_or_zero(name: str, value: int | None) -> int | None:
     return value
 
 
-def number_list(name: str, text: str, kind: type = int) -> tuple:
+def number_list(name: str, text: str, kind: type = int, positive_only: bool = True) -> tuple:
     try:
         values = tuple(kind(x) for x in text.split(","))
     except ValueError:
-        raise UsageError(f"{name}: expected comma-separated positive numbers, got {text!r}") from None
-    if any(v <= 0 for v in values):
+        raise UsageError(f"{name}: expected comma-separated {'positive ' if positive_only else ''}numbers, got {text!r}") from None
+    if positive_only and any(v <= 0 for v in values):
         raise UsageError(f"{name}: expected comma-separated positive numbers, got {text!r}")
     return values
 
@@ -214,8 +216,8 @@ def eval_request_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.random_init and args.raw_pixels:
-        raise UsageError("--random-init and --raw-pixels exclude each other")
+    if args.random_init + args.raw_pixels + args.ema > 1:
+        raise UsageError("--random-init, --raw-pixels and --ema exclude each other")
     from hybridssl.nn.distributed import launched_processes, launched_world_size, rank
 
     if launched_world_size() > 1 and args.protocol != "finetune":
@@ -223,7 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                          "run the others as one process")  # fmt: skip
     from hybridssl.evaluation.run import EvalRequest, describe, evaluate
 
-    kind = "random-init" if args.random_init else "raw-pixels" if args.raw_pixels else "trained"
+    kind = "random-init" if args.random_init else "raw-pixels" if args.raw_pixels else "ema" if args.ema else "trained"
     req = EvalRequest(checkpoint=args.checkpoint, dataset=args.dataset, protocol=args.protocol, output=args.output,
                       encoder_kind=kind, image_size=positive("image_size", args.image_size), again=args.again,
                       **eval_request_args(args))  # fmt: skip
@@ -300,11 +302,71 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hybridssl.engine.checkpoints import export_encoder
+    from hybridssl.weights.export import TIMM_ARCHITECTURE, export_encoder
 
-    kwargs = export_encoder(args.checkpoint, args.output)
-    print(f"hybridssl: wrote {args.output}; load it with")
-    print(f"  timm.create_model('vit_base_patch16_224', pretrained=False, checkpoint_path='{args.output}', **{kwargs})")
+    kwargs = export_encoder(args.checkpoint, args.output, positive("image_size", args.image_size))
+    print(f"hybridssl: wrote {args.output} (checked: timm built from it computes the encoder's {kwargs['global_pool']}-pooled "
+          "features); load it with")  # fmt: skip
+    print(f"  timm.create_model('{TIMM_ARCHITECTURE}', pretrained=False, checkpoint_path='{args.output}', **{kwargs})")
+    return 0
+
+
+def add_embed_args(p: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
+    p.add_argument("--checkpoint", type=Path, required=checkpoint_required,
+                   help="a checkpoint of ours (any stage), an export, or a published ViT (official MAE, timm, mmpretrain)")
+    p.add_argument("--data-dir", type=path_or_url,
+                   help="a folder (class sub-folders or flat), a train/ + val/ root, a .csv/.txt file list, or packed shards")
+    p.add_argument("--dataset", help="folder (default), shards, or a named dataset (fashion-mnist, cifar10, ...)")
+    p.add_argument("--split", choices=("train", "test"), default="train",
+                   help="a train/ + val/ root or a named dataset: which split (test = val/); default train")
+    p.add_argument("--image-size", type=int, help="embed at this size, position embeddings resampled (default: the checkpoint's)")
+    p.add_argument("--mean", help="comma-separated per-channel mean (default: the file's record, else its format's default)")
+    p.add_argument("--std", help="comma-separated per-channel std, with --mean")
+    p.add_argument("--pooling", choices=("cls", "mean_patch"), help="default: the pooling the method was evaluated with")
+    p.add_argument("--ema", action="store_true", help="the EMA of the encoder the checkpoint kept, instead of the encoder")
+    p.add_argument("--limit", type=int, help="a seeded random subset of N images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, help="decoding processes (default: min(8, CPUs - 1))")
+    p.add_argument("--strict", action="store_true", help="stop at an unreadable image instead of leaving it out")
+
+
+def embeddings_from_args(args: argparse.Namespace):
+    from hybridssl.embedding.encoder import load_encoder
+    from hybridssl.embedding.sources import embed_source
+
+    mean = number_list("mean", args.mean, float, positive_only=False) if args.mean else None
+    std = number_list("std", args.std, float) if args.std else None
+    encoder = load_encoder(args.checkpoint, positive("image_size", args.image_size), mean=mean, std=std, pooling=args.pooling,
+                           ema=args.ema)
+    return embed_source(encoder, args.dataset, args.data_dir, args.split, positive("limit", args.limit), args.seed,
+                        positive("batch_size", args.batch_size), positive_or_zero("num_workers", args.num_workers), args.strict)  # fmt: skip
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from hybridssl.embedding.store import save_embeddings
+
+    emb, source = embeddings_from_args(args)
+    path = save_embeddings(args.output, emb, source)
+    skipped = f", {len(emb.skipped)} unreadable image(s) left out" if emb.skipped else ""
+    print(f"hybridssl: wrote {path}: {emb.vectors.shape[0]} x {emb.vectors.shape[1]} embeddings ({emb.meta['pooling']} pooling, "
+          f"{emb.meta['image_size']} px{skipped}); read with numpy.load(path): embeddings, paths, labels, classes, meta")  # fmt: skip
+    return 0
+
+
+def cmd_neighbours(args: argparse.Namespace) -> int:
+    from hybridssl.embedding.store import load_embeddings
+    from hybridssl.report.neighbours import write_neighbour_page
+
+    if bool(args.embeddings) == bool(args.checkpoint):
+        raise UsageError("give --embeddings FILE (one or more) or --checkpoint with --data-dir / --dataset")
+    if args.embeddings:
+        sets = [(str(path), load_embeddings(path)) for path in args.embeddings]
+    else:
+        sets = [(str(args.checkpoint), embeddings_from_args(args)[0])]
+    path = write_neighbour_page(args.output, sets, positive("queries", args.queries), positive("k", args.k),
+                                positive_or_zero("pairs", args.pairs), args.seed)  # fmt: skip
+    print(f"hybridssl: wrote {path}")
     return 0
 
 
@@ -367,7 +429,7 @@ def versions() -> str:
     metadata: importing torch would cost seconds)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from hybridssl import __version__
+    from hybridssl.version import __version__
 
     def installed(name: str) -> str:
         try:
@@ -403,8 +465,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-samples", type=int, default=1000, help="test images in the 2-D map (default 1000)")
     p.add_argument("--no-pictures", action="store_true", help="config, curves and results only (no checkpoint loading)")
     p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("export", help="write the encoder as timm-loadable safetensors")
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p = sub.add_parser("embed", help="embeddings of a folder, file list, shards or dataset split, as an .npz file")
+    add_embed_args(p)
+    p.add_argument("--output", type=Path, required=True, help="the .npz file to write (.npz is added when missing)")
+    p = sub.add_parser("neighbours", help="an HTML page of nearest neighbours and near-duplicates of embeddings")
+    p.add_argument("--embeddings", type=Path, action="append", default=[],
+                   help="an .npz of `hybridssl embed`; twice (same images) for two encoders side by side")
+    add_embed_args(p, checkpoint_required=False)
+    p.add_argument("--queries", type=int, default=12, help="query images, drawn with --seed (default 12)")
+    p.add_argument("--k", type=int, default=8, help="neighbours per query (default 8)")
+    p.add_argument("--pairs", type=int, default=12, help="closest near-duplicate pairs shown (default 12)")
+    p.add_argument("--output", type=Path, required=True, help="the HTML page to write")
+    p = sub.add_parser("export", help="write the encoder of any checkpoint or released file as timm-loadable safetensors")
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="a checkpoint of ours (any stage) or a published ViT (official MAE, timm, mmpretrain)")
+    p.add_argument("--image-size", type=int, help="export at this size, position embeddings resampled (default: the file's)")
     p.add_argument("--output", type=Path, required=True)
     p = sub.add_parser("pack", help="write a dataset as litdata shards (--dataset shards --data-dir OUTPUT reads them)")
     p.add_argument("source", help="a folder, train/ + val/ root or .csv file list, or a dataset name (fashion-mnist, cifar10, ...)")
@@ -436,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "compare": cmd_compare, "report": cmd_report,
-    "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo, "pack": cmd_pack,
+    "export": cmd_export, "embed": cmd_embed, "neighbours": cmd_neighbours, "bench": cmd_bench, "demo": cmd_demo, "pack": cmd_pack,
     "configs": cmd_configs,
 }  # fmt: skip
 
@@ -476,7 +551,7 @@ RESUME_HINTS = {
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         preload_tcmalloc()
-    from hybridssl.errors import USER_ERRORS, RunRequeued
+    from hybridssl.errors import USER_ERRORS, RunRequeued, Terminated
 
     args = None
     try:
@@ -493,6 +568,11 @@ def main(argv: list[str] | None = None) -> int:
             hint = RESUME_HINTS.get(command)
             print(f"hybridssl: {exc}" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 0 if exc.requeued else 1
+    except Terminated as exc:  # SIGTERM (engine/termination.py): the message says what was kept
+        hint = RESUME_HINTS.get(getattr(args, "command", None))
+        if str(exc):
+            print(f"hybridssl: {exc}" + (f"; {hint}" if hint else ""), file=sys.stderr)
+        return 143  # 128 + SIGTERM: what a job killed by it reports, so a scheduler reads it as stopped, not done
     except KeyboardInterrupt:
         hint = RESUME_HINTS.get(getattr(args, "command", None))
         print("hybridssl: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)

@@ -132,7 +132,7 @@ def registry(field: str) -> list[str]:
     return list(PRESETS)
 
 
-# Settings a run's starting point decides when the user does not (engine/starting_points.init_defaults
+# Settings a run's starting point decides when the user does not (weights/start.init_defaults
 # reads an --init-from file's architecture): called with the settings given, returns a layer of defaults.
 StartDefaults = Callable[[dict[str, Any]], dict[str, Any]]
 

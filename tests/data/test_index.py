@@ -198,3 +198,44 @@ def test_processes_starting_together_list_a_cold_folder_once(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert calls.read_text().splitlines() == ["listed"]
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "flipped byte"])
+def test_a_damaged_index_cache_is_named_and_rebuilt(tmp_path, damage):
+    """A torn or corrupt cache file broke every later run of its folder with a BadZipFile / EOFError
+    traceback that did not name it."""
+    for i in range(3):
+        jpeg(tmp_path / "d" / "k" / f"{i}.jpg")
+    assert len(file_index(tmp_path / "d")) == 3
+    (cache,) = (tmp_path / "index-cache").glob("*.npz")
+    good = cache.read_bytes()
+    middle = len(good) // 2
+    cache.write_bytes({"empty": b"", "truncated": good[:middle], "garbage": b"PK\x03\x04" + bytes(300),
+                       "flipped byte": good[:middle] + bytes([good[middle] ^ 0x55]) + good[middle + 1 :]}[damage])  # fmt: skip
+    with pytest.warns(UserWarning, match=f"the cached index {cache} is damaged .*listing the folder again") as caught:
+        assert len(file_index(tmp_path / "d")) == 3
+    assert sum("is damaged" in str(w.message) for w in caught) == 1, "named once"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(file_index(tmp_path / "d")) == 3, "rewritten: the next run reads it quietly"
+    with np.load(cache) as z:
+        assert len(z["paths"]) == 3
+
+
+def test_a_symlink_loop_is_named_and_not_followed(tmp_path):
+    """Following a directory symlink back to a folder it lies in listed until the path grew too long
+    (a traceback); links to other folders are still followed."""
+    root = tmp_path / "d"
+    jpeg(root / "a" / "x.jpg")
+    jpeg(root / "a" / "sub" / "y.jpg")
+    jpeg(root / "b" / "z.jpg")
+    (root / "a" / "sub" / "up").symlink_to("..")  # loop to its parent
+    (root / "a" / "self").symlink_to(".")  # loop to itself
+    (root / "b" / "to_a").symlink_to("../a")  # not a loop: followed
+    (root / "root_again").symlink_to(".")  # a class folder that is the root itself
+    with pytest.warns(UserWarning, match="a loop") as caught:
+        index = file_index(root)
+    looped = sorted(str(w.message).split(" is a symlink")[0] for w in caught if "a loop" in str(w.message))
+    assert looped == sorted(str(root / p) for p in ("a/self", "a/sub/up", "b/to_a/self", "b/to_a/sub/up", "root_again"))
+    assert index.classes == ["a", "b"]
+    assert sorted(os.fsdecode(bytes(p)) for p in index.paths) == ["a/sub/y.jpg", "a/x.jpg", "b/to_a/sub/y.jpg", "b/to_a/x.jpg", "b/z.jpg"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import time
 import warnings
 
@@ -94,14 +95,18 @@ def test_a_pack_whose_writer_lost_records_is_an_error_not_a_short_dataset(tmp_pa
     assert not (tmp_path / "split" / "labels.npy").exists()
 
 
-def test_packing_leaves_the_process_start_method_alone(tmp_path):
+def test_packing_leaves_the_process_start_method_and_ctrl_c_alone(tmp_path):
+    """litdata switches the process to spawn and leaves a SIGINT handler that ends it with os._exit(0):
+    a Ctrl+C after a pack (in one Python session, or a test run) would end everything silently."""
     import multiprocessing
+    import signal
 
-    before = multiprocessing.get_start_method(allow_none=True)
+    before, sigint = multiprocessing.get_start_method(allow_none=True), signal.getsignal(signal.SIGINT)
     from hybridssl.data.shards import ArraySource, write_split
 
     write_split(ArraySource(torch.zeros(4, 1, 4, 4, dtype=torch.uint8), torch.zeros(4).long().numpy()), str(tmp_path / "s"))
     assert multiprocessing.get_start_method(allow_none=True) == before
+    assert signal.getsignal(signal.SIGINT) is sigint
 
 
 class _CountingReader:
@@ -185,3 +190,136 @@ def test_a_forked_copy_of_a_shard_index_opens_its_own_reader_and_lock(counting_r
     index._lock.acquire()  # held by another thread of the parent at the moment of the fork
     monkeypatch.setattr(os, "getpid", lambda: index._pid + 1)  # now in the child
     assert index.read(1, 3).shape == (3, 8, 8) and counting_reader.opened == 2
+
+
+def test_pack_shows_one_bar_over_every_split_and_nothing_of_litdatas(tmp_path, capfd, monkeypatch):
+    """litdata's optimize prints an account-creation advert, its logs and a bar per split (workers
+    included, hence capfd); a pack shows one bar of its own, which follows the worker's records."""
+    import tqdm.auto
+
+    from hybridssl.data.synthetic import write_photo_folder
+
+    bars = {}  # id -> bar, as each closes (close runs again on deletion)
+
+    class Recorded(tqdm.auto.tqdm):
+        def close(self) -> None:
+            if not self.disable:
+                bars.setdefault(id(self), self)
+            super().close()
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)
+    root = write_photo_folder(tmp_path / "photos", 6, num_classes=2, sizes=(24, 32), val_fraction=0.34)
+    capfd.readouterr()
+    meta = pack(str(root), tmp_path / "out")
+    out, err = capfd.readouterr()
+    for text in ("lightning.ai", "Create an account", "Storing the files", "Workers are", "Progress:"):
+        assert text not in out + err, text
+    descriptions = set(re.findall(r"([a-z][\w ]*?): +\d+%\|", err))
+    assert descriptions <= {"packing", "packing train", "packing test"} and "packing train" in descriptions, descriptions
+    assert out == "", "a bar and nothing else, on stderr"
+    assert [(bar.n, bar.total) for bar in bars.values()] == [(6, 6)] and meta["splits"] == {"train": 4, "test": 2}
+
+
+# ----------------------------------------------------------------------------- damage
+
+
+def folder_with_bad_files(root):
+    """A flat folder of 10 readable PNG/JPEG files and 4 that are not (named bad_*)."""
+    from PIL import Image
+
+    from tests.data.test_streaming import corrupt_png
+
+    root.mkdir(parents=True)
+    for i in range(10):
+        pixels = np.full((24, 32, 3), i * 20, dtype=np.uint8)
+        pixels[:, :, 1] = np.random.default_rng(i).integers(0, 256, (24, 32), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"{i:02d}.{'png' if i % 2 else 'jpg'}")
+    corrupt_png(root / "bad_idat.png", root / "01.png")  # crashed torchvision's decoder
+    (root / "bad_cut.jpg").write_bytes((root / "00.jpg").read_bytes()[:300])
+    (root / "bad_empty.png").write_bytes(b"")
+    (root / "bad_text.jpg").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def damaged_source_pack(tmp_path_factory):
+    """The folder above packed into several chunks, with the warnings packing gave."""
+    root = folder_with_bad_files(tmp_path_factory.mktemp("bad") / "flat")
+    out = tmp_path_factory.mktemp("bad-packed")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        meta = pack(str(root), out, chunk_bytes="8KB")
+    return root, out, meta, [str(w.message) for w in caught]
+
+
+def test_pack_stores_only_readable_files_and_names_each_one_left_out(damaged_source_pack):
+    root, out, meta, messages = damaged_source_pack
+    assert meta["splits"] == {"train": 10}
+    left = meta["left_out"]["train"]
+    assert sorted(line.split(":")[0].rsplit("/", 1)[1] for line in left) == ["bad_cut.jpg", "bad_empty.png", "bad_idat.png", "bad_text.jpg"]
+    assert json.loads((out / "meta.json").read_text())["left_out"] == meta["left_out"]
+    assert sum("pack: leaving out unreadable image" in m for m in messages) == 4
+    assert any("pack: left out 4 of 14 files of the train split" in m for m in messages)
+    shards = record_index("shards", out, "train")
+    assert len(list((out / "train").glob("chunk-*.bin"))) > 1
+    for i in range(len(shards)):
+        assert shards.read(i, 3).shape == (3, 24, 32)
+
+
+def test_a_truncated_or_missing_chunk_fails_fast_naming_it(damaged_source_pack, tmp_path):
+    """litdata waited 2 s for each read of a short chunk, then failed it, sample after sample: a run
+    crawled on with no error. Opening the split, and each read, check the chunk against index.json."""
+    import shutil
+
+    from hybridssl.data.shards import ChunkError
+    from hybridssl.data.sources import decode_index
+
+    _, out, _, _ = damaged_source_pack
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    chunks = sorted((copy / "train").glob("chunk-*.bin"))
+    intact = record_index("shards", copy, "train")  # opened while whole: the reads must notice
+    size = chunks[1].stat().st_size
+    with open(chunks[1], "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(ChunkError, match=rf"{chunks[1].name} has {size // 2:,} bytes, index.json says {size:,} \(truncated\)"):
+        record_index("shards", copy, "train")
+    first_of_second = json.loads((copy / "train" / "index.json").read_text())["chunks"][0]["chunk_size"]
+    start = time.perf_counter()
+    with pytest.raises(ChunkError, match=chunks[1].name):
+        intact.read(first_of_second, 3)
+    assert time.perf_counter() - start < 1.0, "no 2 s wait"
+    assert intact.read(0, 3).shape == (3, 24, 32), "the other chunks still read"
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=f"damaged pack: chunk .*{chunks[1].name}"):
+        list(StreamingLoader(CropDataset(intact, [Crop(8, (0.5, 1.0))], 3, seed=0), 5, seed=0, num_workers=2))
+    with pytest.raises(DataError, match=chunks[1].name):
+        decode_index(intact, 8, 3)
+    assert time.perf_counter() - start < 20, "stopped at once, not after 64 skips of 2-4 s"
+    chunks[1].unlink()
+    with pytest.raises(ChunkError, match=f"{chunks[1].name} is missing; pack it again"):
+        record_index("shards", copy, "train")
+
+
+def test_a_pack_holding_a_damaged_png_decodes_into_memory_without_crashing(damaged_source_pack, tmp_path):
+    """Packs written before `pack` checked its files can hold one; in memory, torchvision's crash took
+    the whole process down (rc 139, no message). Loaded in a child so that a crash fails here."""
+    import subprocess
+    import sys
+
+    from hybridssl.data.index import file_index
+    from hybridssl.data.shards import FileSource, write_meta, write_split
+
+    root, _, _, _ = damaged_source_pack
+    index = file_index(root)
+    keep = np.array([i for i in range(len(index)) if "bad_" not in index.describe(i) or "idat" in index.describe(i)])
+    source = FileSource(index.select(keep))
+    write_split(source, str(tmp_path / "old" / "train"))
+    write_meta(tmp_path / "old", {"source": str(root), "classes": None, "splits": {"train": len(source)}})
+    script = f"from hybridssl.data.sources import load_dataset; print(len(load_dataset('shards', 'train', {str(tmp_path / 'old')!r}, image_size=8)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"rc {done.returncode}: {done.stderr[-300:]}"
+    assert done.stdout.strip() == "10"
+    bad_row = [index.describe(int(i)) for i in keep].index(str(root / "bad_idat.png"))
+    assert f"skipping unreadable image {tmp_path / 'old' / 'train'} sample {bad_row}" in done.stderr
+

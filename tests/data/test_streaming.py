@@ -150,6 +150,62 @@ def test_memory_or_stream_is_chosen_by_decoded_size_and_can_be_forced(tmp_path, 
 
 
 
+def corrupt_png(path: Path, source: Path) -> Path:
+    """`source`'s PNG with image data flipped and the chunk checksums made valid again: PIL's verify()
+    passes it, and torchvision's decoder crashed the worker (segfault) on it."""
+    from tests.data.test_decode import png_chunks, png_from_chunks
+
+    data = bytearray(source.read_bytes())
+    start = data.find(b"IDAT") + 8
+    data[start : start + 32] = bytes(b ^ 0x5A for b in data[start : start + 32])
+    path.write_bytes(png_from_chunks(png_chunks(bytes(data))))
+    return path
+
+
+def test_a_damaged_png_is_skipped_by_the_workers_never_a_crash(tmp_path):
+    root = numbered_folder(tmp_path / "d", n=12, classes=1)
+    corrupt_png(root / "c0" / "004.png", root / "c0" / "004.png")
+    index = file_index(root)
+    loader = StreamingLoader(CropDataset(index, CROPS[:1], channels=3, seed=0), 4, seed=0, num_workers=2)
+    with pytest.warns(UserWarning) as caught:
+        ids = [i for batch in keys_of(loader) for i in batch]
+    assert 4 not in ids and len(ids) == 12
+    assert any("skipping unreadable image" in str(w.message) and "004.png" in str(w.message) for w in caught)
+    with pytest.raises(DataError, match="unreadable image .*004.png.*--strict"):
+        keys_of(StreamingLoader(CropDataset(index, CROPS[:1], channels=3, seed=0, strict=True), 4, seed=0, num_workers=2))
+    streamed = StreamingSet("folder", index, image_size=16, channels=3, num_workers=2)
+    with pytest.warns(UserWarning, match="004.png"):
+        assert len(streamed.materialize()) == 11
+
+
+def test_a_file_list_whose_paths_are_all_missing_is_one_line(tmp_path):
+    listed = tmp_path / "list.csv"
+    listed.write_text("path,label\n/nowhere/a.png,cat\n/nowhere/b.png,dog\nc.png,cat\n")
+    streamed = StreamingSet("folder", file_index(listed), image_size=16, channels=3, num_workers=0)
+    with pytest.warns(UserWarning), pytest.raises(DataError, match=r"no readable images in .*: all 3 tried were unreadable; first: /nowhere/a.png: FileNotFoundError"):
+        streamed.info  # noqa: B018 - the statistics are the first thing a streamed run reads
+    with pytest.warns(UserWarning), pytest.raises(DataError, match="no readable images"):
+        streamed.materialize()
+
+
+def test_an_image_over_the_pixel_limit_is_skipped_naming_it_and_its_size(tmp_path, monkeypatch):
+    from tests.data.test_decode import png_declaring
+
+    root = numbered_folder(tmp_path / "d", n=6, classes=1)
+    (root / "c0" / "002.png").write_bytes(png_declaring(30000, 30000))  # 2.7 GB decoded, a few hundred bytes stored
+    index = file_index(root)
+    expected = r"002.png: ImageTooLarge: 30000 x 30000 = 900,000,000 pixels, over the limit of 178,956,970 \(HYBRIDSSL_MAX_IMAGE_PIXELS\)"
+    with pytest.warns(UserWarning, match=expected):
+        assert 2 not in [i for b in keys_of(StreamingLoader(CropDataset(index, CROPS[:1], 3, seed=0), 3, num_workers=2)) for i in b]
+    with pytest.warns(UserWarning, match=expected):
+        assert len(training_set.decode_index(index, 16, 3)) == 5
+    monkeypatch.setenv("HYBRIDSSL_MAX_IMAGE_PIXELS", "a lot")  # about every file: stops at once, not after 64 skips
+    with pytest.raises(DataError, match="HYBRIDSSL_MAX_IMAGE_PIXELS='a lot'"):
+        keys_of(StreamingLoader(CropDataset(index, CROPS[:1], 3, seed=0), 3, num_workers=2))
+    with pytest.raises(DataError, match="HYBRIDSSL_MAX_IMAGE_PIXELS"):
+        training_set.decode_index(index, 16, 3)
+
+
 @pytest.mark.parametrize(
     ("node_cpus", "own_cpus", "ranks", "workers"),
     [

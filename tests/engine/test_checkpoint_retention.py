@@ -11,7 +11,7 @@ import torch
 
 from hybridssl.engine import callbacks
 from hybridssl.engine.callbacks import checkpoint_bytes, disk_room_warning, rebased_checkpoint_paths
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 from tests.conftest import pretrain_tiny
 
 

@@ -1,4 +1,4 @@
-"""Published encoders (engine/foreign.py, starting_points.py, init_from.py): a timm ViT with random weights,
+"""Published encoders (weights/released.py, start.py, loading.py, init_from.py): a timm ViT with random weights,
 written in every format we read, gives our encoder the features timm's model gives; position tables are
 resampled like timm resamples them; MAE decoders come along; what does not fit is one line naming it;
 pickled objects are refused without being run. No network: every file is built here."""
@@ -20,10 +20,12 @@ from timm.models.vision_transformer import Block, checkpoint_filter_fn
 
 from hybridssl.config import resolve
 from hybridssl.data.sources import DataInfo
-from hybridssl.engine.checkpoints import export_encoder, load_encoder
-from hybridssl.engine.foreign import IMAGENET_MEAN, IMAGENET_STD
-from hybridssl.engine.init_from import init_from_checkpoint
-from hybridssl.engine.starting_points import init_defaults, load_start_encoder
+from hybridssl.weights.export import export_encoder
+from hybridssl.weights.loading import load_trained_encoder as load_encoder
+from hybridssl.weights.released import IMAGENET_MEAN, IMAGENET_STD, TIMM_VIT_MEAN, TIMM_VIT_STD
+from hybridssl.weights.init_from import init_from_checkpoint
+from hybridssl.weights.start import init_defaults
+from hybridssl.weights.loading import load_trained_encoder
 from hybridssl.errors import CheckpointError, ConfigError
 from hybridssl.methods import METHODS
 from hybridssl.nn.masking import random_mask
@@ -119,7 +121,7 @@ def images(size: int, n: int = 2, seed: int = 3) -> torch.Tensor:
 def test_each_format_gives_timms_features(fmt, name, tmp_path, capsys):
     model = timm_model(name)
     path = write(fmt, model, tmp_path / ("w.safetensors" if "safetensors" in fmt else "w.pth"))
-    trained = load_start_encoder(path)
+    trained = load_trained_encoder(path)
     line = capsys.readouterr().out.strip()
     x = images(model.patch_embed.img_size[0])
     with torch.no_grad():
@@ -129,7 +131,9 @@ def test_each_format_gives_timms_features(fmt, name, tmp_path, capsys):
     assert f"checkpoint {path}" in line and "loaded the encoder" in line and "\n" not in line
     if fmt == "hybridssl-safetensors":  # the normalization the file records, not ImageNet's
         assert trained.info.mean == (0.3, 0.4, 0.5) and "the file's mean/std" in line
-    else:
+    elif fmt.startswith("timm"):  # timm's ViT default, not ImageNet's
+        assert (trained.info.mean, trained.info.std) == (TIMM_VIT_MEAN, TIMM_VIT_STD) and "timm's ViT default mean/std 0.5/0.5" in line
+    else:  # the official MAE's and mmpretrain's own statistics
         assert (trained.info.mean, trained.info.std) == (IMAGENET_MEAN, IMAGENET_STD) and "ImageNet's mean/std" in line
     if fmt in ("timm-torch", "timm-safetensors", "mmpretrain"):
         assert "left out: classifier head (head.*)" in line
@@ -157,7 +161,7 @@ def test_init_from_each_format_loads_the_encoder_of_any_method(fmt, tmp_path, ca
 def test_a_224_checkpoint_at_112_px_matches_timms_resampled_model(tmp_path, capsys):
     model = timm_model("base")
     path = write("official-mae", model, tmp_path / "mae.pth")
-    trained = load_start_encoder(path, image_size=112)
+    trained = load_trained_encoder(path, image_size=112)
     assert trained.encoder.cfg.grid_size == 7 and trained.info.image_size == 112
     resized = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=112).eval()
     resized.load_state_dict(checkpoint_filter_fn(model.state_dict(), resized))  # timm's own resampling
@@ -288,16 +292,16 @@ def test_pickles_that_are_not_state_dicts_are_refused_without_running(tmp_path):
     plain_pickle.write_bytes(pickle.dumps(Payload(marker)))
     torch.save([torch.zeros(2)], a_list)
     for path in (torch_file, plain_pickle):
-        for load in (load_start_encoder, lambda p: init_defaults({"method": "mae", "init_from": str(p)})):
+        for load in (load_trained_encoder, lambda p: init_defaults({"method": "mae", "init_from": str(p)})):
             with pytest.raises(CheckpointError) as err:
                 load(path)
             assert f"{path} is not a readable checkpoint" in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="holds a list, not a state dict"):
-        load_start_encoder(a_list)
+        load_trained_encoder(a_list)
     with pytest.raises(CheckpointError, match="nor an official MAE, timm or mmpretrain ViT"):
         torch.save({"state_dict": {"w": torch.zeros(1)}}, tmp_path / "other.pth")
-        load_start_encoder(tmp_path / "other.pth")
+        load_trained_encoder(tmp_path / "other.pth")
 
 
 def test_an_official_mae_training_checkpoint_with_its_args_loads(tmp_path):
@@ -308,14 +312,14 @@ def test_an_official_mae_training_checkpoint_with_its_args_loads(tmp_path):
     path = tmp_path / "checkpoint-799.pth"
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head")}
     torch.save({"model": state, "epoch": 799, "args": argparse.Namespace(model="mae_vit_base_patch16", norm_pix_loss=True)}, path)
-    assert load_start_encoder(path).encoder.cfg.embed_dim == 128
+    assert load_trained_encoder(path).encoder.cfg.embed_dim == 128
 
 
 def test_our_export_comes_back_with_its_normalization_and_pooling(tiny_mae_run, tmp_path, capsys):
     ckpt = tiny_mae_run / "checkpoints" / "last.ckpt"
     path = tmp_path / "encoder.safetensors"
     export_encoder(ckpt, path)
-    ours, imported = load_encoder(ckpt), load_start_encoder(path)
+    ours, imported = load_encoder(ckpt), load_trained_encoder(path)
     assert (imported.info.mean, imported.info.std, imported.pooling) == (ours.info.mean, ours.info.std, ours.pooling)
     assert "hybridssl export format, vit-pico/4 at 28 px" in capsys.readouterr().out
     x = torch.randn(2, 1, 28, 28)
@@ -325,8 +329,8 @@ def test_our_export_comes_back_with_its_normalization_and_pooling(tiny_mae_run, 
 
 def test_ours_at_another_image_size_is_resampled(tiny_mae_run, capsys):
     ckpt = tiny_mae_run / "checkpoints" / "last.ckpt"
-    trained = load_start_encoder(ckpt, image_size=56)
+    trained = load_trained_encoder(ckpt, image_size=56)
     assert trained.encoder.cfg.grid_size == 14 and trained.info.image_size == 56
     assert "position embeddings resampled (7x7 -> 14x14 grid" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="image_size: 30 px is not a whole number"):
-        load_start_encoder(ckpt, image_size=30)
+        load_trained_encoder(ckpt, image_size=30)

@@ -1,5 +1,5 @@
-"""A released MAE checkpoint through the CLI (README, "Start from a released checkpoint"): an official-
-format file (timm's ViT-Ti/16 at 224 px, random weights, with a small decoder) is evaluated at 112 px,
+"""A released MAE checkpoint through the CLI (docs/checkpoints.md, "Start from another checkpoint"): an
+official-format file (timm's ViT-Ti/16 at 224 px, random weights, with a small decoder) is evaluated at 112 px,
 tuned there with MAE-CT stages 2-3 (the model, patch size and normalization taken from the file) and
 evaluated again with the same protocol; MAE continues with the file's decoder; contradicting flags are
 one-line errors before any data is read."""
@@ -16,8 +16,8 @@ from timm.models.vision_transformer import Block
 
 from hybridssl.cli import main
 from hybridssl.data.synthetic import write_photo_folder
-from hybridssl.engine.checkpoints import load_checkpoint
-from hybridssl.engine.foreign import IMAGENET_MEAN
+from hybridssl.weights.ours import load_checkpoint
+from hybridssl.weights.released import IMAGENET_MEAN
 from hybridssl.nn.pos_embed import resample_grid
 
 CPU = ["--accelerator", "cpu", "--no-progress-bar", "--batch-size", "8"]
@@ -95,7 +95,7 @@ def test_flags_that_contradict_the_file_are_one_line_errors(released, tmp_path, 
 
 def test_a_published_file_on_a_named_dataset_at_its_size(fmnist_dir, tmp_path, capsys):
     """A 1-channel timm ViT (32 px, patch 4) on the Fashion-MNIST fixture: the 28 px images need
-    --image-size 28, which the error says; then it runs with ImageNet's channel-averaged statistics."""
+    --image-size 28, which the error says; then it runs with timm's ViT default statistics (0.5 per channel)."""
     torch.manual_seed(0)
     model = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=4, in_chans=1,
                               embed_dim=128, depth=6, num_heads=4)  # fmt: skip
@@ -106,6 +106,6 @@ def test_a_published_file_on_a_named_dataset_at_its_size(fmnist_dir, tmp_path, c
     assert main(evaluate) == 2
     assert "the encoder expects (1, 32, 32); evaluate with --image-size 28" in capsys.readouterr().err
     assert main([*evaluate, "--image-size", "28"]) == 0
-    assert "ImageNet's mean/std averaged over channels" in capsys.readouterr().out
+    assert "timm's ViT default mean/std 0.5/0.5; the file records none: --mean/--std set others (averaged over channels)" in capsys.readouterr().out
     row = json.loads((tmp_path / "eval" / "results.jsonl").read_text().splitlines()[0])
     assert (row["method"], row["model"], row["pooling"]) == ("timm", "vit-pico", "cls")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hybridssl.engine.checkpoints import CheckpointError
+from hybridssl.errors import CheckpointError
 from hybridssl.engine.train import init_from_checkpoint
 from tests.methods.toy import build
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from hybridssl.cli import main
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 from hybridssl.engine.module import PretrainModule
 from hybridssl.errors import RunRequeued
 from hybridssl.report.curves import read_metrics
@@ -254,3 +254,90 @@ def test_between_protocols_one_of_several_processes_never_leaves_alone(slurm_job
     monkeypatch.setattr(slurm, "world_size", lambda: 1)
     with pytest.raises(RunRequeued, match="stopped before the finetune protocol"):
         slurm.requeue_if_warned("the finetune protocol")
+
+
+# ----------------------------------------------------------------------------- SIGTERM and Ctrl+C
+
+
+class UnhandledSigterm(Exception):
+    """What a SIGTERM the run did not handle raises here (by default it would end the test process)."""
+
+
+@pytest.fixture
+def sigterm_fails_the_test() -> Iterator[None]:
+    def unhandled(signum, frame):
+        raise UnhandledSigterm("SIGTERM reached the test's own handler: the run did not handle it")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    yield
+    assert signal.getsignal(signal.SIGTERM) is unhandled, "the run put its SIGTERM handler back"
+    signal.signal(signal.SIGTERM, before)
+
+
+def send_at(monkeypatch, step: int, signum: int) -> None:
+    """`signum` to this process as step `step` starts (its first accumulated batch): any moment of a step."""
+    original, sent = PretrainModule.training_step, []
+
+    def sending(self, batch, batch_idx):
+        if self.global_step + 1 == step and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signum)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(PretrainModule, "training_step", sending)
+
+
+def test_sigterm_checkpoints_the_step_it_arrives_in_exits_143_and_resumes_bit_identical(
+    reference, fmnist_dir, tmp_path, sigterm_fails_the_test, monkeypatch, capsys
+):
+    """No SLURM (Kubernetes, preemption, a plain `kill`): SIGTERM in the middle of step 3's accumulation
+    finishes the step, writes its checkpoint (Lightning's handler ended the loop at the next batch, exit
+    0, no checkpoint), exits with 143 and a resume hint; the resume ends as an uninterrupted run."""
+    out = tmp_path / "run"
+    send_at(monkeypatch, 3, signal.SIGTERM)
+    assert main(tiny("mae", fmnist_dir, out, *BUDGET)) == 143
+    err = capsys.readouterr().err
+    stopped = out / "checkpoints" / "step0000003.ckpt"
+    assert f"hybridssl: SIGTERM: stopped after step 3, checkpoint {stopped}; resume with --resume" in err, err
+    assert sorted(p.name for p in out.rglob("*.ckpt")) == ["step0000003.ckpt"]
+    assert load_checkpoint(stopped, mmap=True)["global_step"] == 3
+    monkeypatch.undo()
+    assert main(tiny("mae", fmnist_dir, out, *BUDGET, "--resume")) == 0
+    assert_same_training_state(reference / "checkpoints" / "last.ckpt", out / "checkpoints" / "last.ckpt")
+
+
+def test_sigterm_outside_the_training_steps_stops_at_once(fmnist_dir, tmp_path, sigterm_fails_the_test, monkeypatch, capsys):
+    from hybridssl.engine import stages
+
+    loading = stages.load_training_data
+
+    def terminated_while_loading(config):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return loading(config)
+
+    monkeypatch.setattr(stages, "load_training_data", terminated_while_loading)
+    assert main(tiny("mae", fmnist_dir, tmp_path, *BUDGET)) == 143
+    assert capsys.readouterr().err.splitlines() == [
+        "hybridssl: SIGTERM: stopped outside the training steps; no checkpoint had been written; resume with --resume"
+    ]
+
+
+@pytest.mark.parametrize("when", ["in-a-step", "while-the-trainer-sets-up"])
+def test_ctrl_c_says_interrupted_exits_130_and_works_again(when, fmnist_dir, tmp_path, monkeypatch, capsys):
+    """Lightning catches the KeyboardInterrupt, ignores SIGINT from then on and calls sys.exit(1): the
+    command ended silently with 1. Before its signal handlers are set up (the optimizers) nothing of
+    Lightning's put SIGINT back: a second Ctrl+C did nothing."""
+    before = signal.getsignal(signal.SIGINT)
+    if when == "in-a-step":
+        send_at(monkeypatch, 2, signal.SIGINT)
+    else:
+        optimizers = PretrainModule.configure_optimizers
+
+        def interrupted(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            return optimizers(self)
+
+        monkeypatch.setattr(PretrainModule, "configure_optimizers", interrupted)
+    assert main(tiny("mae", fmnist_dir, tmp_path, *BUDGET)) == 130
+    assert capsys.readouterr().err.splitlines() == ["hybridssl: interrupted; resume with --resume"]
+    assert signal.getsignal(signal.SIGINT) is before, "Ctrl+C works again"

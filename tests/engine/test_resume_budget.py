@@ -6,7 +6,7 @@ import csv
 import pytest
 
 from hybridssl.cli import main
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 from tests.conftest import pretrain_tiny
 
 

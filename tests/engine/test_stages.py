@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from hybridssl.cli import main
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 
 TINY = ["--dataset", "fashion-mnist", "--model", "vit-pico", "--batch-size", "16", "--accelerator", "cpu", "--no-progress-bar"]
 STAGES = ["stage1-mae", "stage2-head", "stage3-tune"]
@@ -150,8 +150,9 @@ def test_under_a_node_rank_launch_only_node_0_writes_before_the_trainer(fmnist_d
     args = ["pretrain", "--method", "mae-ct", *TINY, "--data-dir", str(fmnist_dir), "--max-steps", "2", "--num-nodes", nodes]
     assert main([*args, "--output", str(out)]) == 0
     other_node = node_rank == "1" and nodes == "2"
-    written = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    written = sorted(p.name for p in out.iterdir() if p.is_file()) if out.exists() else []  # (stage folders: locked, left)
     assert written == ([] if other_node else ["config.yaml", "stages.yaml"])
+    assert out.exists() != other_node, "node 1 does not even lock the folder (its node 0 does)"
     assert (rank_zero_only.rank == 0) == (not other_node)
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hybridssl.data.sources import DataInfo, ImageSet
-from hybridssl.evaluation.features import encoder_features
+from hybridssl.embedding.features import encoder_features
 from hybridssl.evaluation.finetune import FinetuneSettings, Progress, finetune, with_drop_path
 from hybridssl.evaluation.linear import ProbeSettings, linear_probe_accuracy
 from hybridssl.nn.vit import ViT, ViTConfig

@@ -85,7 +85,7 @@ def test_validation_measures_on_a_train_holdout_and_never_reads_the_test_split(e
     monkeypatch.setattr(run, "eval_split", lambda dataset, split, *a, **k: read.append(split) or real(dataset, split, *a, **k))
     seen = []
     real_knn = run.knn_accuracy
-    monkeypatch.setattr(run, "knn_accuracy", lambda tr, trl, te, tel, *a: seen.append((tr, te)) or real_knn(tr, trl, te, tel, *a))
+    monkeypatch.setattr(run, "knn_accuracy", lambda tr, trl, te, tel, *a, **k: seen.append((tr, te)) or real_knn(tr, trl, te, tel, *a, **k))
     assert evaluate("--protocol", "knn", "--validation") == 0
     assert read == ["train"]
     (r, *_) = rows(tmp_path)

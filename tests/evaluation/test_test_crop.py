@@ -100,9 +100,9 @@ def test_cli_records_the_view_and_the_classifier_carries_it(tiny_mae_run, fmnist
     assert main([*common, "--protocol", "knn", "--k", "5"]) == 0
     assert main([*common, "--protocol", "knn", "--k", "5", "--test-crop-fraction", "0.875"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert [r.get("test_crop_fraction") for r in rows] == [None, 0.875], "measured anew, and said in the record"
+    assert [r["test_crop_fraction"] for r in rows] == [1.0, 0.875], "measured anew, and said in every record"
     table = str(results_table(rows))
-    assert table.count("test images: centre 0.875") == 1, "the run report says which row saw the centre"
+    assert table.count("<td>centre 0.875</td>") == 1 and table.count("<td>whole</td>") == 1, "the run report says which row saw the centre"
     assert main([*common, "--protocol", "finetune", "--epochs", "1", "--test-crop-fraction", "0.875"]) == 0
     weights = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1])["settings"]["weights"]
     with safe_open(tmp_path / weights, "pt") as f:

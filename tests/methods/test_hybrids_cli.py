@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hybridssl.cli import main
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 
 TINY = ["--dataset", "fashion-mnist", "--model", "vit-pico", "--batch-size", "16", "--accelerator", "cpu", "--no-progress-bar"]
 QUEUE = ["--set", "method_args.queue_size=64"]  # the fixture has 512 images, fewer than the default 4096

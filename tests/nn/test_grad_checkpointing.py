@@ -78,7 +78,7 @@ def test_the_run_setting_reaches_every_transformer_stack():
 
 def test_a_checkpointed_run_trains_the_same_weights(fmnist_dir, tmp_path):
     """Through the CLI and Lightning: two steps with drop-path, with and without, end on the same weights."""
-    from hybridssl.engine.checkpoints import load_checkpoint
+    from hybridssl.weights.ours import load_checkpoint
     from tests.conftest import pretrain_tiny
 
     states = []

@@ -47,3 +47,12 @@ def test_layer_decay_exponents_as_mae_ct_codes_them():
     assert scale("encoder.norm.weight") == 1.0 and scale("head.layer.weight") == 1.0
     trainable = [round(scale(f"encoder.blocks.{b}.x"), 3) for b in range(6, 12)]
     assert trainable == [0.075, 0.116, 0.179, 0.275, 0.423, 0.65]  # docs/methods.md 2d, ViT-B
+
+
+def test_register_tokens_are_stem_tokens_without_weight_decay() -> None:
+    """DINOv2-style registers (timm's `reg_token`) are tokens: no weight decay, the stem's lr scale."""
+    from hybridssl.nn.param_groups import layer_decay, no_weight_decay
+    from torch import nn as tnn
+
+    assert no_weight_decay("encoder.reg_token", tnn.Parameter(torch.zeros(1, 4, 8)))
+    assert layer_decay(12, 0.5)("encoder.reg_token") == 0.5 ** 13

@@ -13,7 +13,7 @@ from hybridssl.evaluation.results import append_result
 from hybridssl.report.curves import read_metrics
 from hybridssl.report.run_report import ReportOptions, write_report
 
-OPTIONS = ReportOptions(embedding_samples=60, reconstruction_images=3)
+OPTIONS = ReportOptions(embedding_samples=60, reconstruction_images=3, neighbour_queries=0)  # the neighbour section: tests/report/test_neighbours.py
 
 
 def images_in(page: str) -> list[str]:

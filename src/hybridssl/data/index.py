@@ -14,7 +14,10 @@ to put it elsewhere, e.g. on storage shared by the nodes; not inside the data fo
 modification time it would change), together with the modification time of every directory it
 listed: adding, removing or renaming a file changes its directory's time and the index is rebuilt.
 Processes that start together (every rank of a node) take a lock beside the cache file: one lists, the
-others read its index.
+others read its index. A cache file that cannot be read (damaged, truncated, not an index) is named in
+a warning, removed and rebuilt; a stale one (a folder changed) is rebuilt without a word.
+Directory symlinks are followed, except one that leads back to a folder it lies in (a loop, which
+would list forever): it is named in a warning and left out.
 Paths are kept as one NumPy byte array, not a list of Python strings, so DataLoader workers forked
 from the main process do not copy it page by page (reference counts would touch every string).
 """
@@ -138,37 +141,57 @@ def has_split_layout(data_dir: Path) -> bool:
 # ----------------------------------------------------------------------------- listing
 
 
-def _images_below(folder: Path, dirs: dict[str, int]) -> list[str]:
+def _images_below(folder: Path, dirs: dict[str, int], above: frozenset[tuple[int, int]] = frozenset()) -> list[str]:
     """Image files below `folder` (any depth, hidden entries skipped), sorted; records each directory's
-    modification time in `dirs`."""
-    found, pending = [], [str(folder)]
+    modification time in `dirs`. `above`: the (device, inode) of the folders that contain `folder`; a
+    directory symlink back to one of them or to a folder on its own path is a loop, left out with a
+    warning (followed, it would be listed until the path grows too long)."""
+    found: list[str] = []
+    pending: list[tuple[str, frozenset[tuple[int, int]]]] = [(str(folder), above)]
     while pending:
-        current = pending.pop()
-        dirs[current] = os.stat(current).st_mtime_ns  # before listing: a file added meanwhile changes it again
+        current, ancestors = pending.pop()
+        info = os.stat(current)
+        dirs[current] = info.st_mtime_ns  # before listing: a file added meanwhile changes it again
+        ancestors = ancestors | {(info.st_dev, info.st_ino)}
         with os.scandir(current) as entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
                 if entry.is_dir(follow_symlinks=True):
-                    pending.append(entry.path)
+                    if entry.is_symlink() and _target(entry.path) in ancestors:
+                        warnings.warn(f"{entry.path} is a symlink to a folder that contains it (a loop): not followed", stacklevel=4)
+                        continue
+                    pending.append((entry.path, ancestors))
                 elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file(follow_symlinks=True):
                     found.append(entry.path)
     return sorted(found)
 
 
+def _target(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
 def list_folder(folder: Path) -> tuple[FileIndex, dict[str, int]]:
-    dirs: dict[str, int] = {str(folder): os.stat(folder).st_mtime_ns}
-    subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    root = os.stat(folder)
+    dirs: dict[str, int] = {str(folder): root.st_mtime_ns}
+    top = frozenset({(root.st_dev, root.st_ino)})
+    subdirs = []
+    for d in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        if d.is_symlink() and _target(str(d)) in top:
+            warnings.warn(f"{d} is a symlink to a folder that contains it (a loop): not followed", stacklevel=3)
+        else:
+            subdirs.append(d)
     labels: list[int] = []
     if subdirs:
         classes: list[str] | None = [d.name for d in subdirs]
         files = []
         for label, d in enumerate(subdirs):
-            found = _images_below(d, dirs)
+            found = _images_below(d, dirs, top)
             files += found
             labels += [label] * len(found)
     else:
-        classes, files = None, _images_below(folder, dirs)
+        classes, files = None, _images_below(folder, dirs, frozenset())
         labels = [-1] * len(files)
     if not files:
         raise DataError(f"image folder {folder} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -210,17 +233,39 @@ def _cache_file(folder: Path) -> Path:
 
 
 def _load_cached(cache: Path, folder: Path) -> FileIndex | None:
+    """The cached index when it is valid and current, else None (rebuild). A stale cache (a directory
+    changed or vanished) is simply replaced; one that cannot be read is named, removed and rebuilt: left
+    in place it would break every later run of the folder."""
     try:
         with np.load(cache, allow_pickle=False) as z:
-            if int(z["version"]) != INDEX_VERSION or str(z["root"]) != str(folder.resolve()):
-                return None
-            for d, mtime in zip(z["dirs"].tolist(), z["mtimes"].tolist(), strict=True):
-                if os.stat(d).st_mtime_ns != mtime:
-                    return None
+            version, root = int(z["version"]), str(z["root"])
+            dirs, mtimes = z["dirs"].tolist(), z["mtimes"].tolist()
+            paths, labels = z["paths"], z["labels"]
             classes = z["classes"].tolist() if bool(z["has_classes"]) else None
-            return FileIndex(folder, z["paths"], z["labels"], classes)
-    except (OSError, ValueError, KeyError):
+        if len(dirs) != len(mtimes) or len(paths) != len(labels) or paths.dtype.kind != "S" or labels.dtype != np.int64:
+            raise ValueError("its arrays do not fit together")
+    except FileNotFoundError:
         return None
+    except Exception as exc:  # numpy and zipfile raise many types for a damaged file
+        _discard_cache(cache, exc)
+        return None
+    if version != INDEX_VERSION or root != str(folder.resolve()):
+        return None
+    for d, mtime in zip(dirs, mtimes, strict=True):
+        try:
+            if os.stat(d).st_mtime_ns != mtime:
+                return None
+        except OSError:
+            return None
+    return FileIndex(folder, paths, labels, classes)
+
+
+def _discard_cache(cache: Path, exc: Exception) -> None:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+    warnings.warn(f"the cached index {cache} is damaged ({type(exc).__name__}: {reason}): listing the folder again "
+                  "and rewriting it", stacklevel=4)  # fmt: skip
+    with suppress(OSError):  # removed, so the processes that wait for the lister do not warn again
+        cache.unlink()
 
 
 def _save_cached(cache: Path, index: FileIndex, dirs: dict[str, int]) -> None:

@@ -2,6 +2,7 @@
 
 Sources: a folder, a train/ + val/ root, a file list, or a named dataset (fashion-mnist, cifar10, ...).
 Splits: train, and test where the source has one (a root's val/, a named dataset's test split).
+Progress: one tqdm bar over the images of every split (litdata's own logs, advert and bars are off).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from hybridssl.data.index import file_index, has_split_layout, labels_in, source_for
-from hybridssl.data.shards import ArraySource, FileSource, split_location, write_meta, write_split
+from hybridssl.data.shards import ArraySource, FileSource, keep_readable, split_location, write_meta, write_split
 from hybridssl.data.sources import DATASETS, PRETRAIN_SPLIT, load_dataset
 from hybridssl.errors import DataError
 
@@ -42,16 +43,22 @@ def pack(source: str, output: str | Path, data_dir: Path | None = None, download
          chunk_bytes: str = "64MB") -> dict[str, Any]:  # fmt: skip
     """Packs `source` (a path, or a dataset name) into `output`; returns what meta.json records."""
     start = time.perf_counter()
+    left_out: dict[str, list[str]] = {}
     if Path(source).exists():
-        splits: dict[str, Any] = file_splits(Path(source))
+        # only files that decode are stored; each one left out is named (shards.keep_readable)
+        splits, left_out = keep_readable(file_splits(Path(source)))
         classes = splits["train"].index.classes
     elif source in DATASETS and source not in ("folder", "shards"):
         splits, classes = array_splits(source, data_dir, download)
     else:
         raise DataError(f"source: {source} is neither a folder, a file list nor one of {', '.join(DATASETS)}")
-    for split, records in splits.items():
-        write_split(records, split_location(output, split), chunk_bytes)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=sum(len(records) for records in splits.values()), desc="packing", unit="image", leave=False) as bar:
+        for split, records in splits.items():
+            bar.set_description(f"packing {split}")
+            write_split(records, split_location(output, split), chunk_bytes, progress=bar)
     meta = {"source": str(source), "classes": classes, "splits": {k: len(v) for k, v in splits.items()},
-            "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+            "seconds": round(time.perf_counter() - start, 1), "left_out": left_out}  # fmt: skip
     write_meta(output, meta)
     return meta

@@ -224,7 +224,9 @@ def folder_index(data_dir: Path | None, split: str) -> FileIndex:
 def decode_index(index: FileIndex | ShardIndex, image_size: int, channels: int, strict: bool = False,
                  crop_fraction: float = 1.0) -> ImageSet:  # fmt: skip
     """Every sample of the index decoded into memory at image_size, the centre `crop_fraction` of its
-    shorter side (decode.fit; threads: the decoders release the GIL)."""
+    shorter side (decode.fit; threads: the decoders release the GIL). The same decoding semantics as
+    the streamed path (data/decode.py): files over the pixel limit and unreadable files are skipped
+    with their path, or stop the run under `strict`."""
 
     def safe_decode(i: int) -> Tensor | str:
         path = index.describe(i)
@@ -232,6 +234,8 @@ def decode_index(index: FileIndex | ShardIndex, image_size: int, channels: int, 
             if isinstance(index, FileIndex):
                 return decode_image(index.path(i), image_size, channels, crop_fraction)
             return fit(index.read(i, channels), image_size, crop_fraction)
+        except DataError:  # the dataset's fault (a damaged shard chunk, a decode setting), not this file's
+            raise
         except Exception as exc:  # PIL raises many types for broken files
             return f"{path}: {type(exc).__name__}: {exc}"
 

@@ -11,9 +11,11 @@ worker, whichever worker decodes it, and the engine counts processed batches, no
 killed mid-epoch and resumed sees the same samples and the same crops. Each rank loads only its own
 part of the global batch (or the whole global batch in the identical-views mode).
 
-A file that cannot be decoded (empty, truncated, not an image) is replaced by the next readable file
-of the index, its path is logged, and the epoch's count of skipped files is reported at its end; the
-replacement is deterministic, so a resumed run skips the same way. `strict` makes it an error.
+A file that cannot be decoded (empty, truncated, not an image, over the pixel limit of data/decode.py)
+is replaced by the next readable file of the index, its path is logged, and the epoch's count of
+skipped files is reported at its end; the replacement is deterministic, so a resumed run skips the
+same way. `strict` makes it an error. A DataError from a read is about the dataset, not one file (a
+damaged shard chunk, an invalid decode setting): it stops the run at once with its one line.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def cut_crops(image: Tensor, crops: Sequence[Crop], seed: int) -> list[Tensor]:
 
 
 def describe_failure(path: str, exc: Exception) -> str:
+    """One line: the file, the error's type and the first line of its message."""
     return f"{path}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'unreadable'}"
 
 
@@ -105,6 +108,8 @@ class CropDataset(Dataset):
             path = self.index.describe(i)
             try:
                 image = self.index.read(i, self.channels)
+            except DataError as exc:  # the dataset's fault, not this file's: skipping would only repeat it
+                return {"error": str(exc)}
             except Exception as exc:  # decoders raise many types for broken files
                 skipped.append(describe_failure(path, exc))
                 if self.strict:  # raised by the main process (from a worker it would carry a traceback)
@@ -193,6 +198,8 @@ class FitDataset(Dataset):
         path = self.index.describe(i)
         try:
             return {"image": fit(self.index.read(i, self.channels), self.size, self.crop_fraction), "label": int(self.index.labels[i]), "id": i}
+        except DataError as exc:  # the dataset's fault, not this file's (CropDataset)
+            return {"error": str(exc)}
         except Exception as exc:  # decoders raise many types for broken files
             if self.strict:  # raised by the main process (from a worker it would carry a traceback)
                 return {"error": f"unreadable image {describe_failure(path, exc)} (--strict)"}
@@ -224,9 +231,15 @@ def fitted_batches(index: FileIndex | ShardIndex, size: int, channels: int, batc
     for batch in batches:
         if "errors" in batch:
             raise DataError(batch["errors"][0])
-        for message in batch.pop("skipped"):
+        for message in batch["skipped"]:  # kept in the batch: embeddings record them
             warnings.warn(f"skipping unreadable image {message}", stacklevel=2)
         yield batch
+
+
+def no_readable_images(root: object, tried: int, skipped: list[str]) -> str:
+    """The one line for a dataset none of whose tried files decodes (a file list of missing paths)."""
+    first = f"; first: {skipped[0]}" if skipped else ""
+    return f"no readable images in {root}: all {tried} tried were unreadable{first}"
 
 
 @dataclass
@@ -274,12 +287,14 @@ class StreamingSet:
     def materialize(self, limit: int | None = None, seed: int = 0, progress: str | None = None) -> ImageSet:
         """A seeded subset decoded into memory at image_size (the k-NN monitor's bank, pictures); like
         every reader of a strict set, it stops at an unreadable file rather than leave it out."""
-        images, labels = [], []
+        images, labels, skipped = [], [], []
         for batch in self.take(limit, seed).fitted(progress=progress):
-            images.append(batch["images"])
-            labels.append(batch["labels"])
+            skipped += batch["skipped"]
+            if len(batch["ids"]):  # a batch of unreadable files only has no image shape
+                images.append(batch["images"])
+                labels.append(batch["labels"])
         if not images:
-            raise DataError(f"no readable images in {self.index.root}")
+            raise DataError(no_readable_images(self.index.root, len(skipped), skipped))
         label_tensor = torch.cat(labels)
         return ImageSet(torch.cat(images), label_tensor if (label_tensor >= 0).any() else None, self.classes)
 
@@ -288,14 +303,18 @@ class StreamingSet:
         """Mean and std per channel from a seeded sample of STATS_SAMPLES images (fitted to image_size)."""
         total = torch.zeros(self.channels, dtype=torch.float64)
         squares = torch.zeros(self.channels, dtype=torch.float64)
-        pixels = 0
-        for batch in fitted_batches(self.index.take(STATS_SAMPLES, seed=0), self.image_size, self.channels, num_workers=self.num_workers):
+        pixels, skipped = 0, []
+        sample = self.index.take(STATS_SAMPLES, seed=0)
+        for batch in fitted_batches(sample, self.image_size, self.channels, num_workers=self.num_workers):
+            skipped += batch["skipped"]
+            if not len(batch["ids"]):  # every file of the batch unreadable: no image shape to sum over
+                continue
             x = batch["images"].double().div_(255)
             total += x.sum(dim=(0, 2, 3))
             squares += x.pow(2).sum(dim=(0, 2, 3))
             pixels += x.shape[0] * x.shape[2] * x.shape[3]
         if pixels == 0:
-            raise DataError(f"no readable images among the first {STATS_SAMPLES} sampled from {self.index.root}")
+            raise DataError(no_readable_images(self.index.root, len(sample), skipped))
         mean = total / pixels
         std = (squares / pixels - mean.pow(2)).clamp_min(1e-6).sqrt().clamp_min(1e-3)
         return DataInfo(self.name, self.image_size, self.channels, tuple(mean.tolist()), tuple(std.tolist()),

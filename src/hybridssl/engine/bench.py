@@ -56,7 +56,10 @@ def training_step(run_config, info: DataInfo, dev: torch.device, compile: bool =
     torch.manual_seed(run_config.seed)
     method = build_method(run_config, info).to(dev).train()
     forward = torch.compile(method.forward) if compile else method.forward
-    optimizer = adamw(method.param_groups(run_config.optim.weight_decay), 1e-4, run_config.optim.betas)
+    groups = method.param_groups(run_config.optim.weight_decay)
+    for group in groups:  # layer-wise decay as in training (the value does not change a step's cost)
+        group["lr"] = 1e-4 * group["lr_scale"]
+    optimizer = adamw(groups, 1e-4, run_config.optim.betas)
     batch = run_config.batch_size
     images = torch.randint(0, 256, (batch, info.channels, info.image_size, info.image_size), dtype=torch.uint8, device=dev)
     ids = torch.arange(batch, device=dev)

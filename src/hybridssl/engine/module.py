@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from hybridssl import __version__
+from hybridssl.version import __version__
 from hybridssl.config import RunConfig
 from hybridssl.errors import NonFiniteLossError
 from hybridssl.data.sources import DataInfo

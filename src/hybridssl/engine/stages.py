@@ -8,17 +8,22 @@ are built before the first one trains, so an invalid setting of a late stage fai
 writes OUTPUT/stages.yaml (what the report reads). With `--resume`, stages before the last whose final
 checkpoint is marked finished are skipped; the first unfinished one resumes from its own
 `checkpoints/last.ckpt`.
+
+The run holds its output folder (engine/run_lock.py) from before its first check to its end, every
+stage included (a stage's own folder too, against a run given that folder as its --output), and handles
+SIGTERM (engine/termination.py) for the same time.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from hybridssl.config import RunConfig, validate_method_args
 from hybridssl.data.training_set import training_info
-from hybridssl.engine.checkpoints import load_checkpoint
+from hybridssl.weights.ours import load_checkpoint
 from hybridssl.engine.train import (
     LAST,
     CallbackFactory,
@@ -26,14 +31,18 @@ from hybridssl.engine.train import (
     check_resumable,
     checkpoint_dir,
     checkpoints_of,
+    global_batch,
     load_training_data,
+    newest_readable,
     other_nodes_are_not_rank_zero,
     quiet_lightning,
     refuse_a_run_folder,
     seeded_method,
     train_run,
 )
-from hybridssl.errors import CheckpointError
+from hybridssl.engine.run_lock import run_folder_lock
+from hybridssl.engine.termination import TERMINATION
+from hybridssl.errors import CheckpointError, Terminated
 from hybridssl.files import save_yaml
 from hybridssl.methods.base import METHODS, Stage
 from hybridssl.settings import deep_merge, validated
@@ -83,6 +92,25 @@ def pretrain(run_config: RunConfig, callbacks: CallbackFactory | None = None) ->
     for stage in stages:
         configs.append(stage_config(run_config, stage, previous))
         previous = checkpoint_dir(configs[-1]) / LAST
+    with run_folder_lock(run_config.output), TERMINATION.listen():
+        try:
+            return train_stages(run_config, stages, configs, callbacks)
+        except Terminated as exc:
+            if str(exc) or rank_zero_only.rank != 0:
+                raise
+            raise Terminated(f"SIGTERM: stopped outside the training steps; {trained_since(configs)}") from None
+
+
+def trained_since(configs: list[RunConfig]) -> str:
+    """What a stop outside the training steps kept: all of it up to the newest checkpoint of the run."""
+    for config in reversed(configs):
+        if found := checkpoints_of(config):
+            return f"nothing was trained since {found[0]}"
+    return "no checkpoint had been written"
+
+
+def train_stages(run_config: RunConfig, stages: list[Stage], configs: list[RunConfig], callbacks: CallbackFactory | None) -> Path:
+    """`pretrain` once the output folder is held: the checks, the recipe's files and every stage in turn."""
     if not run_config.resume:  # before any file of the run folder is written (its top: a plain run there)
         for config in [run_config, *configs]:
             refuse_a_run_folder(config, checkpoints_of(config), Path(run_config.output))
@@ -96,7 +124,8 @@ def pretrain(run_config: RunConfig, callbacks: CallbackFactory | None = None) ->
             method = seeded_method(config.model_copy(update={"init_from": None}), info)
             check_queues(method, config, len(images))
             if trains and run_config.resume and (found := checkpoints_of(config)):
-                check_resumable(found[0], config, method)
+                path, ckpt, _ = newest_readable(found, checkpoint_dir(config))  # the damaged ones named by train_run
+                check_resumable(path, config, method, ckpt)
         if rank_zero_only.rank == 0:
             save_yaml(run_config.dump(), Path(run_config.output) / "config.yaml")
             listing = [{"folder": s.folder, "method": s.method, "epochs": s.epochs} for s in stages]
@@ -104,5 +133,11 @@ def pretrain(run_config: RunConfig, callbacks: CallbackFactory | None = None) ->
     for config, trains in zip(configs, training, strict=True):
         if trains:
             requeue_if_warned(f"training {config.output}")
-            train_run(config, images, callbacks)
+            # a SIGTERM in the last step of the stage before: one process stops here; several agree at the
+            # next stage's first step (one leaving alone would leave the others waiting in its setup)
+            if TERMINATION.received and global_batch(config) == config.batch_size:
+                raise Terminated("")
+            own = run_folder_lock(config.output) if Path(config.output) != Path(run_config.output) else nullcontext()
+            with own:
+                train_run(config, images, callbacks)
     return checkpoint_dir(configs[-1]) / LAST

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import os
+import re
 import shutil
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,21 +38,17 @@ from hybridssl.engine.callbacks import (
     RollingCheckpoint,
     Throughput,
 )
-from hybridssl.engine.checkpoints import (
-    AtomicCheckpointIO,
-    check_fits,
-    load_checkpoint,
-    run_label,
-    trained_with,
-)
-from hybridssl.engine.init_from import init_from_checkpoint
+from hybridssl.engine.checkpoint_io import AtomicCheckpointIO
+from hybridssl.weights.ours import check_fits, load_checkpoint, run_label, trained_with
+from hybridssl.weights.init_from import init_from_checkpoint
 from hybridssl.engine.logs import preserve_metrics
 from hybridssl.engine.module import PretrainModule
 from hybridssl.engine.optim import steps_per_epoch as optim_steps_per_epoch
 from hybridssl.engine.randomness import seed_step
 from hybridssl.engine.requeue import RequeueOnSignal
-from hybridssl.engine.starting_points import start_info
-from hybridssl.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+from hybridssl.engine.termination import TERMINATION
+from hybridssl.weights.start import start_info
+from hybridssl.errors import CheckpointError, ConfigError, DataError, DiskFullError, NonFiniteLossError, Terminated, is_disk_full
 from hybridssl.files import atomic_write, save_yaml, temporary_path
 from hybridssl.methods.base import METHODS, Method, build_method
 from hybridssl.nn.batchnorm import convert_to_global_batchnorm
@@ -140,11 +140,46 @@ def check_queues(method: Method, run_config: RunConfig, num_images: int) -> None
             )
 
 
+STEP_NAME = re.compile(r"step(\d+)(?:-v(\d+))?\.ckpt")  # periodic checkpoints, and Lightning's -vN copies
+DAMAGED = ".damaged"  # the suffix a damaged checkpoint is set aside with
+
+
+def checkpoint_order(path: Path) -> tuple[float, int, int]:
+    """Sorts a run's checkpoints by the optimizer step they were written at: from the name of a periodic
+    one, from the contents of another (last.ckpt: tensors mapped, not read), which wins a tie. A file
+    whose contents cannot be read sorts first, where the resume reports it and passes on to the next."""
+    named = STEP_NAME.fullmatch(path.name)
+    if named:
+        return int(named[1]), 0, int(named[2] or 0)
+    try:
+        step = load_checkpoint(path, mmap=True).get("global_step")
+    except CheckpointError:
+        return math.inf, 0, 0
+    return (step if isinstance(step, int) else -1), 1, 0
+
+
 def checkpoints_of(run_config: RunConfig) -> list[Path]:
-    """The run's checkpoints, newest first (atomic writes: each one is complete)."""
+    """The run's checkpoints, the highest step first. Not the newest file: a copy, a restore from a
+    backup or a `touch` changes a modification time, and a resume from a touched older checkpoint
+    silently rewound the run."""
     folder = checkpoint_dir(run_config)
     found = [p for p in folder.glob("*.ckpt") if p.is_file()] if folder.is_dir() else []
-    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name == LAST), reverse=True)
+    return sorted(found, key=checkpoint_order, reverse=True)
+
+
+def newest_readable(found: list[Path], folder: Path) -> tuple[Path, dict, list[CheckpointError]]:
+    """The first checkpoint of `found` (highest step first) that loads (tensors mapped), with why each
+    one before it does not: a torn copy or a damaged disk block must not stop a run that has an intact
+    previous checkpoint. None readable: a CheckpointError naming the first (a resume never silently
+    starts over in a folder of checkpoints)."""
+    damaged: list[CheckpointError] = []
+    for path in found:
+        try:
+            return path, load_checkpoint(path, mmap=True), damaged
+        except CheckpointError as exc:
+            damaged.append(exc)
+    more = f", and {len(damaged) - 1} more" if len(damaged) > 1 else ""
+    raise CheckpointError(f"resume: no checkpoint in {folder} can be read: {damaged[0]}{more}")
 
 
 def refuse_a_run_folder(run_config: RunConfig, found: list[Path], output: Path | None = None) -> None:
@@ -175,10 +210,10 @@ def check_global_batch(ckpt: dict, run_config: RunConfig) -> None:
         )
 
 
-def check_resumable(path: Path, run_config: RunConfig, method: Method) -> dict:
-    """The checkpoint (tensors mapped, not read) if this run can continue it: same method and model,
-    weights of the same shapes, the same global batch; refused otherwise."""
-    ckpt = load_checkpoint(path, mmap=True)
+def check_resumable(path: Path, run_config: RunConfig, method: Method, ckpt: dict | None = None) -> dict:
+    """The checkpoint (tensors mapped, not read; `ckpt` when already loaded) if this run can continue it:
+    same method and model, weights of the same shapes, the same global batch; refused otherwise."""
+    ckpt = load_checkpoint(path, mmap=True) if ckpt is None else ckpt
     config = ckpt["hybridssl"]["config"]
     problem = f"resume: checkpoint {path} was trained with {trained_with(ckpt)}, this run is {run_label(run_config)}"
     if (config.get("method"), config.get("model")) != (run_config.method, run_config.model):
@@ -203,8 +238,10 @@ def check_param_groups(ckpt: dict, method: Method, run_config: RunConfig, proble
 
 
 def resume_checkpoint(run_config: RunConfig, method: Method, num_images: int | None = None) -> Path | None:
-    """With --resume: the newest checkpoint of the run folder, checked against this run; without it,
-    a folder that already holds a run is refused rather than mixed with a new one."""
+    """With --resume: the checkpoint of the run folder with the highest step that can be read, checked
+    against this run (the damaged ones before it are named and, by rank 0, set aside as NAME.damaged: a
+    save of the same step would otherwise go to a -v1 copy beside them); without it, a folder that already
+    holds a run is refused rather than mixed with a new one."""
     found = checkpoints_of(run_config)
     if not run_config.resume:
         refuse_a_run_folder(run_config, found)
@@ -212,8 +249,13 @@ def resume_checkpoint(run_config: RunConfig, method: Method, num_images: int | N
     if not found:
         warnings.warn(f"--resume: no checkpoint in {checkpoint_dir(run_config)}; starting from scratch", stacklevel=2)
         return None
-    path = found[0]
-    ckpt = check_resumable(path, run_config, method)
+    path, ckpt, damaged = newest_readable(found, checkpoint_dir(run_config))
+    ckpt = check_resumable(path, run_config, method, ckpt)
+    if damaged and rank_zero_only.rank == 0:
+        for problem, bad in zip(damaged, found, strict=False):
+            bad.replace(bad.with_name(bad.name + DAMAGED))
+            warnings.warn(f"resume: {problem}; set aside as {bad.name}{DAMAGED}, resuming from {path.name}, the newest "
+                          "readable checkpoint", stacklevel=2)  # fmt: skip
     planned = [lam.get("total_steps") for sched in ckpt.get("lr_schedulers") or [] for lam in sched.get("lr_lambdas") or [] if lam]
     if num_images is not None and planned and planned[0] != (budget := optimizer_steps(run_config, num_images)):
         warnings.warn(f"resume: {path.name} was trained towards {planned[0]:,} optimizer steps, this run's budget is {budget:,}: "
@@ -328,8 +370,8 @@ def build_trainer(
         save_last=False,  # last.ckpt is written once, at the end (FinalCheckpoint), not as a second copy of each save
     )
     final = FinalCheckpoint(checkpoint_dir(run_config) / LAST)
-    # under SLURM its warning signal is acted on at a step's end (engine/requeue.py), not by Lightning
-    requeue_on_signal = [RequeueOnSignal(periodic, final)] if WARNING.listen() else []
+    # under SLURM its warning signal, and SIGTERM, are acted on at a step's end (engine/requeue.py), not by Lightning
+    requeue_on_signal = [RequeueOnSignal(periodic, final)] if WARNING.listen() or TERMINATION.listening else []
     return L.Trainer(
         accelerator=run_config.accelerator,
         devices=run_config.devices,
@@ -416,15 +458,35 @@ def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFa
     if run_config.accelerator == "cpu" and trainer.world_size > 1:
         torch.set_num_threads(max(1, min((os.cpu_count() or 1) // max(1, trainer.num_devices), usable_cpus())))
     data = PretrainData(images, method.views.crops, run_config.batch_size, run_config.seed, run_config.global_batch_views)
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         trainer.fit(PretrainModule(method, run_config, info, steps_per_epoch(run_config, len(images))), datamodule=data, ckpt_path=resume_from)
     except NonFiniteLossError as exc:
         kept = checkpoints_of(run_config)
         where = f"the last good checkpoint is {kept[0]}" if kept else "no checkpoint was written"
         raise NonFiniteLossError(f"{exc}; stopped, {where}") from None
+    except SystemExit as exc:
+        # Ctrl+C: Lightning catches the KeyboardInterrupt, shuts down, ignores SIGINT from then on and
+        # exits with sys.exit(1), so the command ended silently with 1; it is a KeyboardInterrupt again
+        # here (the CLI says so and exits with 130), SIGINT handled as before
+        if not (trainer.interrupted and isinstance(exc.__context__, KeyboardInterrupt)):
+            raise
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)
+        raise KeyboardInterrupt from None
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise disk_full(run_config, exc) from None
+    finally:
+        TERMINATION.defer_to_step_ends(False)
     stop = next((c for c in trainer.callbacks if isinstance(c, RequeueOnSignal)), None)
     if stop is not None and stop.stopped_at is not None:
-        requeue(f"stopped after step {stop.stopped_at:,}, checkpoint {stop.checkpoint()}", ask=trainer.is_global_zero)
+        where = f"stopped after step {stop.stopped_at:,}, checkpoint {stop.checkpoint()}"
+        if stop.terminated:
+            TERMINATION.received = False  # acted on (a process that goes on, as a test does, starts clean)
+            raise Terminated(f"SIGTERM: {where}" if trainer.is_global_zero else "")
+        requeue(where, ask=trainer.is_global_zero)
     last = checkpoint_dir(run_config) / LAST
     final = next(c for c in trainer.callbacks if isinstance(c, FinalCheckpoint))
     if resume_from is not None and not final.written and resume_from.name != LAST:
@@ -434,15 +496,27 @@ def train_run(run_config: RunConfig, images: TrainingData, callbacks: CallbackFa
     return last
 
 
+def disk_full(run_config: RunConfig, exc: OSError) -> DiskFullError:
+    """A full disk (or quota) during training as one line: the file that could not be written, the newest
+    checkpoint, which the atomic writes left intact, and how to go on."""
+    what = exc.filename or f"a file in {run_config.output}"
+    kept = checkpoints_of(run_config)
+    intact = f"the previous checkpoint {kept[0]} is intact" if kept else "no checkpoint had been written yet"
+    return DiskFullError(
+        f"disk full: {what} could not be written ({os.strerror(exc.errno)}); {intact}: free space on that disk (or keep fewer "
+        "checkpoints: --keep-checkpoints N) and continue with --resume", exc.errno, exc.filename
+    )  # fmt: skip
+
+
 def promote_to_last(checkpoint: Path, last: Path) -> None:
     """`checkpoint` as `last`, atomically: a hard link (no copy of a GB file) where the filesystem has
     them. Every rank decides the same and writes the same content under its own temporary name, so
     no rank waits for another before its next stage reads `last`."""
-    tmp = temporary_path(last, unique=True)
+    tmp = temporary_path(last)
     try:
         os.link(checkpoint, tmp)
         os.replace(tmp, last)
     except OSError:
         tmp.unlink(missing_ok=True)
         with open(checkpoint, "rb") as source:
-            atomic_write(last, lambda f: shutil.copyfileobj(source, f), unique=True)
+            atomic_write(last, lambda f: shutil.copyfileobj(source, f))

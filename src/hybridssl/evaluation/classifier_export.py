@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridssl.data.sources import DataInfo
-from hybridssl.engine.checkpoints import timm_pretrained_cfg
+from hybridssl.weights.export import timm_pretrained_cfg
 from hybridssl.evaluation.finetune import Classifier
 from hybridssl.files import atomic_write_bytes
 

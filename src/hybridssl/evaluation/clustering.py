@@ -8,6 +8,8 @@ clustering (cosine distance; computed on a seeded subsample, as its cost grows w
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch.nn.functional as F
 from pydantic import PositiveInt
@@ -49,11 +51,16 @@ def kmeans_clusters(features: Tensor, k: int, settings: ClusteringSettings, seed
 
 
 def clustering_metrics(features: Tensor, labels: Tensor, num_classes: int, settings: ClusteringSettings,
-                       seed: int) -> dict[str, float | None]:  # fmt: skip
+                       seed: int, progress: str | None = None) -> dict[str, float | None]:  # fmt: skip
     """Cluster accuracy and NMI in [0, 1], ARI in [-1, 1], silhouette in [-1, 1] (None unless 2 <= clusters
-    < samples). The silhouette's cosine distance ignores each feature's length, so it needs no normalising."""
+    < samples). The silhouette's cosine distance ignores each feature's length, so it needs no normalising.
+    `progress`: a line on stderr naming the work first (k-means has no steps to count here, and its
+    restarts on 50k features take minutes)."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
 
+    if progress is not None:
+        print(f"{progress}: k-means (k = {num_classes}, {settings.n_init} restarts) of {len(features)} features, "
+              f"then the silhouette of {min(settings.silhouette_samples, len(features))}", file=sys.stderr, flush=True)  # fmt: skip
     clusters = kmeans_clusters(features, num_classes, settings, seed)
     y = labels.numpy()
     x = features.float().numpy()

@@ -26,7 +26,7 @@ from hybridssl.data.sources import STREAMED, DataInfo, ImageSet, load_dataset, r
 from hybridssl.data.streaming import StreamingSet
 from hybridssl.data.training_set import LoaderChoice, stored_or_streamed
 from hybridssl.errors import ConfigError, DataError
-from hybridssl.evaluation.features import encoder_features, pixel_features
+from hybridssl.embedding.features import encoder_features, pixel_features
 from hybridssl.nn.vit import Pooling, ViT
 
 EvalData = Union[ImageSet, StreamingSet]

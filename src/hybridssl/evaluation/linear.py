@@ -65,10 +65,12 @@ class ProbeHeads(nn.Module):
         return torch.stack([head(x) for head in self.heads])
 
 
-def train_linear_probes(
-    features: Tensor, labels: Tensor, num_classes: int, settings: ProbeSettings, base_lrs: Sequence[float], seed: int
-) -> ProbeHeads:
-    """Trains one head per base lr on the same batches (their gradients are independent)."""
+def train_linear_probes(features: Tensor, labels: Tensor, num_classes: int, settings: ProbeSettings, base_lrs: Sequence[float],
+                        seed: int, progress: str | None = None) -> ProbeHeads:  # fmt: skip
+    """Trains one head per base lr on the same batches (their gradients are independent). `progress`: a
+    tqdm bar over the epochs with this description (100 epochs over ImageNet's features take minutes)."""
+    from tqdm.auto import tqdm
+
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = ProbeHeads(features.shape[1], num_classes, len(base_lrs))
@@ -78,7 +80,7 @@ def train_linear_probes(
     total = settings.epochs * steps_per_epoch(len(features), settings.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(total, int(settings.warmup_fraction * total)))
     model.train()
-    for _ in range(settings.epochs):
+    for _ in tqdm(range(settings.epochs), desc=progress, unit="epoch", leave=False, disable=progress is None):
         for idx in epoch_batches(len(features), settings.batch_size, generator):
             logits = model(features[idx])
             loss = F.cross_entropy(logits.flatten(0, 1), labels[idx].repeat(len(base_lrs)), reduction="sum") / len(idx)
@@ -89,8 +91,9 @@ def train_linear_probes(
     return model.eval()
 
 
-def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, settings: ProbeSettings, seed: int) -> ProbeHeads:
-    return train_linear_probes(features, labels, num_classes, settings, [settings.base_lr], seed)
+def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, settings: ProbeSettings, seed: int,
+                       progress: str | None = None) -> ProbeHeads:  # fmt: skip
+    return train_linear_probes(features, labels, num_classes, settings, [settings.base_lr], seed, progress)
 
 
 def head_accuracies(model: ProbeHeads, features: Tensor, labels: Tensor) -> list[float]:
@@ -116,20 +119,26 @@ class SweepResult:
 
 
 def linear_probe_sweep(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,
-                       settings: ProbeSettings = ProbeSettings(), seed: int = 0) -> SweepResult:  # fmt: skip
-    """The lr chosen on a train hold-out (module docstring), retrained on all train features, tested once."""
+                       settings: ProbeSettings = ProbeSettings(), seed: int = 0, progress: str | None = None) -> SweepResult:  # fmt: skip
+    """The lr chosen on a train hold-out (module docstring), retrained on all train features, tested once.
+    `progress`: the description of a bar for the sweep and one for the final probe."""
+
+    def bar(what: str) -> str | None:
+        return None if progress is None else f"{progress}: {what}"
+
     train_features, test_features = train_features.float(), test_features.float()
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     lrs = sorted(settings.base_lrs)
     fit, held = stratified_holdout(train_labels, settings.holdout_fraction, seed)
     if len(lrs) > 1 and len(held) > 0:
-        heads = train_linear_probes(train_features[fit], train_labels[fit], num_classes, settings, lrs, seed)
+        heads = train_linear_probes(train_features[fit], train_labels[fit], num_classes, settings, lrs, seed, bar(f"sweep of {len(lrs)} lrs"))
         holdout = dict(zip(lrs, head_accuracies(heads, train_features[held], train_labels[held]), strict=True))
         best = max(lrs, key=lambda lr: (holdout[lr], -lr))
         warn_at_the_edge(holdout, best)
     else:
         holdout, best = {}, lrs[0]
-    final = train_linear_probe(train_features, train_labels, num_classes, settings.model_copy(update={"base_lr": best}), seed)
+    final = train_linear_probe(train_features, train_labels, num_classes, settings.model_copy(update={"base_lr": best}), seed,
+                               bar(f"lr {best:g} on every train feature"))  # fmt: skip
     test = head_accuracies(final, test_features, test_labels)[0]
     return SweepResult(test, best, holdout, len(held) if holdout else 0)
 

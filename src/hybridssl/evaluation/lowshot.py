@@ -62,19 +62,28 @@ class LowshotResult:
 Trainer = Callable[[Tensor, int], float]  # (subset indices, seed) -> test top-1
 
 
-def lowshot_trials(train_labels: Tensor, settings: LowshotSettings, heads: dict[str, Trainer], base_seed: int = 0) -> list[LowshotResult]:
+def lowshot_trials(train_labels: Tensor, settings: LowshotSettings, heads: dict[str, Trainer], base_seed: int = 0,
+                   progress: str | None = None) -> list[LowshotResult]:  # fmt: skip
+    """Every head on every subset and seed. `progress`: a tqdm bar over the trials (subsets x seeds x
+    heads; each trains a head, a fine-tune among them) with this description."""
+    from tqdm.auto import tqdm
+
     results: list[LowshotResult] = []
-    for spec in settings.specs:
-        seeds = [base_seed + i for i in range(settings.seeds)]
-        runs: dict[str, list[float]] = {head: [] for head in heads}
-        size = 0
-        for seed in seeds:
-            try:
-                idx = spec.indices(train_labels, seed)
-            except ValueError as exc:
-                raise ValueError(f"lowshot subset {spec.name}: {exc}; use more train images or other --lowshot-subsets") from None
-            size = len(idx)
-            for head, train in heads.items():
-                runs[head].append(train(idx, seed))
-        results += [LowshotResult(head, spec.name, size, seeds, values) for head, values in runs.items()]
+    total = len(settings.specs) * settings.seeds * len(heads)
+    with tqdm(total=total, desc=progress, unit="trial", leave=False, disable=progress is None) as bar:
+        for spec in settings.specs:
+            seeds = [base_seed + i for i in range(settings.seeds)]
+            runs: dict[str, list[float]] = {head: [] for head in heads}
+            size = 0
+            for seed in seeds:
+                try:
+                    idx = spec.indices(train_labels, seed)
+                except ValueError as exc:
+                    raise ValueError(f"lowshot subset {spec.name}: {exc}; use more train images or other --lowshot-subsets") from None
+                size = len(idx)
+                for head, train in heads.items():
+                    bar.set_postfix_str(f"{head} on {spec.name}, seed {seed}")
+                    runs[head].append(train(idx, seed))
+                    bar.update()
+            results += [LowshotResult(head, spec.name, size, seeds, values) for head, values in runs.items()]
     return results

@@ -27,7 +27,7 @@ from hybridssl.data.streaming import StreamingSet
 from hybridssl.data.training_set import TrainingData
 from hybridssl.evaluation.data import EvalData, eval_split, with_classes_of
 from hybridssl.errors import DataError
-from hybridssl.evaluation.features import encoder_features
+from hybridssl.embedding.features import encoder_features
 from hybridssl.evaluation.knn import knn_accuracy
 from hybridssl.nn.vit import Pooling, ViT
 

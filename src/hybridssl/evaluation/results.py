@@ -1,4 +1,9 @@
-"""Every evaluation result becomes one JSON line in `results.jsonl`, settings included."""
+"""Every evaluation result becomes one JSON line in `results.jsonl`, settings included.
+
+Every row says what it was measured under: `image_size` (the size the encoder ran at), `test_crop_fraction`
+and `pooling`. Rows written before a key existed stay readable: `view_of` reads them (an absent crop
+was the whole image; an absent size was not recorded).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,11 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from hybridssl import __version__
+from hybridssl.version import __version__
 
 RESULTS = "results.jsonl"
 
@@ -59,3 +64,49 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     files = sorted(path.rglob(RESULTS)) if path.is_dir() else [path] if path.is_file() else []
     return [row for f in files for row in result_rows(f)]
+
+
+class View(NamedTuple):
+    """What a number was measured under, besides its settings: an accuracy at 112 px and one at 224 px
+    are different measurements, and telling them apart needs the size beside the number."""
+
+    image_size: int | None  # None: a row written before the size was recorded
+    test_crop_fraction: float  # 1.0: the whole shorter side
+    pooling: str | None
+
+    @property
+    def size_text(self) -> str:
+        return f"{self.image_size} px" if self.image_size is not None else "size not recorded"
+
+    @property
+    def crop_text(self) -> str:
+        return "whole" if self.test_crop_fraction == 1.0 else f"centre {self.test_crop_fraction:g}"
+
+    def __str__(self) -> str:
+        return self.size_text + ("" if self.test_crop_fraction == 1.0 else f", {self.crop_text}")
+
+
+def view_of(row: Mapping[str, Any]) -> View:
+    """The measurement conditions of one row; rows from before they were all recorded read as what they
+    were (no `test_crop_fraction`: the whole image; no `image_size`: unknown)."""
+    size = row.get("image_size")
+    return View(int(size) if size is not None else None, float(row.get("test_crop_fraction", 1.0)), row.get("pooling"))
+
+
+def sizes_text(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The image sizes of some rows, e.g. "112 px, 224 px" ("size not recorded" for older rows); "–" for none."""
+    views = [view_of(r) for r in rows]
+    known = sorted({v.image_size for v in views if v.image_size is not None})
+    parts = [f"{s} px" for s in known] + (["size not recorded"] if any(v.image_size is None for v in views) else [])
+    return ", ".join(parts) or "–"
+
+
+def mixed_sizes_note(rows: Iterable[Mapping[str, Any]]) -> str | None:
+    """A warning when the rows of one table were measured at more than one image size (None otherwise):
+    a lower number at a smaller size says nothing about the encoder by itself."""
+    rows = list(rows)
+    known = {view_of(r).image_size for r in rows} - {None}
+    if len(known) < 2:
+        return None
+    return (f"These results were measured at different image sizes ({sizes_text(rows)}): compare numbers only "
+            "at the same size (the size of each is in its row).")

@@ -2,9 +2,11 @@
 
 Protocols: knn, linear (lr sweep), finetune, lowshot, clustering, and `all` (every protocol that applies:
 raw pixels have no encoder to fine-tune). Every result is one row of `results.jsonl` holding the
-protocol, the pooling and every setting that produced it (`settings`), so a number can be re-made from
-its row alone. Settings are validated before any feature is computed; errors name the field
-(`finetune.layer_decay: ...`).
+protocol, what it was measured under (the image size the encoder ran at, the test crop fraction, the
+pooling) and every setting that produced it (`settings`), so a number can be re-made from its row
+alone. Settings are validated before any feature is computed; errors name the field
+(`finetune.layer_decay: ...`). Every phase that can take long (reading a split, features, each
+protocol) shows a progress bar or a one-line stage message on stderr.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import torch
 from pydantic import BaseModel, Field, PositiveInt, ValidationError
 from torch import Tensor
 
-from hybridssl import __version__
+from hybridssl.version import __version__
+from hybridssl.data.sources import DataInfo, ImageSet
 from hybridssl.data.streaming import StreamingSet, default_workers
-from hybridssl.engine.checkpoints import TrainedEncoder
-from hybridssl.engine.starting_points import load_start_encoder
+from hybridssl.weights.ours import TrainedEncoder
+from hybridssl.weights.loading import load_trained_encoder
 from hybridssl.evaluation.classifier_export import export_classifier
 from hybridssl.evaluation.clustering import ClusteringSettings, clustering_metrics
 from hybridssl.evaluation.data import (
@@ -41,14 +44,14 @@ from hybridssl.evaluation.finetune import FinetuneResult, FinetuneSettings, Prog
 from hybridssl.evaluation.knn import knn_accuracy
 from hybridssl.evaluation.linear import ProbeSettings, head_accuracies, linear_probe_sweep, train_linear_probe
 from hybridssl.evaluation.lowshot import LowshotSettings, lowshot_trials
-from hybridssl.evaluation.results import RESULTS, append_result, result_rows
+from hybridssl.evaluation.results import RESULTS, append_result, result_rows, view_of
 from hybridssl.evaluation.subsets import stratified_holdout
 from hybridssl.nn.distributed import launched_per_node, rank, same_on_every_process, world_size
 from hybridssl.nn.vit import Pooling, ViT
 from hybridssl.settings import ConfigError, StrictModel, format_validation_error
 from hybridssl.slurm import WARNING, requeue_if_warned
 
-EncoderKind = Literal["trained", "random-init", "raw-pixels"]
+EncoderKind = Literal["trained", "ema", "random-init", "raw-pixels"]  # ema: the EMA of the encoder a checkpoint kept
 
 
 @dataclass
@@ -106,7 +109,7 @@ SETTINGS: dict[str, type[BaseModel]] = {
 
 
 def encoder_for(req: EvalRequest) -> TrainedEncoder:
-    trained = load_start_encoder(req.checkpoint, req.image_size)
+    trained = load_trained_encoder(req.checkpoint, req.image_size, ema=req.encoder_kind == "ema")
     if req.encoder_kind == "random-init":
         torch.manual_seed(req.seed)
         return trained._replace(encoder=ViT(trained.encoder.cfg).eval())
@@ -161,12 +164,14 @@ class EvalContext:
         workers = req.num_workers if req.num_workers is not None else default_workers(launched_per_node())
         split = {"data_dir": req.data_dir, "eval_data_dir": req.eval_data_dir, "info": self.info, "seed": req.seed,
                  "loader": req.loader, "num_workers": workers, "download": req.download}  # fmt: skip
+        stage(f"evaluate: reading the train split of {req.dataset} at {self.info.image_size} px")
         self.train = eval_split(req.dataset, "train", limit=req.limit_train, **split)
         if req.split == "validation":
             fit, held = stratified_holdout(self.train.labels, VALIDATION_FRACTION, req.seed)
             self.train, held_out = self.train.select(fit), self.train.select(held).take(req.limit_test, req.seed)
             self.test = centre_crop(held_out, req.test_crop_fraction)
         else:
+            stage(f"evaluate: reading the test split of {req.dataset} ({len(self.train)} train images)")
             test = eval_split(req.dataset, "test", limit=req.limit_test, crop_fraction=req.test_crop_fraction, **split)
             self.test = with_classes_of(self.train, test)
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -184,7 +189,10 @@ class EvalContext:
     def _encoded(self, data: EvalData, name: str) -> tuple[Tensor, Tensor, Tensor]:
         start = time.perf_counter()
         encoder = None if self.pixels else self.encoder
-        out = features_and_labels(encoder, data, self.info, self.pooling, self.device, progress=f"{name} features")
+        if isinstance(data, ImageSet) and len(data):  # a streamed split has its bar already
+            out = stored_features(encoder, data, self.info, self.pooling, self.device, progress=f"{name} features")
+        else:
+            out = features_and_labels(encoder, data, self.info, self.pooling, self.device, progress=f"{name} features")
         self.feature_seconds += time.perf_counter() - start
         return out
 
@@ -287,6 +295,27 @@ class EvalContext:
         return digest(json.dumps(key, sort_keys=True))
 
 
+def stage(message: str) -> None:
+    """One line on stderr as a phase without steps to count starts (the first process's, under torchrun)."""
+    if rank() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+FEATURE_BATCH = 256  # features_and_labels' batch: the same batches give the same features
+
+
+def stored_features(encoder: ViT | None, data: ImageSet, info: DataInfo, pooling: str, device: torch.device,
+                    progress: str, batch_size: int = FEATURE_BATCH) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """features_and_labels of an in-memory split, one batch at a time under a tqdm bar like a streamed
+    split's: in one call it computes a large split silently for minutes."""
+    from tqdm.auto import tqdm
+
+    starts = tqdm(range(0, len(data), batch_size), desc=progress, unit="batch", leave=False)
+    chunks = [features_and_labels(encoder, ImageSet(data.images[i : i + batch_size], None), info, pooling, device, batch_size)[0]
+              for i in starts]  # fmt: skip
+    return torch.cat(chunks), data.labels, torch.arange(len(data))  # type: ignore[return-value]
+
+
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -295,12 +324,13 @@ Row = dict[str, Any]
 
 
 def run_knn(ctx: EvalContext, s: KnnSettings) -> list[Row]:
-    accs = knn_accuracy(ctx.train_features, ctx.train_labels, ctx.test_features, ctx.test_labels, s.ks, s.temperature, s.standardize)
+    accs = knn_accuracy(ctx.train_features, ctx.train_labels, ctx.test_features, ctx.test_labels, s.ks, s.temperature, s.standardize,
+                        progress="knn")  # fmt: skip
     return [{"settings": {**s.to_dict(), "k": k}, "metric": "top1", "value": acc} for k, acc in accs.items()]
 
 
 def run_linear(ctx: EvalContext, s: ProbeSettings) -> list[Row]:
-    sweep = linear_probe_sweep(ctx.train_features, ctx.train_labels, ctx.test_features, ctx.test_labels, s, ctx.req.seed)
+    sweep = linear_probe_sweep(ctx.train_features, ctx.train_labels, ctx.test_features, ctx.test_labels, s, ctx.req.seed, progress="linear")
     record = {
         **s.to_dict(),
         "base_lr": sweep.selected_base_lr,
@@ -336,7 +366,7 @@ def run_finetune(ctx: EvalContext, s: FinetuneSettings) -> list[Row]:
 
 
 def run_clustering(ctx: EvalContext, s: ClusteringSettings) -> list[Row]:
-    metrics = clustering_metrics(ctx.test_features, ctx.test_labels, ctx.num_classes, s, ctx.req.seed)
+    metrics = clustering_metrics(ctx.test_features, ctx.test_labels, ctx.num_classes, s, ctx.req.seed, progress="clustering")
     record = {**s.to_dict(), "clusters": ctx.num_classes, "split": "test"}
     rows = []
     for name, value in metrics.items():
@@ -364,7 +394,7 @@ def run_lowshot(ctx: EvalContext, s: LowshotSettings, probe: ProbeSettings, tune
         "finetune": finetune_record(tune, ctx),
     }
     rows = []
-    for r in lowshot_trials(ctx.train_labels, s, chosen, ctx.req.seed):
+    for r in lowshot_trials(ctx.train_labels, s, chosen, ctx.req.seed, progress="lowshot"):
         record = {**s.to_dict(), "head_settings": head_settings[r.head], "std_over_seeds": "sample standard deviation (n - 1)"}
         rows.append({"settings": record, "head": r.head, "subset": r.subset, "labelled": r.labelled, "metric": "top1",
                      "value": r.mean, "std": r.std, "seeds": r.seeds, "per_seed": r.per_seed})  # fmt: skip
@@ -432,6 +462,9 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
         "split": req.split if req.split == "test" else f"validation ({VALIDATION_FRACTION:.0%} of train, class-stratified)",
         "train_size": len(ctx.train),
         "test_size": len(ctx.test),
+        # what the numbers were measured under, in every row (the keys hold them only where they always did)
+        "image_size": ctx.info.image_size,  # the size the encoder ran at, asked for or its own
+        "test_crop_fraction": req.test_crop_fraction,
         "pooling": ctx.pooling,
         "seed": req.seed,
         **ctx.test_view(),
@@ -459,9 +492,10 @@ def evaluate(req: EvalRequest, protocols: Sequence[str] | None = None) -> list[d
 
 
 def describe(row: dict[str, Any]) -> str:
-    """One line per result for the terminal."""
+    """One line per result for the terminal, with the image size (and test crop) it was measured at."""
     value = row["value"]
     shown = "n/a" if value is None else f"{value:.2f}" + (f" ± {row['std']:.2f}" if "std" in row else "")
     detail = {"knn": lambda r: f"k={r['settings']['k']}", "linear": lambda r: f"lr={r['settings']['base_lr']:g}",
               "lowshot": lambda r: f"{r['head']} {r['subset']}"}.get(row["protocol"], lambda r: "")(row)  # fmt: skip
-    return f"{row['protocol']:<10} {row['encoder']:<11} {row['pooling']:<10} {row['metric']:<16} {shown:<14} {detail}".rstrip()
+    view = str(view_of(row))
+    return f"{row['protocol']:<10} {row['encoder']:<11} {row['pooling']:<10} {view:<8} {row['metric']:<16} {shown:<14} {detail}".rstrip()

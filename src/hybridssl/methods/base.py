@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from hybridssl.settings import ConfigError, StrictModel
 from hybridssl.data.sources import DataInfo
 from hybridssl.data.views import Views
+from hybridssl.methods import own_loop
 from hybridssl.nn.masking import Mask
 from hybridssl.nn.momentum import EMA
 from hybridssl.nn.param_groups import param_groups
@@ -28,6 +29,8 @@ from hybridssl.nn.vit import Pooling, ViT, set_grad_checkpointing, vit_config
 
 @dataclass
 class Batch:
+    """What `forward` receives: the method's views of a batch (already augmented and normalized)."""
+
     views: list[Tensor]  # normalized float views, each B x C x H x W
     ids: Tensor  # dataset index of each sample (B)
     labels: Tensor  # -1 where unknown; for monitoring only, never in a loss
@@ -57,6 +60,10 @@ class MethodConfig(StrictModel):
 
 
 class Method(nn.Module):
+    """A pretraining method: parts built in `__init__`, named losses (and their sum, "loss") from
+    `forward(batch)`, per-step updates in `after_step`. Subclass it with a `name`, a `Config` and
+    `@register` to make `--method NAME` train it (docs/adding-a-method.md, examples/custom_method.py)."""
+
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     run_defaults: ClassVar[dict[str, Any]] = {}  # e.g. optimizer defaults from the paper
@@ -72,12 +79,20 @@ class Method(nn.Module):
 
     views: Views
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own `after_step` is wrapped to tell the own-loop guard it ran (methods/own_loop.py)."""
+        super().__init_subclass__(**kwargs)
+        if "after_step" in cls.__dict__:
+            cls.after_step = own_loop.noting_after_step(cls.__dict__["after_step"])
+
     def __init__(self, cfg: MethodConfig, encoder: ViT, info: DataInfo) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
         self.info = info
         self.resolved: dict[str, Any] = {}  # values of `None` ("auto") settings, as derived here
+        # a loop of one's own that ignores lr_scale or skips after_step is warned (methods/own_loop.py)
+        own_loop.watch(self, own_loop.notes_steps(type(self).after_step))
 
     @classmethod
     def stages(cls, run_config) -> list[Stage]:
@@ -145,6 +160,7 @@ METHODS: dict[str, Union[type[Method], type[Recipe]]] = {}
 
 
 def register(cls):
+    """Class decorator: adds a Method or Recipe to `METHODS` under its `name` (what `--method` looks up)."""
     METHODS[cls.name] = cls
     return cls
 

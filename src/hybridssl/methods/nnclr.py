@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import torch
 from pydantic import PositiveFloat, PositiveInt
-from torch import Tensor
+from torch import Tensor, nn
 
 from hybridssl.data.views import byol_asymmetric
 from hybridssl.losses import nnclr
@@ -53,6 +53,29 @@ def queue_length(requested: int | None, num_images: int | None, paper_size: int)
     return requested
 
 
+def nnclr_heads(dim: int, cfg: NNCLRConfig) -> tuple[nn.Module, nn.Module, dict[str, int]]:
+    """(projector, predictor, their resolved widths): the paper's 2048 / 4096, at most 8 x D (module docstring)."""
+    proj_hidden = cfg.proj_hidden_dim or head_width(2048, dim)
+    pred_hidden = cfg.pred_hidden_dim or head_width(4096, dim)
+    projector = mlp(dim, proj_hidden, cfg.proj_dim, num_layers=3, last_norm="affine")
+    predictor = mlp(cfg.proj_dim, pred_hidden, cfg.proj_dim)
+    return projector, predictor, {"proj_hidden_dim": proj_hidden, "pred_hidden_dim": pred_hidden}
+
+
+def swapped_neighbour_loss(queue: FeatureQueue, predictions: list[Tensor], keys: list[Tensor], batch: Batch,
+                           temperature: float, topk: int, exclude_self: bool) -> dict[str, Tensor]:  # fmt: skip
+    """NNCLR's symmetric loss (l(p1, n2) + l(p2, n1)) / 2, n_v the queue neighbour of view v's key; then
+    view 1's keys are enqueued (after the lookup: no view finds itself). `nn_acc` when labels are known."""
+    exclude = batch.ids if exclude_self else None
+    (n1, i1), (n2, _) = (queue.nearest(k, exclude, topk) for k in keys)
+    loss = (nnclr(predictions[0], n2, temperature) + nnclr(predictions[1], n1, temperature)) / 2
+    losses = {"loss": loss}
+    if (batch.labels >= 0).any():
+        losses["nn_acc"] = queue.nn_accuracy(i1, batch.labels)
+    queue.enqueue(keys[0], batch.ids, batch.labels)
+    return losses
+
+
 @register
 class NNCLR(Method):
     name = "nnclr"
@@ -64,30 +87,13 @@ class NNCLR(Method):
     def __init__(self, cfg: NNCLRConfig, encoder, info) -> None:
         super().__init__(cfg, encoder, info)
         self.views = byol_asymmetric(info)
-        dim = encoder.embed_dim
-        proj_hidden = cfg.proj_hidden_dim or head_width(2048, dim)
-        pred_hidden = cfg.pred_hidden_dim or head_width(4096, dim)
-        self.projector = mlp(dim, proj_hidden, cfg.proj_dim, num_layers=3, last_norm="affine")
-        self.predictor = mlp(cfg.proj_dim, pred_hidden, cfg.proj_dim)
+        self.projector, self.predictor, widths = nnclr_heads(encoder.embed_dim, cfg)
         size = queue_length(cfg.queue_size, info.num_images, self.paper_queue_size)
         self.queue = FeatureQueue(size, cfg.proj_dim)
-        self.topk = cfg.topk
-        self.resolved = {"proj_hidden_dim": proj_hidden, "pred_hidden_dim": pred_hidden, "queue_size": size}
-
-    def lookup_keys(self, features: tuple[Tensor, ...], projections: list[Tensor]) -> list[Tensor]:
-        """The embeddings used for the lookup and written to the queue."""
-        return projections
+        self.resolved = {**widths, "queue_size": size}
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         features = pool(self.encoder(torch.cat(batch.views)), self.cfg.pooling).chunk(2)
         z = [self.projector(h) for h in features]
         p = [self.predictor(x) for x in z]
-        keys = self.lookup_keys(features, z)
-        exclude = batch.ids if self.cfg.exclude_self else None
-        (n1, i1), (n2, _) = (self.queue.nearest(k, exclude, self.topk) for k in keys)
-        loss = (nnclr(p[0], n2, self.cfg.temperature) + nnclr(p[1], n1, self.cfg.temperature)) / 2
-        losses = {"loss": loss}
-        if (batch.labels >= 0).any():
-            losses["nn_acc"] = self.queue.nn_accuracy(i1, batch.labels)
-        self.queue.enqueue(keys[0], batch.ids, batch.labels)  # after the loss: no view finds itself
-        return losses
+        return swapped_neighbour_loss(self.queue, p, z, batch, self.cfg.temperature, self.cfg.topk, self.cfg.exclude_self)

@@ -22,6 +22,14 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def launched_rank() -> int:
+    """This process's rank as its launcher set it (torchrun, SLURM), known before any process group exists."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return 0
+
+
 def launched_world_size() -> int:
     """The number of processes a torchrun-style launcher started (its WORLD_SIZE; 1 without one)."""
     return int(os.environ.get("WORLD_SIZE", "1"))

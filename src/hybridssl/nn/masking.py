@@ -18,6 +18,13 @@ from hybridssl.nn.batch_random import batch_rand, batch_randint
 
 @dataclass(frozen=True)
 class Mask:
+    """Which patches an encoder sees: `ids_keep` (visible, shuffled order), `ids_restore` (puts the
+    shuffled tokens back in patch order) and `mask` (1 = removed, patch order: what a loss covers).
+
+    >>> m = random_mask(batch=8, num_patches=196, ratio=0.75)
+    >>> m.ids_keep.shape, m.mask.sum(1)      # (8, 49), 147 removed per image
+    """
+
     ids_keep: Tensor  # B x Nv (int64)
     ids_restore: Tensor  # B x N (int64)
     mask: Tensor  # B x N (float, 1 = removed)

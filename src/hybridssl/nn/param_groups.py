@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-TOKEN_NAMES = ("cls_token", "pos_embed", "mask_token")
+TOKEN_NAMES = ("cls_token", "pos_embed", "mask_token", "reg_token")
 
 
 def no_weight_decay(name: str, param: nn.Parameter) -> bool:
@@ -42,7 +42,7 @@ def param_groups(
 def layer_decay(depth: int, decay: float, prefix: str = "encoder.") -> Callable[[str], float]:
     """lr scale per encoder parameter, exponents as MAE-CT and MAE fine-tuning code them (docs/methods.md A5).
 
-    Stem (patch embedding, CLS, positions): decay^(depth + 1); block b: decay^(depth - b); everything
+    Stem (patch embedding, CLS, positions, registers): decay^(depth + 1); block b: decay^(depth - b); everything
     else under `prefix` (the final norm) and every parameter outside it: 1.
     """
 
@@ -50,7 +50,7 @@ def layer_decay(depth: int, decay: float, prefix: str = "encoder.") -> Callable[
         if not name.startswith(prefix):
             return 1.0
         rest = name[len(prefix) :]
-        if rest.startswith(("patch_embed", "cls_token", "pos_embed")):
+        if rest.startswith(("patch_embed", "cls_token", "pos_embed", "reg_token")):
             return decay ** (depth + 1)
         if rest.startswith("blocks."):
             return decay ** (depth - int(rest.split(".")[1]))

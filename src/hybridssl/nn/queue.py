@@ -14,6 +14,13 @@ from hybridssl.nn.distributed import gather_no_grad
 
 
 class FeatureQueue(nn.Module):
+    """A FIFO of features (with the ids and labels they came from) in buffers, so it survives a resume.
+
+    >>> queue = FeatureQueue(size=65536, dim=256)
+    >>> positives, index = queue.nearest(projections, ids)   # NNCLR / MAE-CT: nearest stored feature, own sample excluded
+    >>> queue.enqueue(projections.detach(), ids)    # once per optimizer step (after_step)
+    """
+
     def __init__(self, size: int, dim: int) -> None:
         super().__init__()
         if size < 1:

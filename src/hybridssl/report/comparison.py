@@ -2,7 +2,8 @@
 
 Cells are test top-1 in percent (clustering: accuracy, NMI and ARI in percent, silhouette in [-1, 1]);
 low-shot cells are the mean ± sample standard deviation over seeds. When a cell was measured more
-than once (a re-run), the latest row counts.
+than once (a re-run), the latest row counts. Every table says what its rows were measured under
+(pooling, image size, test crop), and the notes say so when rows were measured at different sizes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hybridssl.files import atomic_write_text
-from hybridssl.evaluation.results import machine, read_results
+from hybridssl.evaluation.results import machine, mixed_sizes_note, read_results, sizes_text, view_of
 from hybridssl.report.scores import probe_scores, scores_png
 
 Row = dict[str, Any]
@@ -87,6 +88,15 @@ def pooling_of(entry: dict[str, Any]) -> str:
     return ", ".join(sorted({r.get("pooling", "") for r in entry["rows"]})) or "–"
 
 
+CONDITIONS = ["pooling", "image size", "test crop"]
+
+
+def conditions(entry: dict[str, Any]) -> list[str]:
+    """The cells of CONDITIONS for one entry: what its numbers were measured under."""
+    crops = sorted({view_of(r).crop_text for r in entry["rows"]})
+    return [pooling_of(entry), sizes_text(entry["rows"]), ", ".join(crops) or "–"]
+
+
 def budget_text(req, records: dict[str, dict[str, Any]]) -> list[str]:
     budget = f"{req.budget_epochs} epoch{'s' if req.budget_epochs != 1 else ''}" if req.budget_epochs else "no epoch budget"
     if req.max_steps:
@@ -108,23 +118,31 @@ def budget_text(req, records: dict[str, dict[str, Any]]) -> list[str]:
 
 def tables(all_entries: list[dict[str, Any]]) -> dict[str, tuple[list[str], list[list[str]]]]:
     measured = [(name, pick) for name, pick in MAIN if any(pick(e["rows"]) is not None for e in all_entries)]
-    main_head = ["method", "pooling", "pretraining"] + [name for name, _ in measured]
+    main_head = ["method", *CONDITIONS, "pretraining"] + [name for name, _ in measured]
     main = []
     for e in all_entries:
-        main.append([e["name"], pooling_of(e), duration(e["record"].get("pretrain_seconds"))]
+        main.append([e["name"], *conditions(e), duration(e["record"].get("pretrain_seconds"))]
                     + [cell_text(pick(e["rows"])) for _, pick in measured])  # fmt: skip
     low = lowshot_columns(all_entries)
-    low_head = ["method"] + [f"{head} {subset}" for head, subset in low]
-    lowshot = [[e["name"]] + [cell_text(latest(e["rows"], protocol="lowshot", head=h, subset=s)) for h, s in low] for e in all_entries]
-    clu_head = ["method"] + [name for name, _ in CLUSTERING]
-    clustering = [[e["name"]] + [cell_text(latest(e["rows"], protocol="clustering", metric=m)) for _, m in CLUSTERING] for e in all_entries]
+    low_head = ["method", *CONDITIONS] + [f"{head} {subset}" for head, subset in low]
+    lowshot = [[e["name"], *conditions(e)] + [cell_text(latest(e["rows"], protocol="lowshot", head=h, subset=s)) for h, s in low]
+               for e in all_entries]  # fmt: skip
+    clu_head = ["method", *CONDITIONS] + [name for name, _ in CLUSTERING]
+    clustering = [[e["name"], *conditions(e)] + [cell_text(latest(e["rows"], protocol="clustering", metric=m)) for _, m in CLUSTERING]
+                  for e in all_entries]  # fmt: skip
     clustered = any(r.get("protocol") == "clustering" for e in all_entries for r in e["rows"])
     return {"main": (main_head, main), "lowshot": (low_head, lowshot if low else []), "clustering": (clu_head, clustering if clustered else [])}
 
 
 def probes_png(all_entries: list[dict[str, Any]]) -> bytes | None:
-    methods = [(e["name"], probe_scores(e["rows"])) for e in all_entries if e["kind"] == "method"]
-    floors = [(e["name"] + (f", {pooling_of(e)}" if e["kind"] == "random-init" else ""), probe_scores(e["rows"]))
+    """The dot plot; each label says its image size when the entries were measured at several."""
+    mixed = mixed_sizes_note(r for e in all_entries for r in e["rows"]) is not None
+
+    def at(e: dict[str, Any]) -> str:
+        return f" ({sizes_text(e['rows'])})" if mixed else ""
+
+    methods = [(e["name"] + at(e), probe_scores(e["rows"])) for e in all_entries if e["kind"] == "method"]
+    floors = [(e["name"] + (f", {pooling_of(e)}" if e["kind"] == "random-init" else "") + at(e), probe_scores(e["rows"]))
               for e in all_entries if e["kind"] != "method"]  # fmt: skip
     return scores_png(methods, floors)
 
@@ -162,7 +180,8 @@ def write_comparison(req, records: dict[str, dict[str, Any]]) -> dict[str, Path]
     all_entries = entries(req, records)
     built = tables(all_entries)
     title = f"hybridssl comparison on {req.dataset}, {req.model}"
-    header = [f"Command: `{req.command()}`", *budget_text(req, records), protocol_text(req, all_entries),
+    mixed = mixed_sizes_note(r for e in all_entries for r in e["rows"])
+    header = [f"Command: `{req.command()}`", *budget_text(req, records), protocol_text(req, all_entries), *([mixed] if mixed else []),
               f"Machine: {machine()}; generated {time.strftime('%Y-%m-%d %H:%M')}."]  # fmt: skip
     md = [f"# {title}", "", *[f"{line}\n" for line in header], "Test top-1 (%)" + ("; clustering in % (silhouette in [-1, 1])." if built["clustering"][1] else "."), "",
           markdown_table(*built["main"]), ""]  # fmt: skip

@@ -72,6 +72,17 @@ code { background: #f2f2f4; padding: 0.1rem 0.3rem; font-size: 0.82rem; word-bre
 figcaption { font-size: 0.82rem; color: #555; }
 .note { color: #8a5300; font-size: 0.88rem; }
 .meta { color: #555; font-size: 0.88rem; }
+.ngrid { display: grid; gap: 0.6rem; margin: 0.8rem 0; }
+.nq { display: flex; gap: 0.8rem; align-items: flex-start; border-top: 1px solid #eee; padding-top: 0.5rem; }
+.nsets { display: grid; gap: 0.35rem; } .nrow { display: flex; flex-wrap: wrap; gap: 0.3rem; align-items: flex-start; }
+.nset { flex: none; width: 8rem; font-size: 0.8rem; overflow-wrap: anywhere; }
+figure.nb { margin: 0; flex: none; width: min-content; text-align: center; }
+figure.nb img { display: block; max-width: none; border: 3px solid #e3e3e3; image-rendering: pixelated; }
+figure.nb figcaption { font-size: 0.72rem; overflow-wrap: anywhere; } figure.nb figcaption span { display: block; }
+figure.same img { border-color: #2e9d49; } figure.other img { border-color: #d0412f; } figure.query img { border-color: #333; }
+.same .mark { color: #1f7a37; } .other .mark { color: #b0301f; }
+.pairsets { display: grid; grid-template-columns: repeat(auto-fit, minmax(16rem, 1fr)); gap: 1rem; }
+.pair { display: flex; gap: 0.4rem; align-items: flex-start; margin: 0.4rem 0; } .pair p { margin: 0; font-size: 0.8rem; }
 """
 
 

@@ -4,7 +4,8 @@ A run folder holds one or more stages (folders with a config.yaml: a plain run, 
 multi-stage recipe such as stage1-mae/ stage2-head/ stage3-tune/, or the demo's pretrain/), and any
 number of results.jsonl files. For every stage the page shows its config, its learning curves, a
 reconstruction grid when its method reconstructs masked patches (any method
-whose `reconstruct` returns a prediction), and a 2-D map of its encoder's test features coloured by class.
+whose `reconstruct` returns a prediction), a 2-D map of its encoder's test features coloured by class,
+and a few seeded test images with their nearest neighbours in those features (report/neighbours.py).
 Then one table of every recorded result with its settings. Images are inline PNGs; nothing is fetched.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from hybridssl import __version__
+from hybridssl.version import __version__
 from hybridssl.engine.stages import STAGES_FILE
 from hybridssl.files import atomic_write_text
 from hybridssl.report import html as H
@@ -33,6 +34,8 @@ ENCODER_ORDER = ("trained", "random-init", "raw-pixels")
 @dataclass
 class ReportOptions:
     embedding_samples: int = 1000  # test images in the 2-D map (seeded subsample)
+    neighbour_queries: int = 6  # test images of the map shown with their nearest neighbours (0: none)
+    neighbours: int = 8
     reconstruction_images: int = 6
     seed: int = 0
     data_dir: Path | None = None  # overrides the data folder recorded in the config
@@ -66,7 +69,7 @@ def find_stages(run_dir: Path) -> list[StageRun]:
 def starting_point(stages: list[StageRun], run_dir: Path) -> StageRun | None:
     """The checkpoint outside the folder that the run started from (`init_from`), when it is one of
     ours: a run tuned from a shipped or earlier MAE then shows that MAE's reconstructions too."""
-    from hybridssl.engine.checkpoints import load_checkpoint
+    from hybridssl.weights.ours import load_checkpoint
 
     for stage in stages:
         start = stage.config.get("init_from")
@@ -124,21 +127,27 @@ def reconstruction_section(method, images, info, options: ReportOptions) -> byte
         return png_from_path(reconstruction_grid(method, sample, info, Path(tmp) / "grid.png", seed=options.seed))
 
 
-def embedding_section(encoder, images, info, pooling: str, title: str, options: ReportOptions) -> tuple[bytes, str]:
-    from hybridssl.evaluation.features import encoder_features
-    from hybridssl.report.embedding import embed_2d, embedding_png
+def sample_features(encoder, images, info, pooling: str, options: ReportOptions) -> tuple[Any, torch.Tensor]:
+    """The seeded test sample and its features, computed once for the 2-D map and the neighbours."""
+    from hybridssl.embedding.features import encoder_features
 
     sample = images.take(options.embedding_samples, seed=options.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    features = encoder_features(encoder, sample.images, info, pooling, device=device)  # type: ignore[arg-type]
+    return sample, encoder_features(encoder, sample.images, info, pooling, device=device)  # type: ignore[arg-type]
+
+
+def embedding_section(sample, features: torch.Tensor, pooling: str, title: str, options: ReportOptions) -> tuple[bytes, str]:
+    from hybridssl.report.embedding import embed_2d, embedding_png
+
     coords, how = embed_2d(features, seed=options.seed)
     caption = f"{title}: {how} of {len(sample)} test images, {pooling} features, coloured by class"
     return embedding_png(coords, sample.labels.numpy(), sample.classes, f"{title}: {how}, {pooling}"), caption
 
 
 def stage_pictures(stage: StageRun, images: TestImages, options: ReportOptions) -> list[H.Markup]:
-    """Reconstruction grid (masked methods) and the embedding map of one stage's final checkpoint."""
-    from hybridssl.engine.checkpoints import load_method
+    """Reconstruction grid (masked methods), the embedding map and the nearest neighbours of one stage's
+    final checkpoint."""
+    from hybridssl.weights.ours import load_method
 
     if stage.checkpoint is None:
         return [H.tag("p", "no checkpoint in this stage: no pictures", class_="note")]
@@ -156,9 +165,18 @@ def stage_pictures(stage: StageRun, images: TestImages, options: ReportOptions) 
             out.append(H.figure(grid, caption, class_="narrow"))
         except Exception as exc:
             out.append(H.tag("p", f"reconstruction skipped: {type(exc).__name__}: {exc}", class_="note"))
-    if test.labels is not None and (test.labels >= 0).any():
-        png, caption = embedding_section(method.encoder, test, method.info, method.pooling, stage.path.name, options)
+    labelled = test.labels is not None and bool((test.labels >= 0).any())
+    if labelled or options.neighbour_queries > 0:
+        sample, features = sample_features(method.encoder, test, method.info, method.pooling, options)
+    if labelled:
+        png, caption = embedding_section(sample, features, method.pooling, stage.path.name, options)
         out.append(H.figure(png, caption))
+    if options.neighbour_queries > 0:
+        from hybridssl.report.neighbours import sample_neighbours
+
+        labels = sample.labels.numpy() if sample.labels is not None else None
+        out.append(sample_neighbours(stage.path.name, features, sample.images, labels, sample.classes,
+                                     options.neighbour_queries, options.neighbours, options.seed))  # fmt: skip
     return out
 
 
@@ -216,47 +234,53 @@ def result_detail(row: dict[str, Any]) -> str:
     return ""
 
 
-def with_test_view(detail: str, row: dict[str, Any]) -> str:
-    """The detail, and the test images' centre crop when it was not the whole image (--test-crop-fraction)."""
-    if "test_crop_fraction" not in row:
-        return detail
-    return "; ".join(part for part in (detail, f"test images: centre {row['test_crop_fraction']:g}") if part)
-
-
 def sort_key(row: dict[str, Any]) -> tuple:
     order = lambda seq, v: seq.index(v) if v in seq else len(seq)  # noqa: E731
     return (row.get("checkpoint", ""), order(ENCODER_ORDER, row.get("encoder")), order(PROTOCOL_ORDER, row.get("protocol")))
 
 
 def results_table(rows: list[dict[str, Any]], run_dir: Path | None = None) -> H.Markup:
-    headers = ["checkpoint", "encoder", "protocol", "pooling", "metric", "value", "± std", "detail", "train / test", "settings"]
+    """Every result with what it was measured under (image size, test crop, pooling), and a note first
+    when the rows were measured at different image sizes: their numbers are not comparable."""
+    from hybridssl.evaluation.results import mixed_sizes_note, view_of
+
+    headers = ["checkpoint", "encoder", "protocol", "pooling", "image size", "test crop", "metric", "value", "± std", "detail",
+               "train / test", "settings"]  # fmt: skip
     body = []
     for r in sorted(rows, key=sort_key):
         checkpoint = Path(r.get("checkpoint", ""))
         if run_dir is not None and checkpoint.is_absolute() and checkpoint.is_relative_to(run_dir.resolve()):
             checkpoint = checkpoint.relative_to(run_dir.resolve())
+        view = view_of(r)
         body.append([
-            str(checkpoint), r.get("encoder", ""), r.get("protocol", ""), r.get("pooling", ""), r.get("metric", ""),
-            H.tag("span", fmt(r.get("value")), class_="num"), fmt(r.get("std")) if "std" in r else "", with_test_view(result_detail(r), r),
-            f"{r.get('train_size', '')} / {r.get('test_size', '')}", H.details("settings", H.json_block(r.get("settings", {}))),
+            str(checkpoint), r.get("encoder", ""), r.get("protocol", ""), r.get("pooling", ""), view.size_text, view.crop_text,
+            r.get("metric", ""), H.tag("span", fmt(r.get("value")), class_="num"), fmt(r.get("std")) if "std" in r else "",
+            result_detail(r), f"{r.get('train_size', '')} / {r.get('test_size', '')}",
+            H.details("settings", H.json_block(r.get("settings", {}))),
         ])  # fmt: skip
-    return H.table(headers, body, class_="results")
+    note = mixed_sizes_note(rows)
+    return H.Markup((H.tag("p", note, class_="note") if note else "") + H.table(headers, body, class_="results"))
 
 
 def results_figure(rows: list[dict[str, Any]], run_dir: Path) -> bytes | None:
-    """The results as one dot plot: every trained checkpoint's k-NN and linear probe against the floors."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    """The results as one dot plot: every trained checkpoint's k-NN and linear probe against the floors,
+    one dot row per image size and test crop too (in its label when the rows hold several)."""
+    from hybridssl.evaluation.results import view_of
+
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r.get("encoder", ""), r.get("checkpoint", ""), r.get("pooling", "")), []).append(r)
+        groups.setdefault((r.get("encoder", ""), r.get("checkpoint", ""), r.get("pooling", ""), str(view_of(r))), []).append(r)
+    several_views = len({view for *_, view in groups}) > 1
     trained, floors = [], []
-    for (kind, checkpoint, pooling), found in groups.items():
+    for (kind, checkpoint, pooling, view), found in groups.items():
         path = Path(checkpoint)
         if path.is_absolute() and path.is_relative_to(run_dir.resolve()):
             path = path.relative_to(run_dir.resolve())
+        at = f", {view}" if several_views else ""
         if kind == "trained":
-            trained.append((f"{found[0].get('method', '')} ({path})", probe_scores(found)))
+            trained.append((f"{found[0].get('method', '')} ({path}{at})", probe_scores(found)))
         else:
-            floors.append((f"{kind.replace('-', ' ')}, {pooling}" if kind == "random-init" else kind.replace("-", " "), probe_scores(found)))
+            floors.append((f"{kind.replace('-', ' ')}, {pooling}{at}" if kind == "random-init" else kind.replace("-", " ") + at, probe_scores(found)))
     return scores_png(trained, floors)
 
 
