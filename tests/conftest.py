@@ -76,3 +76,12 @@ def photo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _index_cache_per_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """File indexes are cached under the test's own folder, never in the user's cache."""
     monkeypatch.setenv("HYBRIDSSL_INDEX_DIR", str(tmp_path / "index-cache"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and do not suffer from a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

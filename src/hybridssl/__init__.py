@@ -58,9 +58,7 @@ def __getattr__(name: str) -> Any:
     elif name in ("param_groups", "layer_decay"):
         from hybridssl.nn import param_groups as source
     elif name == "losses":
-        import hybridssl.losses  # sets the attribute (`from hybridssl import losses` would come back here)
-
-        return globals()["losses"]
+        import hybridssl.losses as value  # not `from hybridssl import losses`: that asks this function again
     elif name == "views":
         from hybridssl.data import views as value
     else:

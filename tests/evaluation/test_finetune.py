@@ -10,13 +10,7 @@ from tests.conftest import toy_images
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not suffer from a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 INFO = DataInfo("toy", 16, 1, (0.2,), (0.3,), 4)

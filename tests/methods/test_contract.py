@@ -13,7 +13,6 @@ and moving towards its online module; and all state in the state dict, so a resu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -31,13 +30,7 @@ METHOD_NAMES = sorted(name for name, cls in METHODS.items() if issubclass(cls, M
 RECIPE_NAMES = sorted(name for name, cls in METHODS.items() if not issubclass(cls, Method))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (and do not suffer from a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name: str, seed: int = 0) -> Method:

@@ -35,12 +35,7 @@ TAPS = [1, 2]
 build = partial(toy.build, depth=DEPTH, blocks=TAPS, queue_size=64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ the loss

@@ -23,13 +23,7 @@ from tests.conftest import pretrain_tiny, toy_images
 from tests.methods.toy import INFO, batch, build, optimizer, train_step
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (and do not suffer from a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @contextmanager

@@ -47,7 +47,7 @@ def near_duplicates(vectors: np.ndarray | Tensor, pairs: int) -> list[tuple[int,
         scores[torch.arange(len(x))[None, :] <= rows[:, None]] = -float("inf")  # each pair once: j > i
         per_row = scores.topk(min(pairs, scores.shape[1]), dim=1)  # a row's best few, then the block's best
         top = per_row.values.flatten().topk(min(pairs, per_row.values.numel()))
-        for value, flat in zip(top.values.tolist(), top.indices.tolist()):
+        for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
             row, rank = divmod(flat, per_row.values.shape[1])
             if value > -float("inf"):
                 best.append((value, start + row, int(per_row.indices[row, rank])))

@@ -48,7 +48,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_v
 from torch import Tensor, nn
 
 from hybridssl.data.views import byol_asymmetric, crop_flip, min_crop_scale
-from hybridssl.methods.base import Batch, Method, Recipe, Stage, register
+from hybridssl.methods.base import Batch, Method, MethodConfig, Recipe, Stage, register
 from hybridssl.methods.mae import MAE, MAEConfig
 from hybridssl.methods.nnclr import NNCLRConfig, nnclr_heads, queue_length, swapped_neighbour_loss
 from hybridssl.nn.encoder_ema import PAPER_HALF_LIFE, EncoderEMA
@@ -190,13 +190,15 @@ class MAECTTune(MAECTHeadBase):
 PAPER_MAE_EPOCHS = 800
 
 
-class MAECTConfig(MAECTTuneConfig):
+class StagedRecipeConfig(MethodConfig):
+    """What a recipe of MAE -> head -> tuning stages adds to its stage-3 settings (MAE-CT, MIM-Refiner):
+    the MAE stage's settings, each later stage's epochs, and optimizer overrides of its stages 2 and 3."""
+
     mae: MAEConfig = Field(default_factory=MAEConfig)
-    head_temperature: PositiveFloat = 0.15
     head_epochs: PositiveInt | None = None
     tune_epochs: PositiveInt | None = None
-    head_optim: dict[str, Any] = Field(default_factory=dict)  # over mae-ct-head's optimizer defaults
-    tune_optim: dict[str, Any] = Field(default_factory=dict)  # over mae-ct-tune's optimizer defaults
+    head_optim: dict[str, Any] = Field(default_factory=dict)  # over the head stage's optimizer defaults
+    tune_optim: dict[str, Any] = Field(default_factory=dict)  # over the tuning stage's optimizer defaults
 
     @field_validator("head_optim", "tune_optim")
     @classmethod
@@ -206,6 +208,10 @@ class MAECTConfig(MAECTTuneConfig):
         except ValidationError as exc:
             raise ValueError(format_validation_error(exc)) from None
         return value
+
+
+class MAECTConfig(MAECTTuneConfig, StagedRecipeConfig):
+    head_temperature: PositiveFloat = 0.15
 
 
 def scaled_topk(paper_k: int, queue_size: int, paper_queue_size: int = PAPER_QUEUE_SIZE) -> int:

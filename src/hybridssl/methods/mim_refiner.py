@@ -32,15 +32,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 from torch import Tensor, nn
 
 from hybridssl.data.sources import DataInfo
 from hybridssl.data.views import Crop, Views, colour_pipeline
 from hybridssl.losses import fp32
 from hybridssl.methods.base import Batch, Method, MethodConfig, Recipe, Stage, register
-from hybridssl.methods.mae import MAE, MAEConfig
-from hybridssl.methods.mae_ct import scaled_topk, stage_epochs
+from hybridssl.methods.mae import MAE
+from hybridssl.methods.mae_ct import StagedRecipeConfig, scaled_topk, stage_epochs
 from hybridssl.methods.nnclr import queue_length
 from hybridssl.nn.block_taps import block_outputs
 from hybridssl.nn.distributed import gather_with_grad, rank
@@ -50,7 +50,7 @@ from hybridssl.nn.momentum import EMA
 from hybridssl.nn.param_groups import layer_decay, param_groups
 from hybridssl.nn.queue import FeatureQueue
 from hybridssl.nn.vit import Pooling, ViT, pool
-from hybridssl.settings import ConfigError, OptimConfig, format_validation_error
+from hybridssl.settings import ConfigError
 
 PAPER_QUEUE_SIZE = 65536
 PAPER_TOPK = 20  # stage 3; stage 2 takes the nearest
@@ -266,21 +266,8 @@ class MIMRefinerTune(RefinerHeads):
 PAPER_MAE_EPOCHS = 1600  # the released MAE ViT-L/16 the paper refines
 
 
-class MIMRefinerConfig(RefinerTuneConfig):
-    mae: MAEConfig = Field(default_factory=MAEConfig)
-    head_epochs: PositiveInt | None = None
-    tune_epochs: PositiveInt | None = None
-    head_optim: dict[str, Any] = Field(default_factory=dict)  # over mim-refiner-head's optimizer defaults
-    tune_optim: dict[str, Any] = Field(default_factory=dict)  # over mim-refiner-tune's optimizer defaults
-
-    @field_validator("head_optim", "tune_optim")
-    @classmethod
-    def _valid_optim(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            OptimConfig.model_validate(value)
-        except ValidationError as exc:
-            raise ValueError(format_validation_error(exc)) from None
-        return value
+class MIMRefinerConfig(RefinerTuneConfig, StagedRecipeConfig):
+    """The recipe's settings: stage 3's, plus the MAE stage's, the stage epochs and optimizer overrides."""
 
 
 @register
