@@ -34,8 +34,8 @@ def build_method(name: str, model: str = "vit-pico", image_size: int = 28, chann
         raise ConfigError(f"model: unknown {model!r}; choose one of {', '.join(PRESETS)}")
     mean = tuple(mean or (0.5,) * channels)
     std = tuple(std or (0.5,) * channels)
-    if len(mean) != channels or len(std) != channels:
-        raise ConfigError(f"mean/std: {channels} values each for {channels}-channel images")
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ConfigError(f"mean/std: {channels} values each for {channels}-channel images, std > 0")
     try:
         encoder = ViT(vit_config(model, image_size, channels, patch_size, drop_path=drop_path))
     except ValueError as exc:

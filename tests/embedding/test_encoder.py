@@ -208,3 +208,18 @@ def test_every_public_name_resolves_with_a_docstring() -> None:
     for name in hybridssl.__all__:
         value = getattr(hybridssl, name)
         assert name == "__version__" or name == "METHODS" or (value.__doc__ or "").strip(), f"{name} has no docstring"
+
+
+def test_review_findings_are_one_line_or_right(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """An export timm could not read (no .safetensors suffix) is refused; embeddings carry their source
+    (the neighbour page reads thumbnails by it); one query vector is one row; std 0 is refused."""
+    from hybridssl.embedding.sources import embed_source
+
+    assert main(["export", "--checkpoint", str(SHIPPED), "--output", str(tmp_path / "encoder")]) == 2
+    assert "must end in .safetensors" in capsys.readouterr().err and not (tmp_path / "encoder").exists()
+    emb, source = embed_source(hybridssl.load_encoder(SHIPPED), None, folder, num_workers=0, progress=False)
+    assert emb.meta["source"] == source and source["data_dir"] == str(folder)
+    sims, idx = hybridssl.nearest(emb.vectors[0], emb.vectors, 2)
+    assert sims.shape == (1, 2) and sims[0, 0] > 0.9999  # itself or its planted duplicate
+    with pytest.raises(ConfigError, match="std > 0"):
+        hybridssl.build_method("mae", std=(0.0,))

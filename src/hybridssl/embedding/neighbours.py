@@ -14,7 +14,8 @@ BLOCK = 1024
 
 
 def unit_rows(vectors: np.ndarray | Tensor) -> Tensor:
-    return normalize(torch.as_tensor(np.asarray(vectors), dtype=torch.float32), dim=1)
+    x = torch.as_tensor(vectors).detach().float().cpu()
+    return normalize(x.reshape(1, -1) if x.dim() == 1 else x, dim=1)  # one vector: one row
 
 
 def nearest(queries: np.ndarray | Tensor, bank: np.ndarray | Tensor, k: int,

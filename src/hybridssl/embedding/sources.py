@@ -25,15 +25,14 @@ def embed_source(encoder: Encoder, dataset: str | None, data_dir: Path | str | N
     any other name: that dataset's split, read as `evaluate` reads it. `limit`: a seeded subset."""
     source = {"dataset": dataset or "folder", "data_dir": None if data_dir is None else str(data_dir), "split": split,
               "limit": limit, "seed": seed}  # fmt: skip
-    if dataset in (None, "folder"):
+    if dataset in (None, "folder", *STREAMED):
         if data_dir is None:
             raise DataError("data_dir: give the folder, file list or image to embed (--data-dir)")
-        index = index_of(data_dir, split).take(limit, seed)
-    elif dataset in STREAMED:
-        index = record_index(dataset, data_dir, split).take(limit, seed)
+        index = index_of(data_dir, split) if dataset in (None, "folder") else record_index(dataset, data_dir, split)
+        emb = encoder.embed_index(index.take(limit, seed), batch_size, progress, num_workers, strict)
     else:
-        return stored_embeddings(encoder, dataset, data_dir, split, limit, seed, batch_size), source
-    emb = encoder.embed_index(index, batch_size, progress, num_workers, strict)
+        emb = stored_embeddings(encoder, dataset, data_dir, split, limit, seed, batch_size)
+    emb.meta = {**emb.meta, "source": source}  # where the rows came from: the neighbour page reads thumbnails by it
     return emb, source
 
 

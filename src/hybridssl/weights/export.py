@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from hybridssl.data.sources import DataInfo
-from hybridssl.errors import CheckpointError
+from hybridssl.errors import CheckpointError, ConfigError
 from hybridssl.files import atomic_write_bytes
 from hybridssl.nn.vit import Pooling, ViT, ViTConfig, pool, timm_state_dict
 from hybridssl.weights.loading import load_trained_encoder
@@ -64,6 +64,8 @@ def export_encoder(checkpoint: str | Path, output: str | Path, image_size: int |
     returns the timm kwargs (also in the file's metadata: "timm_kwargs", "timm_model", "pretrained_cfg")."""
     from safetensors.torch import load, save
 
+    if Path(output).suffix != ".safetensors":  # timm reads a checkpoint_path as safetensors by its suffix only
+        raise ConfigError(f"output: {output} must end in .safetensors (timm chooses its reader by the name)")
     trained = load_trained_encoder(checkpoint, image_size)
     kwargs = timm_encoder_kwargs(trained)
     cfg = trained.encoder.cfg  # with registers timm's layout folds the CLS position into cls_token
