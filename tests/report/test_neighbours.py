@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from hybridssl.embedding.encoder import Embeddings
 from hybridssl.errors import DataError
 from hybridssl.report.neighbours import find_neighbours, same_class_share, select_queries, write_neighbour_page
 from hybridssl.report.run_report import ReportOptions, write_report
+from tests.report.browser import rendered_dom
 
 CLASSES = ["shirt", "<b>bag</b>", "boot"]
 
@@ -220,29 +220,6 @@ def test_named_dataset_rows_show_the_dataset_images(fmnist_dir, tmp_path):
 # ----------------------------------------------------------------------------- rendered
 
 
-def chromium() -> str | None:
-    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
-
-
-def rendered_dom(page: Path, tmp_path: Path) -> str:
-    """The DOM Chromium builds from `page`, with data-images / data-broken on <body>; fails on any console line."""
-    browser = chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium chromium-driver; `make test` installs it)")
-    text = page.read_text().replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';")
-    probe = ("<script>window.addEventListener('load', () => { const broken = [...document.images].filter("
-             "i => !(i.complete && i.naturalWidth > 0)).length; document.body.dataset.images = document.images.length;"
-             " document.body.dataset.broken = broken; if (broken) console.error('broken images: ' + broken); });</script>")  # fmt: skip
-    check = tmp_path / f"check-{page.stem}.html"
-    check.write_text(text.replace("</body>", probe + "</body>"))
-    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0", "--dump-dom", check.as_uri()]  # fmt: skip
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
-    assert console == [], console
-    return done.stdout
 
 
 def test_page_renders_in_headless_chromium_with_a_block_per_query_a_row_per_set_and_the_pairs(image_files, tmp_path):

@@ -3,7 +3,6 @@
 import os
 import re
 import shutil
-import subprocess
 import time
 
 import pytest
@@ -12,6 +11,7 @@ from hybridssl.cli import main
 from hybridssl.evaluation.results import append_result
 from hybridssl.report.curves import read_metrics
 from hybridssl.report.run_report import ReportOptions, write_report
+from tests.report.browser import rendered_dom
 
 OPTIONS = ReportOptions(embedding_samples=60, reconstruction_images=3, neighbour_queries=0)  # the neighbour section: tests/report/test_neighbours.py
 
@@ -79,31 +79,9 @@ def test_report_of_a_multi_stage_folder_and_the_cli(tiny_mae_run, fmnist_dir, tm
     assert "is not a folder" in capsys.readouterr().err
 
 
-def chromium() -> str | None:
-    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
-
-
 def test_report_renders_in_headless_chromium_without_console_errors(reported_run, tmp_path):
-    browser = chromium()
-    if browser is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install chromium chromium-driver; `make test` installs it)")
     _, path = reported_run
-    # a copy with a script that marks images that failed to decode; the page itself has no script, so
-    # any console line (a script error, a blocked resource, a broken image) is a failure
-    page = path.read_text().replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';")
-    probe = ("<script>window.addEventListener('load', () => { const broken = [...document.images].filter("
-             "i => !(i.complete && i.naturalWidth > 0)).length; document.body.dataset.images = document.images.length;"
-             " document.body.dataset.broken = broken; if (broken) console.error('broken images: ' + broken); });</script>")  # fmt: skip
-    check = tmp_path / "check.html"
-    check.write_text(page.replace("</body>", probe + "</body>"))
-    args = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0", "--dump-dom", check.as_uri()]  # fmt: skip
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
-    assert console == [], console
-    dom = done.stdout
+    dom = rendered_dom(path, tmp_path)
     assert 'data-images="4"' in dom and 'data-broken="0"' in dom
     assert '<table class="results">' in dom and "cluster_accuracy" in dom
 
